@@ -1,0 +1,33 @@
+# The two commands: `make repro` runs the pipeline, `make test` runs the tests.
+# Both set up .venv from requirements.lock first (fast when nothing changed).
+
+VENV  := $(CURDIR)/.venv
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PATH := $(VENV)/bin:$(PATH)
+
+.PHONY: setup repro test ui lock clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	@touch $(STAMP)
+
+repro: setup
+	dvc repro
+
+test: setup
+	$(PY) -m pytest -q
+
+# Open the MLflow UI on the local store, bound to this machine only.
+ui: setup
+	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+# Re-resolve the pinned versions after changing pyproject.toml's dependencies.
+lock: setup
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip freeze --exclude-editable | grep -v '^aevae' > requirements.lock

@@ -1,0 +1,199 @@
+"""params.yaml: the schema, its defaults, and validation with one-line errors.
+
+Every knob that shapes a result lives in params.yaml and is validated here
+before any work starts. Infrastructure (RAY_ADDRESS, MLFLOW_TRACKING_URI)
+comes from the environment instead, so the same params run anywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
+
+from aevae.errors import UserError
+
+PARAMS_FILE = "params.yaml"
+
+
+class _Strict(BaseModel):
+    # extra="forbid" turns a misspelt key into an error instead of a silent default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Strict):
+    dataset: Literal["mnist", "fashion-mnist", "idx"] = "mnist"
+    source: Literal["auto", "torchvision", "idx", "bundled"] = "auto"
+    idx_dir: str = "data/raw/mnist"
+    download_dir: str = "data/raw/download"
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    # Only for sources without an official test split (the bundled subset).
+    test_fraction: float = Field(0.2, gt=0.0, lt=0.5)
+    seed: int = 0
+
+
+class ModelParams(_Strict):
+    kind: Literal["ae", "vae"] = "ae"
+    arch: Literal["mlp", "conv"] = "mlp"
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [512, 256], min_length=0)
+    channels: list[PositiveInt] = Field(default_factory=lambda: [32, 64], min_length=1, max_length=2)
+    pooling: bool = False
+    activation: Literal["relu", "leaky_relu", "gelu", "elu", "tanh", "linear"] = "relu"
+    latent_dim: PositiveInt = 2
+    recon: Literal["bce", "mse"] = "bce"
+    beta: NonNegativeFloat = 1.0
+    kl_warmup_epochs: NonNegativeInt = 0
+    free_bits: NonNegativeFloat = 0.0  # nats per latent dimension
+
+
+class TrainParams(_Strict):
+    epochs: PositiveInt = 20
+    batch_size: PositiveInt = 128
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: NonNegativeFloat = 0.0
+    seed: int = 0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
+
+
+class SweepMember(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=64)
+    model: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+
+
+class SweepParams(_Strict):
+    latent_dims: list[PositiveInt] = Field(default_factory=lambda: [2], min_length=1)
+    models: list[SweepMember] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> SweepParams:
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate model name(s) {dupes}; give every sweep member its own name")
+        return self
+
+
+class RayParams(_Strict):
+    use_gpu: bool | Literal["auto"] = "auto"
+    cpus_per_model: float = Field(1.0, gt=0.0)
+    workers_per_model: PositiveInt = 1
+    storage_path: str = "checkpoints"
+    max_retries: NonNegativeInt = 2
+
+
+class Params(_Strict):
+    data: DataParams = DataParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    sweep: SweepParams
+    ray: RayParams = RayParams()
+
+
+class RunSpec(BaseModel):
+    """One model of the sweep, fully resolved: what a worker needs to train it."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str
+    model: ModelParams
+    train: TrainParams
+
+
+def _format_error(exc: ValidationError, source: str) -> str:
+    """First validation error as one line: the key, the value, what is allowed."""
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(err["loc"])
+        hint = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
+        return f"{source}: unknown key '{key}'{hint}"
+    if err["type"] == "missing":
+        return f"{source}: missing key '{key}'; add it (see the README's params table)"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{source}: {key} = {err.get('input')!r} is not allowed: {msg}"
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    """The field names of the schema node that holds the misspelt key."""
+    node: type[BaseModel] | None = Params
+    for part in loc[:-1]:
+        if node is None or isinstance(part, int):
+            continue
+        field = node.model_fields.get(str(part))
+        ann = field.annotation if field else None
+        node = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        if node is SweepParams and part == "models":
+            node = SweepMember
+    if loc and loc[0] == "sweep" and "models" in loc:
+        node = SweepMember if isinstance(loc[-2], int) else node
+    return sorted(node.model_fields) if node else []
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise UserError(f"{path} not found; run from the project root or pass the path to params.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise UserError(f"{path}: YAML syntax error{where}: {problem}; fix the file's indentation or quoting") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of sections (data, model, train, sweep, ...), got {type(raw).__name__}")
+    return raw
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml, including every sweep member's overrides."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(_format_error(exc, str(path))) from None
+    resolve_sweep(params, source=str(path))  # validates overrides now, before any work
+    return params
+
+
+def _merge(base: BaseModel, overrides: dict[str, Any], cls: type[BaseModel], where: str, source: str) -> Any:
+    try:
+        return cls.model_validate({**base.model_dump(), **overrides})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(sorted(cls.model_fields))
+            raise UserError(f"{source}: unknown key '{where}.{key}'; allowed keys here: {allowed}") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise UserError(f"{source}: {where}.{key} = {err.get('input')!r} is not allowed: {msg}") from None
+
+
+def resolve_sweep(params: Params, source: str = PARAMS_FILE) -> list[RunSpec]:
+    """Expand the sweep: every member at every latent size, defaults + overrides.
+
+    With one latent size the names are the members' names; with several each
+    name gets a `-z<size>` suffix so every model has its own folder and run.
+    """
+    specs = []
+    many = len(params.sweep.latent_dims) > 1
+    for i, member in enumerate(params.sweep.models):
+        where = f"sweep.models.{i}"
+        for dim in params.sweep.latent_dims:
+            model = _merge(params.model, {"latent_dim": dim, **member.model}, ModelParams, f"{where}.model", source)
+            train = _merge(params.train, member.train, TrainParams, f"{where}.train", source)
+            name = f"{member.name}-z{dim}" if many else member.name
+            specs.append(RunSpec(name=name, model=model, train=train))
+    return specs

@@ -1,0 +1,1 @@
+"""Data: reading sources (IDX, torchvision, bundled), splitting, the prepared arrays."""

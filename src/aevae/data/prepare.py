@@ -1,0 +1,81 @@
+"""The prepare stage's logic: raw arrays -> stratified, seeded splits on disk.
+
+Layout of data/prepared/: {train,val,test}_{images,labels}.npy (uint8) and
+manifest.json (counts per split and class, image shape, source, sha256 of
+every file). The folder is written whole to a temp sibling and renamed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from aevae import atomic
+from aevae.data.sources import RawData
+from aevae.errors import UserError
+
+SPLITS = ("train", "val", "test")
+
+
+def _check(raw: RawData) -> None:
+    for name, images in (("train", raw.train_images), ("test", raw.test_images)):
+        if images is None:
+            continue
+        if images.ndim != 3 or images.shape[1:] != (28, 28):
+            raise UserError(
+                f"{name} images have shape {images.shape[1:]}, expected 28x28 (MNIST format); resize them first"
+            )
+    classes = np.unique(raw.train_labels)
+    if len(classes) < 2:
+        raise UserError(f"the training data holds one class only ({classes.tolist()}); a dataset needs at least two")
+
+
+def split(raw: RawData, val_fraction: float, test_fraction: float, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Stratified, seeded train/val (and test when the source has no official one)."""
+    _check(raw)
+    images, labels = raw.train_images, raw.train_labels
+    out = {}
+    if raw.test_images is None:
+        images, test_x, labels, test_y = train_test_split(
+            images, labels, test_size=test_fraction, stratify=labels, random_state=seed
+        )
+        out["test"] = (test_x, test_y)
+    else:
+        out["test"] = (raw.test_images, raw.test_labels)
+    train_x, val_x, train_y, val_y = train_test_split(
+        images, labels, test_size=val_fraction, stratify=labels, random_state=seed
+    )
+    out["train"], out["val"] = (train_x, train_y), (val_x, val_y)
+    return {s: out[s] for s in SPLITS}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_prepared(out_dir: Path, splits: dict, raw: RawData, dataset: str) -> dict:
+    """Write arrays + manifest into a temp folder, then swap it in atomically."""
+    with atomic.atomic_dir(out_dir) as tmp:
+        for name, (images, labels) in splits.items():
+            np.save(tmp / f"{name}_images.npy", np.ascontiguousarray(images, dtype=np.uint8))
+            np.save(tmp / f"{name}_labels.npy", np.ascontiguousarray(labels, dtype=np.uint8))
+        manifest = {
+            "dataset": dataset,
+            "source": raw.source,
+            "origin": raw.origin,
+            "test_split": "official" if raw.test_images is not None else "carved from the training data",
+            "image_shape": list(splits["train"][0].shape[1:]),
+            "classes": sorted(int(c) for c in np.unique(splits["train"][1])),
+            "counts": {
+                name: {"total": int(len(y)), "per_class": {str(int(c)): int(n) for c, n in zip(*np.unique(y, return_counts=True))}}
+                for name, (_, y) in splits.items()
+            },
+            "sha256": {p.name: _sha256(p) for p in sorted(tmp.glob("*.npy"))},
+        }
+        # A digest of the data files alone: one tag that says "same data" for tracking and retraining.
+        manifest["data_sha256"] = hashlib.sha256("".join(manifest["sha256"].values()).encode()).hexdigest()
+        atomic.write_json(tmp / "manifest.json", manifest)
+    return manifest

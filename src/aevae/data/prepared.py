@@ -1,0 +1,45 @@
+"""Reading data/prepared/ back, verified against its manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from aevae.errors import UserError
+
+PREPARED_DIR = Path("data/prepared")
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # (N, 28, 28) uint8
+    labels: np.ndarray  # (N,) uint8
+
+
+def load_manifest(root: Path = PREPARED_DIR) -> dict:
+    path = Path(root) / "manifest.json"
+    if not path.is_file():
+        raise UserError(f"{path} not found; run the prepare stage first (dvc repro prepare)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"{path} is corrupt; rerun the prepare stage (dvc repro -f prepare)") from None
+
+
+def load_split(name: str, root: Path = PREPARED_DIR, verify: bool = True) -> Split:
+    """Load one split; with verify, its files must match the manifest's sha256."""
+    root = Path(root)
+    manifest = load_manifest(root)
+    arrays = []
+    for kind in ("images", "labels"):
+        path = root / f"{name}_{kind}.npy"
+        if not path.is_file():
+            raise UserError(f"{path} not found; rerun the prepare stage (dvc repro -f prepare)")
+        if verify and hashlib.sha256(path.read_bytes()).hexdigest() != manifest["sha256"].get(path.name):
+            raise UserError(f"{path} does not match its sha256 in the manifest; rerun the prepare stage (dvc repro -f prepare)")
+        arrays.append(np.load(path, allow_pickle=False))
+    return Split(*arrays)
