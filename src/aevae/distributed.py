@@ -1,0 +1,239 @@
+"""Ray: trains the sweep, one model per task, on a local instance or a cluster.
+
+The only module that knows Ray. A plain Ray task per model starts in seconds
+where Ray Train's TorchTrainer costs ~25 s of fixed overhead on a small
+machine, so TorchTrainer (DDP) is used only when `workers_per_model > 1`.
+
+With RAY_ADDRESS set we attach to that cluster and start nothing; otherwise a
+local instance sized to this machine is started and shut down afterwards.
+Workers get the data through Ray's object store and write checkpoints to
+`storage_path` (absolute: Ray changes workers' working directory; shared
+storage on a multi-node cluster).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from aevae.config import RayParams, RunSpec
+from aevae.errors import UserError
+
+_CONNECT_TIMEOUT_S = 5.0
+
+
+@dataclass
+class ModelOutcome:
+    spec: RunSpec
+    state_dict: dict | None  # None when training failed
+    history: list[dict]
+    epochs_run: int  # epochs trained in this run (fewer than the total after a resume)
+    device: str
+    seconds: float
+    error: str | None = None
+
+
+def _check_reachable(address: str) -> None:
+    """Fail within seconds on an address nobody listens at, instead of Ray's long retries."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep:  # "auto" and friends: Ray resolves those itself
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=_CONNECT_TIMEOUT_S).close()
+    except (OSError, ValueError):
+        raise UserError(
+            f"no Ray cluster answers at RAY_ADDRESS={address}; start one (ray start --head) or unset RAY_ADDRESS"
+            " to train on a local instance"
+        ) from None
+
+
+def connect() -> tuple[bool, str]:
+    """Attach to RAY_ADDRESS or start a local instance; returns (started_locally, gcs address)."""
+    import ray
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    quiet = dict(logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False)
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    if address:
+        _check_reachable(address)
+        ray.init(address=address, **quiet)
+        return False, ray.get_runtime_context().gcs_address
+    ray.init(address="local", num_cpus=os.cpu_count(), **quiet)
+    return True, ray.get_runtime_context().gcs_address
+
+
+def _use_gpu(setting: bool | str) -> bool:
+    import ray
+
+    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    if setting is True and not has_gpu:
+        raise UserError("ray.use_gpu is true but the Ray cluster has no GPU; set ray.use_gpu: auto or false")
+    return bool(has_gpu) if setting == "auto" else bool(setting)
+
+
+def _progress_board():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class ProgressBoard:
+        """Collects per-epoch records from workers; the driver drains and prints them."""
+
+        def __init__(self):
+            self.records: list[tuple[str, dict]] = []
+
+        def report(self, name: str, record: dict) -> None:
+            self.records.append((name, record))
+
+        def drain(self) -> list[tuple[str, dict]]:
+            out, self.records = self.records, []
+            return out
+
+    return ProgressBoard.remote()
+
+
+def _train_one(spec: RunSpec, train_images, val_images, ckpt_dir: str, data_sha256: str, cpus: float, board) -> ModelOutcome:
+    """Body of one Ray task: plain PyTorch training on whatever device Ray assigned."""
+    import ray
+    import torch
+
+    from aevae.training import NonFiniteLoss, train_model
+
+    torch.set_num_threads(max(1, int(cpus)))
+    device = "cuda" if ray.get_gpu_ids() else "cpu"
+    t0 = time.perf_counter()
+    try:
+        result = train_model(
+            spec, train_images, val_images, device=device, checkpoint_dir=Path(ckpt_dir),
+            on_epoch=lambda rec: board.report.remote(spec.name, rec), data_sha256=data_sha256,
+        )
+    except NonFiniteLoss as exc:
+        return ModelOutcome(spec, None, [], 0, device, time.perf_counter() - t0, error=str(exc))
+    state = {k: v.cpu() for k, v in result.model.state_dict().items()}
+    return ModelOutcome(spec, state, result.history, result.epochs_run, device, time.perf_counter() - t0)
+
+
+def _ddp_loop(config: dict) -> None:
+    """Ray Train worker: the same loop, its share of each batch, gradients averaged by DDP."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from aevae.training import train_model
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(config["cpus"])))
+    board = config["board"] if rank == 0 else None
+    spec = config["spec"]
+    result = train_model(
+        spec, config["train"], config["val"], device=ray.train.torch.get_device(),
+        checkpoint_dir=Path(config["ckpt_dir"]), data_sha256=config["data_sha256"], shard=(rank, world),
+        wrap=ray.train.torch.prepare_model,
+        on_epoch=(lambda rec: board.report.remote(spec.name, rec)) if board else None,
+    )
+    ray.train.report({"epochs_run": result.epochs_run})
+
+
+def _fit_ddp(spec: RunSpec, data: tuple, ckpt_dir: str, data_sha256: str, ray_params: RayParams, use_gpu: bool, board) -> ModelOutcome:
+    import torch
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from aevae.training import CHECKPOINT
+
+    t0 = time.perf_counter()
+    trainer = TorchTrainer(
+        _ddp_loop,
+        train_loop_config={"spec": spec, "train": data[0], "val": data[1], "ckpt_dir": ckpt_dir,
+                           "data_sha256": data_sha256, "cpus": ray_params.cpus_per_model, "board": board},
+        scaling_config=ScalingConfig(num_workers=ray_params.workers_per_model, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": ray_params.cpus_per_model}),
+        run_config=RunConfig(name=f"ddp-{spec.name}", storage_path=str(Path(ckpt_dir).parent / "_ray_train")),
+    )
+    try:
+        result = trainer.fit()
+        epochs_run = int(result.metrics.get("epochs_run", 0))
+    except Exception as exc:  # Ray wraps worker errors; report it as this model's failure
+        return ModelOutcome(spec, None, [], 0, "ddp", time.perf_counter() - t0, error=str(exc).splitlines()[-1])
+    # Rank 0 wrote the final state as its last checkpoint: read it back from storage.
+    state = torch.load(Path(ckpt_dir) / CHECKPOINT, map_location="cpu", weights_only=True)
+    return ModelOutcome(spec, state["model"], state["history"], epochs_run,
+                        f"ddp x{ray_params.workers_per_model}", time.perf_counter() - t0)
+
+
+def checkpoint_dir(storage_path: Path, spec: RunSpec, data_sha256: str) -> Path:
+    from aevae.training import spec_digest
+
+    return storage_path / f"{spec.name}-{spec_digest(spec, data_sha256)}"
+
+
+def train_sweep(
+    specs: list[RunSpec],
+    train_images: np.ndarray,
+    val_images: np.ndarray,
+    storage_path: Path,
+    ray_params: RayParams,
+    data_sha256: str,
+    on_epoch: Callable[[str, dict], None],
+    on_done: Callable[[ModelOutcome], None],
+) -> dict:
+    """Train every spec concurrently as resources allow; returns facts about the cluster used."""
+    import ray
+
+    storage_path = storage_path.resolve()
+    started_locally, gcs = connect()
+    try:
+        use_gpu = _use_gpu(ray_params.use_gpu)
+        board = _progress_board()
+        data = (ray.put(train_images), ray.put(val_images))
+        task = ray.remote(_train_one).options(
+            num_cpus=ray_params.cpus_per_model, num_gpus=1 if use_gpu else 0, max_retries=ray_params.max_retries,
+        )
+        pending, ddp_specs = {}, []
+        for spec in specs:
+            ckpt = str(checkpoint_dir(storage_path, spec, data_sha256))
+            if ray_params.workers_per_model > 1:
+                ddp_specs.append((spec, ckpt))
+                continue
+            ref = task.remote(spec, data[0], data[1], ckpt, data_sha256, ray_params.cpus_per_model, board)
+            pending[ref] = spec
+        _wait_all(pending, board, on_epoch, on_done)
+        for spec, ckpt in ddp_specs:  # each fit uses the whole cluster's share: one after another
+            outcome = _fit_ddp(spec, (train_images, val_images), ckpt, data_sha256, ray_params, use_gpu, board)
+            _drain(board, on_epoch)
+            on_done(outcome)
+        return {"ray_started_locally": started_locally, "ray_gcs_address": gcs, "use_gpu": use_gpu,
+                "cluster_resources": {k: v for k, v in ray.cluster_resources().items() if "node:" not in k}}
+    finally:
+        ray.shutdown()
+
+
+def _drain(board, on_epoch) -> None:
+    import ray
+
+    for name, record in ray.get(board.drain.remote()):
+        on_epoch(name, record)
+
+
+def _wait_all(pending: dict, board, on_epoch, on_done) -> None:
+    import ray
+
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+        _drain(board, on_epoch)
+        for ref in done:
+            spec = pending.pop(ref)
+            try:
+                on_done(ray.get(ref))
+            except ray.exceptions.RayError as exc:  # the worker died more often than max_retries allows
+                reason = str(exc).strip().splitlines()[0]
+                on_done(ModelOutcome(spec, None, [], 0, "?", 0.0, error=f"model '{spec.name}' failed: {reason}"))

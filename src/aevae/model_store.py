@@ -1,0 +1,62 @@
+"""models/<name>/: a trained model on disk, and loading it back.
+
+Each folder holds model.pt (state_dict only, loaded with weights_only=True),
+config.json (the resolved spec, data digest, training facts), history.csv
+(one row per epoch) and metrics.json (final numbers of the train stage). The
+folder is written whole and renamed into place, so it is complete or absent.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import torch
+
+from aevae import atomic
+from aevae.config import RunSpec
+from aevae.errors import UserError
+from aevae.models import AutoEncoder, build_model
+
+MODELS_DIR = Path("models")
+
+
+def _history_csv(history: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    return buf.getvalue()
+
+
+def save(root: Path, spec: RunSpec, state_dict: dict, history: list[dict], facts: dict) -> Path:
+    last = history[-1]
+    metrics = {k: v for k, v in last.items() if k.startswith(("train/", "val/"))}
+    metrics.update(epochs=last["epoch"], train_seconds=round(sum(h["seconds"] for h in history), 3))
+    with atomic.atomic_dir(Path(root) / spec.name) as tmp:
+        torch.save(state_dict, tmp / "model.pt")
+        (tmp / "config.json").write_text(json.dumps({**spec.model_dump(), **facts}, indent=2, sort_keys=True) + "\n")
+        (tmp / "history.csv").write_text(_history_csv(history))
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return Path(root) / spec.name
+
+
+def load(name: str, root: Path = MODELS_DIR, device: str = "cpu") -> tuple[AutoEncoder, RunSpec]:
+    folder = Path(root) / name
+    if not (folder / "model.pt").is_file():
+        raise UserError(f"model '{name}' not found in {root}; run the train stage first (dvc repro train)")
+    config = json.loads((folder / "config.json").read_text())
+    spec = RunSpec(name=config["name"], model=config["model"], train=config["train"])
+    model = build_model(spec.model)
+    try:
+        state = torch.load(folder / "model.pt", map_location=device, weights_only=True)
+    except Exception as exc:  # weights_only refuses pickled code; anything else is a corrupt file
+        raise UserError(f"{folder / 'model.pt'} cannot be loaded safely ({type(exc).__name__}); retrain it (dvc repro -f train)") from None
+    model.load_state_dict(state)
+    return model.to(device).eval(), spec
+
+
+def trained_names(root: Path = MODELS_DIR) -> list[str]:
+    return sorted(p.parent.name for p in Path(root).glob("*/model.pt"))

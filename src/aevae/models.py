@@ -1,0 +1,173 @@
+"""AutoEncoder and Variational AutoEncoder, built from shared encoder/decoder parts.
+
+Images are (B, 1, 28, 28) floats in [0, 1]. Decoders return logits; the
+image is sigmoid(logits), which keeps BCE numerically stable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from aevae.config import ModelParams
+from aevae.losses import LossTerms, kl_weight, kl_per_dim, recon_per_image
+
+IMAGE_SHAPE = (1, 28, 28)
+PIXELS = 28 * 28
+
+_ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "leaky_relu": lambda: nn.LeakyReLU(0.2),
+    "gelu": nn.GELU,
+    "elu": nn.ELU,
+    "tanh": nn.Tanh,
+    "linear": nn.Identity,  # makes the linear AE the article compares with PCA
+}
+
+
+def _act(name: str) -> nn.Module:
+    return _ACTIVATIONS[name]()
+
+
+def _mlp(sizes: list[int], activation: str) -> nn.Sequential:
+    """Linear layers through `sizes`, with the activation between (not after the last)."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(_act(activation))
+    return nn.Sequential(*layers)
+
+
+def _conv_encoder(cfg: ModelParams, out_dim: int) -> nn.Sequential:
+    """Each layer halves the image: stride-2 conv, or conv + max-pool (the article's pooling)."""
+    layers: list[nn.Module] = []
+    in_ch, side = 1, 28
+    for ch in cfg.channels:
+        if cfg.pooling:
+            layers += [nn.Conv2d(in_ch, ch, 3, padding=1), _act(cfg.activation), nn.MaxPool2d(2)]
+        else:
+            layers += [nn.Conv2d(in_ch, ch, 3, stride=2, padding=1), _act(cfg.activation)]
+        in_ch, side = ch, side // 2
+    layers += [nn.Flatten(), nn.Linear(in_ch * side * side, out_dim)]
+    return nn.Sequential(*layers)
+
+
+def _conv_decoder(cfg: ModelParams) -> nn.Sequential:
+    """Mirror of the encoder: transposed convs, or upsampling (unpooling) + conv."""
+    chans = list(reversed(cfg.channels))
+    side = 28 // 2 ** len(chans)
+    layers: list[nn.Module] = [nn.Linear(cfg.latent_dim, chans[0] * side * side), _act(cfg.activation),
+                               nn.Unflatten(1, (chans[0], side, side))]
+    for i, ch in enumerate(chans):
+        out_ch = chans[i + 1] if i + 1 < len(chans) else 1
+        last = i + 1 == len(chans)
+        if cfg.pooling:
+            # MaxUnpool needs the encoder's indices, which prior samples do not have: upsample instead.
+            layers += [nn.Upsample(scale_factor=2), nn.Conv2d(ch, out_ch, 3, padding=1)]
+        else:
+            layers += [nn.ConvTranspose2d(ch, out_ch, 3, stride=2, padding=1, output_padding=1)]
+        if not last:
+            layers.append(_act(cfg.activation))
+    return nn.Sequential(*layers)
+
+
+def build_encoder(cfg: ModelParams, out_dim: int) -> nn.Module:
+    if cfg.arch == "conv":
+        return _conv_encoder(cfg, out_dim)
+    return nn.Sequential(nn.Flatten(), _mlp([PIXELS, *cfg.hidden, out_dim], cfg.activation))
+
+
+def build_decoder(cfg: ModelParams) -> nn.Module:
+    if cfg.arch == "conv":
+        return _conv_decoder(cfg)
+    return nn.Sequential(_mlp([cfg.latent_dim, *reversed(cfg.hidden), PIXELS], cfg.activation),
+                         nn.Unflatten(1, IMAGE_SHAPE))
+
+
+@dataclass
+class Posterior:
+    mu: torch.Tensor  # (B, latent): the code (AE) or the posterior mean (VAE)
+    logvar: torch.Tensor | None  # (B, latent) for the VAE, None for the AE
+
+
+class AutoEncoder(nn.Module):
+    """Deterministic z = e(x); trained on reconstruction alone."""
+
+    kind = "ae"
+
+    def __init__(self, cfg: ModelParams):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = build_encoder(cfg, self._encoder_out(cfg))
+        self.decoder = build_decoder(cfg)
+
+    @staticmethod
+    def _encoder_out(cfg: ModelParams) -> int:
+        return cfg.latent_dim
+
+    def encode(self, x: torch.Tensor) -> Posterior:
+        return Posterior(self.encoder(x), None)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)  # (B, 1, 28, 28) logits
+
+    def reparameterize(self, post: Posterior) -> torch.Tensor:
+        return post.mu
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Posterior]:
+        """Reconstruction logits; a VAE samples z in training and uses the mean in eval."""
+        post = self.encode(x)
+        z = self.reparameterize(post) if self.training else post.mu
+        return self.decode(z), post
+
+    def loss(self, x: torch.Tensor, epoch: int = 0) -> LossTerms:
+        """Batch-mean per-image loss; recon summed over pixels, KL in nats.
+
+        z is sampled in eval too, so validation reports the same ELBO terms.
+        """
+        post = self.encode(x)
+        recon = recon_per_image(self.decode(self.reparameterize(post)), x, self.cfg.recon).mean()
+        return self._total(recon, post, epoch)
+
+    def _total(self, recon: torch.Tensor, post: Posterior, epoch: int) -> LossTerms:
+        zero = recon.new_zeros(())
+        return LossTerms(total=recon, recon=recon, kl=zero)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Decode z ~ N(0, I): garbage for an AE, digits for a VAE (the article's claim)."""
+        device = next(self.parameters()).device
+        z = torch.randn(n, self.cfg.latent_dim, generator=generator, device=device)
+        return torch.sigmoid(self.decode(z))
+
+
+class VAE(AutoEncoder):
+    """The encoder outputs mean and log-variance; z = mu + sigma * eps (reparameterization)."""
+
+    kind = "vae"
+
+    @staticmethod
+    def _encoder_out(cfg: ModelParams) -> int:
+        return 2 * cfg.latent_dim
+
+    def encode(self, x: torch.Tensor) -> Posterior:
+        mu, logvar = self.encoder(x).chunk(2, dim=1)  # (B, latent) each
+        return Posterior(mu, logvar.clamp(-30.0, 20.0))  # keeps exp() finite early in training
+
+    def reparameterize(self, post: Posterior) -> torch.Tensor:
+        eps = torch.randn_like(post.mu)  # (B, latent); the noise carries no gradient
+        return post.mu + torch.exp(0.5 * post.logvar) * eps
+
+    def _total(self, recon: torch.Tensor, post: Posterior, epoch: int) -> LossTerms:
+        kl_dims = kl_per_dim(post.mu, post.logvar).mean(0)  # (latent,) nats, batch mean
+        kl = kl_dims.sum()
+        penalised = kl_dims.clamp(min=self.cfg.free_bits).sum() if self.cfg.free_bits > 0 else kl
+        weight = kl_weight(self.cfg.beta, epoch, self.cfg.kl_warmup_epochs)
+        return LossTerms(total=recon + weight * penalised, recon=recon, kl=kl)
+
+
+def build_model(cfg: ModelParams) -> AutoEncoder:
+    return {"ae": AutoEncoder, "vae": VAE}[cfg.kind](cfg)

@@ -1,0 +1,200 @@
+"""The training loop: plain PyTorch, no Ray, no MLflow.
+
+The whole split lives on the device as one tensor and batches are drawn from
+a seeded permutation, so there is no DataLoader and no per-sample Python.
+Losses are accumulated on the device and read once per epoch (no per-step
+host sync). A checkpoint is written atomically after every epoch and a
+resumed run continues exactly where the interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aevae import atomic
+from aevae.config import RunSpec
+from aevae.losses import kl_weight
+from aevae.models import AutoEncoder, build_model
+
+CHECKPOINT = "last.pt"
+EVAL_BATCH = 1024
+METRICS = ("loss_per_image", "recon_per_image", "kl_nats_per_image")
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training diverged; the model is not usable and must not be marked good."""
+
+
+@dataclass
+class TrainResult:
+    model: AutoEncoder
+    history: list[dict] = field(default_factory=list)  # one record per epoch, all epochs so far
+    epochs_run: int = 0  # epochs trained by this call (fewer than the total after a resume)
+
+
+def to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 (N, 28, 28) -> float (N, 1, 28, 28) in [0, 1] on `device`."""
+    return (torch.from_numpy(images).to(device).float() / 255.0).unsqueeze(1)
+
+
+def spec_digest(spec: RunSpec, data_sha256: str = "") -> str:
+    """Identifies what a checkpoint was trained for: resume only onto the same spec and data."""
+    return hashlib.sha256((spec.model_dump_json() + data_sha256).encode()).hexdigest()[:12]
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    # A generator per epoch makes the batch order a pure function of (seed, epoch): resume needs no state for it.
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class LossOf(torch.nn.Module):
+    """forward(x, epoch) -> (total, recon, kl): the module that DDP or torch.compile wraps."""
+
+    def __init__(self, model: AutoEncoder):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        terms = self.model.loss(x, epoch)
+        return terms.total, terms.recon, terms.kl
+
+
+def _run_epoch(step: torch.nn.Module, opt, x: torch.Tensor, spec: RunSpec, epoch: int, shard: tuple[int, int]) -> torch.Tensor:
+    """One pass over x; returns (3,) device tensor of per-image means of [total, recon, kl]."""
+    step.train()
+    rank, world = shard
+    order = torch.randperm(len(x), generator=_epoch_generator(spec.train.seed, epoch)).to(x.device)
+    order = order[rank::world]  # data-parallel: each worker takes its own share
+    sums = torch.zeros(3, device=x.device)
+    bs = spec.train.batch_size
+    for start in range(0, len(order), bs):
+        batch = x[order[start : start + bs]]
+        with _autocast(x.device, spec.train.precision):
+            total, recon, kl = step(batch, epoch)
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        sums += torch.stack([total, recon, kl]).detach().float() * len(batch)
+    return sums / len(order)
+
+
+@torch.no_grad()
+def evaluate_loss(model: AutoEncoder, x: torch.Tensor, epoch: int, precision: str = "fp32") -> torch.Tensor:
+    """(3,) per-image means of [total, recon, kl] over x, in eval mode."""
+    model.eval()
+    sums = torch.zeros(3, device=x.device)
+    for start in range(0, len(x), EVAL_BATCH):
+        batch = x[start : start + EVAL_BATCH]
+        with _autocast(x.device, precision):
+            terms = model.loss(batch, epoch)
+        sums += torch.stack([terms.total, terms.recon, terms.kl]).float() * len(batch)
+    return sums / len(x)
+
+
+def _record(epoch: int, train: list[float], val: list[float], spec: RunSpec, seconds: float) -> dict:
+    rec: dict = {"epoch": epoch + 1}
+    rec.update({f"train/{k}": v for k, v in zip(METRICS, train)})
+    rec.update({f"val/{k}": v for k, v in zip(METRICS, val)})
+    is_vae = spec.model.kind == "vae"
+    rec["kl_weight"] = kl_weight(spec.model.beta, epoch, spec.model.kl_warmup_epochs) if is_vae else 0.0
+    rec["seconds"] = seconds
+    return rec
+
+
+def _save_checkpoint(path: Path, model, opt, epoch: int, history: list[dict], digest: str) -> None:
+    state = {
+        "digest": digest,
+        "epoch": epoch,  # epochs completed
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "history": history,
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    atomic.torch_save(path, state)
+
+
+def _load_checkpoint(path: Path, model, opt, digest: str, device: torch.device) -> tuple[int, list[dict]]:
+    """Restore from `path` if it belongs to this spec; returns (epochs done, history)."""
+    if not path.is_file():
+        return 0, []
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception:  # a corrupt checkpoint is not fatal: train from scratch
+        return 0, []
+    if state.get("digest") != digest:
+        return 0, []
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng_cpu"].cpu())
+    if state["rng_cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+    return int(state["epoch"]), list(state["history"])
+
+
+def train_model(
+    spec: RunSpec,
+    train_images: np.ndarray,
+    val_images: np.ndarray,
+    device: torch.device | str = "cpu",
+    checkpoint_dir: Path | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    data_sha256: str = "",
+    shard: tuple[int, int] = (0, 1),
+    wrap: Callable[[AutoEncoder], torch.nn.Module] | None = None,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train one sweep member, resuming from `checkpoint_dir` when it holds its checkpoint.
+
+    `wrap` lets a data-parallel caller put the model in DDP; `shard` is (rank,
+    world size); only rank 0 writes checkpoints. `stop_after` ends the call after
+    that many epochs (tests use it to simulate an interruption).
+    """
+    device = torch.device(device)
+    torch.manual_seed(spec.train.seed)  # weights init and the VAE's sampling noise
+    model = build_model(spec.model).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=spec.train.lr, weight_decay=spec.train.weight_decay)
+    digest = spec_digest(spec, data_sha256)
+    ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
+    start, history = _load_checkpoint(ckpt, model, opt, digest, device) if ckpt else (0, [])
+
+    step = LossOf(model)
+    step = wrap(step) if wrap else step
+    if spec.train.compile:
+        step = torch.compile(step)
+    x_train, x_val = to_tensor(train_images, device), to_tensor(val_images, device)
+    result = TrainResult(model=model, history=history)
+    for epoch in range(start, spec.train.epochs):
+        if stop_after is not None and result.epochs_run >= stop_after:
+            break
+        t0 = time.perf_counter()
+        train = _run_epoch(step, opt, x_train, spec, epoch, shard).tolist()  # the one sync per epoch
+        val = evaluate_loss(model, x_val, epoch, spec.train.precision).tolist()
+        if not all(np.isfinite(train + val)):
+            raise NonFiniteLoss(
+                f"model '{spec.name}' diverged at epoch {epoch + 1} (loss {train[0]}); "
+                f"lower train.lr (now {spec.train.lr}) and rerun"
+            )
+        record = _record(epoch, train, val, spec, time.perf_counter() - t0)
+        history.append(record)
+        result.epochs_run += 1
+        if ckpt and shard[0] == 0:
+            _save_checkpoint(ckpt, model, opt, epoch + 1, history, digest)
+        if on_epoch:
+            on_epoch(record)
+    model.eval()
+    return result

@@ -1,0 +1,157 @@
+"""Shared helpers: tiny IDX datasets written on the fly, params files, stage runs."""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED_PARAMS = REPO / "params.yaml"
+PREPARE_SCRIPT = REPO / "pipeline" / "prepare.py"
+
+# The four MNIST file stems, in the canonical (dash) spelling.
+IDX_NAMES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+# --------------------------------------------------------------------------- IDX
+
+
+def idx_bytes(array: np.ndarray, magic_type: int = 0x08) -> bytes:
+    """The IDX encoding of a uint8 array: magic 0x0000 08 <ndim>, big-endian dims, data."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, magic_type, array.ndim])
+    dims = b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + dims + array.tobytes()
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool | None = None) -> Path:
+    """Write `array` as an IDX file; gzipped when the name ends in .gz (or gz=True)."""
+    path = Path(path)
+    if gz is None:
+        gz = path.suffix == ".gz"
+    elif gz and path.suffix != ".gz":
+        path = path.with_name(path.name + ".gz")
+    data = idx_bytes(array)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data, mtime=0) if gz else data)
+    return path
+
+
+def make_images(labels: np.ndarray, split_marker: int, size: int = 28, start_id: int = 0) -> np.ndarray:
+    """(N, size, size) uint8 images carrying a unique id, a split marker and their label.
+
+    pixel [0, 0] and [0, 1] hold the id (big-endian base 256), [0, 2] the split
+    marker, [0, 3] the label; the rest is a deterministic pattern, so every image
+    is distinct and traceable after splitting.
+    """
+    n = len(labels)
+    rng = np.random.default_rng(1234 + split_marker)
+    images = rng.integers(0, 256, size=(n, size, size), dtype=np.uint8)
+    ids = np.arange(start_id, start_id + n)
+    images[:, 0, 0] = ids // 256
+    images[:, 0, 1] = ids % 256
+    images[:, 0, 2] = split_marker
+    images[:, 0, 3] = labels
+    return images
+
+
+def image_ids(images: np.ndarray) -> np.ndarray:
+    return images[:, 0, 0].astype(np.int64) * 256 + images[:, 0, 1].astype(np.int64)
+
+
+def make_arrays(per_class_train: int = 12, per_class_test: int = 3, classes=range(10), size: int = 28) -> dict:
+    """Arrays of a small MNIST-like dataset, labels shuffled (not sorted by class)."""
+    rng = np.random.default_rng(0)
+    classes = list(classes)
+    train_labels = rng.permutation(np.repeat(np.array(classes, dtype=np.uint8), per_class_train))
+    test_labels = rng.permutation(np.repeat(np.array(classes, dtype=np.uint8), per_class_test))
+    return {
+        "train_images": make_images(train_labels, 1, size),
+        "train_labels": train_labels,
+        "test_images": make_images(test_labels, 2, size, start_id=len(train_labels)),
+        "test_labels": test_labels,
+    }
+
+
+def write_idx_dir(folder: Path, arrays: dict | None = None, gz: bool = True) -> dict:
+    """Write the four IDX files into `folder`; returns the arrays and the paths."""
+    arrays = make_arrays() if arrays is None else arrays
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {key: write_idx(folder / IDX_NAMES[key], arrays[key], gz=gz) for key in IDX_NAMES}
+    return {"arrays": arrays, "paths": paths}
+
+
+# ------------------------------------------------------------------------ params
+
+
+def shipped_params() -> dict:
+    return yaml.safe_load(SHIPPED_PARAMS.read_text())
+
+
+def write_params(folder: Path, data: dict | None = None, base: dict | None = None) -> Path:
+    """params.yaml in `folder`: the shipped defaults with `data` section overrides."""
+    params = copy.deepcopy(shipped_params() if base is None else base)
+    params["data"].update(data or {})
+    path = Path(folder) / "params.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+# ------------------------------------------------------------------------- stage
+
+
+def run_stage(cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run pipeline/prepare.py as the pipeline does: a fresh process in `cwd`."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    return subprocess.run(
+        [sys.executable, str(PREPARE_SCRIPT)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """sha256 of every file under `folder`, keyed by relative path."""
+    folder = Path(folder)
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def hidden_entries(folder: Path) -> list[str]:
+    """Names starting with '.' in `folder`: leftovers of an atomic write."""
+    folder = Path(folder)
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) if folder.is_dir() else []
+
+
+def assert_one_line(message: str) -> None:
+    text = str(message).strip()
+    assert text, "empty error message"
+    assert "\n" not in text, f"error message is not one line:\n{text}"
+
+
+@pytest.fixture
+def idx_dataset(tmp_path):
+    """A tiny gzipped IDX dataset: 10 classes x 12 train, 10 x 3 test, 28x28."""
+    return write_idx_dir(tmp_path / "raw", gz=True)
