@@ -57,15 +57,29 @@ def _check_reachable(address: str) -> None:
 
 def connect() -> tuple[bool, str]:
     """Attach to RAY_ADDRESS or start a local instance; returns (started_locally, gcs address)."""
-    import ray
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    quiet = dict(logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False)
     address = os.environ.get("RAY_ADDRESS", "").strip()
     if address:
         _check_reachable(address)
-        ray.init(address=address, **quiet)
+        # Since Ray 2.59 a head started with `ray start` requires token auth, but a driver attaching by
+        # address only sends its token when told to: do so whenever this user has a token. Ray reads
+        # this when it is imported, so it is set first.
+        if "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").is_file():
+            os.environ["RAY_AUTH_MODE"] = "token"
+    import ray
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    quiet = dict(logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False)
+    if address:
+        import aevae
+
+        try:
+            # Ship this package to the cluster so its workers run the driver's exact code.
+            ray.init(address=address, runtime_env={"py_modules": [aevae]}, **quiet)
+        except ConnectionError as exc:
+            raise UserError(
+                f"cannot connect to the Ray cluster at RAY_ADDRESS={address} ({exc}); check the address, and with"
+                " token auth set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN"
+            ) from None
         return False, ray.get_runtime_context().gcs_address
     ray.init(address="local", num_cpus=os.cpu_count(), **quiet)
     return True, ray.get_runtime_context().gcs_address
@@ -140,7 +154,7 @@ def _ddp_loop(config: dict) -> None:
         wrap=ray.train.torch.prepare_model,
         on_epoch=(lambda rec: board.report.remote(spec.name, rec)) if board else None,
     )
-    ray.train.report({"epochs_run": result.epochs_run})
+    ray.train.report({"epochs_run": result.epochs_run})  # the weights travel through the checkpoint file
 
 
 def _fit_ddp(spec: RunSpec, data: tuple, ckpt_dir: str, data_sha256: str, ray_params: RayParams, use_gpu: bool, board) -> ModelOutcome:
@@ -148,9 +162,12 @@ def _fit_ddp(spec: RunSpec, data: tuple, ckpt_dir: str, data_sha256: str, ray_pa
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from aevae.training import CHECKPOINT
+    from aevae.training import CHECKPOINT, read_checkpoint, spec_digest
 
     t0 = time.perf_counter()
+    ckpt = Path(ckpt_dir) / CHECKPOINT
+    before = read_checkpoint(ckpt, spec_digest(spec, data_sha256), torch.device("cpu"))
+    epochs_before = before["epoch"] if before else 0
     trainer = TorchTrainer(
         _ddp_loop,
         train_loop_config={"spec": spec, "train": data[0], "val": data[1], "ckpt_dir": ckpt_dir,
@@ -160,13 +177,12 @@ def _fit_ddp(spec: RunSpec, data: tuple, ckpt_dir: str, data_sha256: str, ray_pa
         run_config=RunConfig(name=f"ddp-{spec.name}", storage_path=str(Path(ckpt_dir).parent / "_ray_train")),
     )
     try:
-        result = trainer.fit()
-        epochs_run = int(result.metrics.get("epochs_run", 0))
+        trainer.fit()
     except Exception as exc:  # Ray wraps worker errors; report it as this model's failure
         return ModelOutcome(spec, None, [], 0, "ddp", time.perf_counter() - t0, error=str(exc).splitlines()[-1])
     # Rank 0 wrote the final state as its last checkpoint: read it back from storage.
-    state = torch.load(Path(ckpt_dir) / CHECKPOINT, map_location="cpu", weights_only=True)
-    return ModelOutcome(spec, state["model"], state["history"], epochs_run,
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    return ModelOutcome(spec, state["model"], state["history"], state["epoch"] - epochs_before,
                         f"ddp x{ray_params.workers_per_model}", time.perf_counter() - t0)
 
 
@@ -187,10 +203,10 @@ def train_sweep(
     on_done: Callable[[ModelOutcome], None],
 ) -> dict:
     """Train every spec concurrently as resources allow; returns facts about the cluster used."""
+    storage_path = storage_path.resolve()
+    started_locally, gcs = connect()  # first: it sets Ray's environment before Ray is imported
     import ray
 
-    storage_path = storage_path.resolve()
-    started_locally, gcs = connect()
     try:
         use_gpu = _use_gpu(ray_params.use_gpu)
         board = _progress_board()

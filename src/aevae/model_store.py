@@ -32,9 +32,12 @@ def _history_csv(history: list[dict]) -> str:
 
 
 def save(root: Path, spec: RunSpec, state_dict: dict, history: list[dict], facts: dict) -> Path:
+    """Write models/<name>/. Timings stay out: the folder must be byte-identical for identical
+    training, so a killed-and-resumed run reaches the same dvc.lock as an uninterrupted one."""
+    history = [{k: v for k, v in rec.items() if k != "seconds"} for rec in history]
     last = history[-1]
     metrics = {k: v for k, v in last.items() if k.startswith(("train/", "val/"))}
-    metrics.update(epochs=last["epoch"], train_seconds=round(sum(h["seconds"] for h in history), 3))
+    metrics["epochs"] = last["epoch"]
     with atomic.atomic_dir(Path(root) / spec.name) as tmp:
         torch.save(state_dict, tmp / "model.pt")
         (tmp / "config.json").write_text(json.dumps({**spec.model_dump(), **facts}, indent=2, sort_keys=True) + "\n")

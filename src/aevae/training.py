@@ -128,16 +128,23 @@ def _save_checkpoint(path: Path, model, opt, epoch: int, history: list[dict], di
     atomic.torch_save(path, state)
 
 
-def _load_checkpoint(path: Path, model, opt, digest: str, device: torch.device) -> tuple[int, list[dict]]:
-    """Restore from `path` if it belongs to this spec; returns (epochs done, history)."""
+_CHECKPOINT_KEYS = {"digest", "epoch", "model", "optimizer", "history", "rng_cpu", "rng_cuda"}
+
+
+def read_checkpoint(path: Path, digest: str, device: torch.device) -> dict | None:
+    """The checkpoint at `path` if it is ours and for this spec; None means train from scratch."""
     if not path.is_file():
-        return 0, []
+        return None
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception:  # a corrupt checkpoint is not fatal: train from scratch
-        return 0, []
-    if state.get("digest") != digest:
-        return 0, []
+        state = torch.load(path, map_location=device, weights_only=True)  # refuses pickled code
+    except Exception:  # corrupt or foreign: not fatal
+        return None
+    if not isinstance(state, dict) or not _CHECKPOINT_KEYS <= state.keys() or state["digest"] != digest:
+        return None
+    return state
+
+
+def _restore(state: dict, model, opt) -> tuple[int, list[dict]]:
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng_cpu"].cpu())
@@ -170,7 +177,8 @@ def train_model(
     opt = torch.optim.Adam(model.parameters(), lr=spec.train.lr, weight_decay=spec.train.weight_decay)
     digest = spec_digest(spec, data_sha256)
     ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
-    start, history = _load_checkpoint(ckpt, model, opt, digest, device) if ckpt else (0, [])
+    state = read_checkpoint(ckpt, digest, device) if ckpt else None
+    start, history = _restore(state, model, opt) if state else (0, [])
 
     step = LossOf(model)
     step = wrap(step) if wrap else step

@@ -1,0 +1,525 @@
+"""Evaluation metrics: small pure functions, each with its unit, and one runner.
+
+Every claim of the article becomes a number here:
+
+- compression: reconstruction error per pixel (MSE; BCE in nats), beside a PCA
+  baseline at the same latent size;
+- the VAE's objective on test data: KL (nats per image), negative ELBO and an
+  importance-weighted NLL estimate (nats per image), active units;
+- latent regularity: MMD² and a moment KL between the encoded test set and
+  N(0, I), and a "holes" score (prior samples far from every encoded image);
+- generation: prior samples z ~ N(0, I) decoded and scored by the reference
+  classifier (aevae.classifier): classifier-FID, confidence, class coverage;
+- latent structure: kNN / linear-probe accuracy of the label from z, silhouette;
+- interpolation: evenness of the decoded path between two codes, and its
+  classifier confidence.
+
+Images are float (N, 1, 28, 28) in [0, 1] or uint8 (N, 28, 28) arrays; codes
+are (N, latent) posterior means (the AE's code, the VAE's mu). Randomness
+comes from explicit seeds only, so `evaluate_model` is deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import silhouette_score
+from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from aevae.classifier import DigitClassifier, as_images
+from aevae.models import PIXELS, AutoEncoder
+
+EVAL_BATCH = 1024
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """The evaluate stage's knobs (proposed params.yaml `evaluate:` section)."""
+
+    n_prior_samples: int = 1000  # z ~ N(0, I) decoded for the generation metrics, holes and MMD
+    iw_samples: int = 64  # k of the importance-weighted NLL bound
+    iw_batch_rows: int = 16384  # decoder rows (images x samples) per IW batch: bounds memory
+    interp_pairs: int = 32  # test pairs of different classes
+    interp_steps: int = 10  # decoded images per path, endpoints included
+    knn_k: int = 5
+    silhouette_max_points: int = 2000
+    confidence_threshold: float = 0.9  # a sample is "confident" above this top-class probability
+    active_unit_threshold: float = 0.01  # Burda et al. (2016)
+    holes_percentile: float = 99.0
+
+
+# ----------------------------------------------------------------- helpers
+
+
+def _seeded(seed: int, purpose: int) -> torch.Generator:
+    # One stream per purpose: changing n_prior_samples does not move the IW-NLL samples.
+    return torch.Generator().manual_seed(seed * 1_000_003 + purpose)
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().double().numpy()
+
+
+@torch.no_grad()
+def encode(model: AutoEncoder, images) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(mu (N, latent), logvar (N, latent) or None for the AE), eval mode, batched."""
+    model.eval()
+    x = as_images(images, _device(model))
+    mus, logvars = [], []
+    for i in range(0, len(x), EVAL_BATCH):
+        post = model.encode(x[i : i + EVAL_BATCH])
+        mus.append(post.mu.float())
+        if post.logvar is not None:
+            logvars.append(post.logvar.float())
+    return torch.cat(mus), (torch.cat(logvars) if logvars else None)
+
+
+@torch.no_grad()
+def decode(model: AutoEncoder, z: torch.Tensor) -> torch.Tensor:
+    """(N, latent) codes -> (N, 1, 28, 28) images in [0, 1] (sigmoid of the logits), batched."""
+    model.eval()
+    z = z.to(_device(model)).float()
+    return torch.cat([torch.sigmoid(model.decode(z[i : i + EVAL_BATCH]).float()) for i in range(0, len(z), EVAL_BATCH)])
+
+
+# ---------------------------------------------------------- reconstruction
+
+
+@torch.no_grad()
+def reconstruction_error(model: AutoEncoder, images) -> dict[str, float]:
+    """Test reconstruction from the mean code, per pixel: {"mse_per_pixel", "bce_nats_per_pixel"}.
+
+    MSE is between sigmoid(logits) and x; BCE is the Bernoulli cross-entropy of
+    x under the decoder's logits, in nats (x is grey-level, so this is the same
+    "continuous BCE" the models train on, not a normalised likelihood).
+    """
+    model.eval()
+    x = as_images(images, _device(model))
+    mse = bce = 0.0
+    for i in range(0, len(x), EVAL_BATCH):
+        batch = x[i : i + EVAL_BATCH]
+        logits = model.decode(model.encode(batch).mu).float()
+        mse += float(((torch.sigmoid(logits) - batch) ** 2).sum())
+        bce += float(F.binary_cross_entropy_with_logits(logits, batch, reduction="sum"))
+    n = len(x) * PIXELS
+    return {"mse_per_pixel": mse / n, "bce_nats_per_pixel": bce / n}
+
+
+def _flat64(images) -> np.ndarray:
+    """(N, 784) float64 pixels in [0, 1]; uint8 is divided in float64 so sklearn sees exact values."""
+    if isinstance(images, np.ndarray) and images.dtype == np.uint8:
+        return images.reshape(-1, PIXELS).astype(np.float64) / 255.0
+    return as_images(images).reshape(-1, PIXELS).double().numpy()
+
+
+def pca_reconstruct(train_images, test_images, n_components: int, seed: int = 0) -> np.ndarray:
+    """PCA fit on train, test projected and reconstructed: (N, 784) floats (not clipped)."""
+    train, test = _flat64(train_images), _flat64(test_images)
+    pca = PCA(n_components=n_components, svd_solver="full", random_state=seed).fit(train)
+    return pca.inverse_transform(pca.transform(test))
+
+
+def pca_baseline(train_images, test_images, latent_dim: int, seed: int = 0, eps: float = 1e-4) -> dict[str, float]:
+    """The linear baseline at one latent size: {"pca/recon_mse_per_pixel", "pca/recon_bce_nats_per_pixel"}.
+
+    MSE per pixel of the PCA reconstruction; BCE per pixel (nats) with the
+    reconstruction clipped into (eps, 1 - eps), since PCA is not confined to [0, 1].
+    Compute once per latent size, not once per model.
+    """
+    x = _flat64(test_images)
+    recon = pca_reconstruct(train_images, test_images, latent_dim, seed)
+    p = np.clip(recon, eps, 1.0 - eps)
+    bce = -(x * np.log(p) + (1.0 - x) * np.log1p(-p))
+    return {"pca/recon_mse_per_pixel": float(((recon - x) ** 2).mean()), "pca/recon_bce_nats_per_pixel": float(bce.mean())}
+
+
+# --------------------------------------------------------------- VAE terms
+
+
+def kl_to_prior(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """(N,) analytic KL(N(mu, sigma²) || N(0, I)) per image, nats."""
+    mu, logvar = mu.double(), logvar.double()
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
+
+
+@torch.no_grad()
+def vae_terms(model: AutoEncoder, images, k: int = 64, seed: int = 0, batch_rows: int = 16384) -> dict[str, float]:
+    """KL, negative ELBO and the k-sample importance-weighted NLL, nats per image (BCE decoder).
+
+    With z_1..z_k ~ q(z|x) and log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x):
+    - kl_nats_per_image: analytic KL(q(z|x) || N(0, I)), mean over images;
+    - neg_elbo_nats_per_image: E_q[-log p(x|z)] (Monte Carlo, the k samples) + analytic KL;
+    - iw_nll_nats_per_image: -log (1/k sum_i w_i) (Burda et al. 2016), an upper bound
+      on -log p(x) that tightens as k grows; k = 1 is the ELBO.
+    log p(x|z) = -BCE(logits, x) summed over pixels (x is grey-level: "continuous BCE").
+    The AE has no posterior: all three are NaN.
+    """
+    nan = float("nan")
+    mu_all, logvar_all = encode(model, images)
+    if logvar_all is None:
+        return {"kl_nats_per_image": nan, "neg_elbo_nats_per_image": nan, "iw_nll_nats_per_image": nan}
+    device = _device(model)
+    x_all = as_images(images, device)
+    gen = _seeded(seed, 1)
+    chunk = max(1, batch_rows // k)
+    recon_sum = iw_sum = 0.0
+    for i in range(0, len(x_all), chunk):
+        x, mu, logvar = x_all[i : i + chunk], mu_all[i : i + chunk], logvar_all[i : i + chunk]
+        b, d = mu.shape
+        eps = torch.randn(k, b, d, generator=gen).to(device)  # (k, B, latent)
+        z = mu + torch.exp(0.5 * logvar) * eps  # (k, B, latent)
+        logits = model.decode(z.reshape(k * b, d)).float().reshape(k, b, PIXELS)
+        log_px = -F.binary_cross_entropy_with_logits(logits, x.reshape(1, b, PIXELS).expand(k, b, PIXELS),
+                                                     reduction="none").sum(2).double()  # (k, B)
+        log_pz = -0.5 * (z.double().pow(2) + LOG_2PI).sum(2)  # (k, B)
+        log_qz = -0.5 * (eps.double().pow(2) + logvar.double() + LOG_2PI).sum(2)  # (k, B)
+        log_w = log_px + log_pz - log_qz
+        iw_sum += float(-(torch.logsumexp(log_w, 0) - math.log(k)).sum())
+        recon_sum += float(-log_px.mean(0).sum())
+    n = len(x_all)
+    kl = float(kl_to_prior(mu_all, logvar_all).mean())
+    return {"kl_nats_per_image": kl, "neg_elbo_nats_per_image": recon_sum / n + kl, "iw_nll_nats_per_image": iw_sum / n}
+
+
+def active_units(codes, threshold: float = 0.01) -> int:
+    """Latent dimensions whose posterior mean varies over the data: Var_x(E_q[z_u]) > threshold.
+
+    Burda et al. (2016). For the AE the "posterior mean" is the code itself, so
+    the count depends on the code's (unregularised) scale.
+    """
+    codes = np.asarray(codes, dtype=np.float64)
+    return int((codes.var(axis=0) > threshold).sum())
+
+
+# ----------------------------------------------------- latent regularity
+
+
+def mmd_rbf(x, y, scales: tuple[float, ...] = (0.5, 1.0, 2.0)) -> float:
+    """Unbiased MMD² between samples x (N, d) and y (M, d); unitless, ~0 for equal distributions.
+
+    Kernel: the mean of RBF kernels exp(-|a-b|² / (2 (s h)²)) over `scales` s,
+    with h the median pairwise distance of the pooled sample (median heuristic).
+    The unbiased estimate can be slightly negative when the distributions match.
+    """
+    x = torch.as_tensor(np.asarray(x), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(y), dtype=torch.float64)
+    n, m = len(x), len(y)
+    d2 = torch.cdist(torch.cat([x, y]), torch.cat([x, y])).pow(2)  # (N + M, N + M)
+    off_diag = d2[~torch.eye(n + m, dtype=torch.bool)]
+    h2 = float(off_diag.median()) or 1.0  # all points equal: any bandwidth gives 0
+    k = sum(torch.exp(-d2 / (2.0 * s * s * h2)) for s in scales) / len(scales)
+    kxx, kyy, kxy = k[:n, :n], k[n:, n:], k[:n, n:]
+    term_x = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
+    term_y = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+    return float(term_x + term_y - 2.0 * kxy.mean())
+
+
+def moment_kl_to_prior(codes) -> float:
+    """KL(N(m, S) || N(0, I)) in nats, with m, S the mean and covariance of `codes` (N, d).
+
+    0.5 (tr S + |m|² - d - log det S). Uses only the first two moments of the
+    aggregate codes (posterior means), so it is blind to holes and multi-modality;
+    +inf when S is singular (a collapsed code).
+    """
+    codes = np.asarray(codes, dtype=np.float64)
+    d = codes.shape[1]
+    m = codes.mean(0)
+    s = np.atleast_2d(np.cov(codes, rowvar=False))
+    sign, logdet = np.linalg.slogdet(s)
+    if sign <= 0:
+        return float("inf")
+    return float(0.5 * (np.trace(s) + m @ m - d - logdet))
+
+
+def holes_fraction(codes, prior_samples, percentile: float = 99.0) -> float:
+    """Share of prior samples that fall in a "hole" of the encoded data, in [0, 1].
+
+    The radius is the `percentile` of the encoded points' distances to their own
+    nearest other encoded point; a prior sample whose nearest encoded point is
+    farther than that radius lies where no data was encoded. ~1 - percentile/100
+    when codes and prior samples come from the same distribution.
+    """
+    codes = np.asarray(codes, dtype=np.float64)
+    prior_samples = np.asarray(prior_samples, dtype=np.float64)
+    nn_index = NearestNeighbors(n_neighbors=2).fit(codes)
+    own, _ = nn_index.kneighbors(codes)  # column 0 is the point itself
+    radius = np.percentile(own[:, 1], percentile)
+    dist, _ = nn_index.kneighbors(prior_samples, n_neighbors=1)
+    return float((dist[:, 0] > radius).mean())
+
+
+# -------------------------------------------------------------- generation
+
+
+def _psd_sqrt(s: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a symmetric PSD matrix (negative round-off eigenvalues -> 0)."""
+    w, v = scipy.linalg.eigh(s)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """|mu1 - mu2|² + tr(S1 + S2 - 2 (S1 S2)^½): the Fréchet (W2²) distance of two Gaussians.
+
+    Units: squared feature units; 0 for identical Gaussians. tr (S1 S2)^½ is
+    computed as tr (S1^½ S2 S1^½)^½ (the same eigenvalues) from symmetric
+    eigendecompositions, which stays exact when a covariance is singular (dead
+    ReLU features), where scipy.linalg.sqrtm of the product warns and loses accuracy.
+    """
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    r1 = _psd_sqrt(s1)
+    middle = r1 @ s2 @ r1
+    tr_covmean = np.sqrt(np.clip(scipy.linalg.eigvalsh((middle + middle.T) / 2.0), 0.0, None)).sum()
+    diff = mu1 - mu2
+    return float(max(0.0, diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean))
+
+
+def feature_stats(features) -> tuple[np.ndarray, np.ndarray]:
+    """(mean (d,), covariance (d, d)) of (N, d) features."""
+    f = np.asarray(features.cpu() if isinstance(features, torch.Tensor) else features, dtype=np.float64)
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+def classifier_fid(features_a, features_b) -> float:
+    """Fréchet distance between the reference classifier's features of two image sets.
+
+    Call it classifier-FID: the same formula as FID, but in this project's CNN's
+    penultimate layer (aevae.classifier), so it is comparable only within the project.
+    """
+    return frechet_distance(*feature_stats(features_a), *feature_stats(features_b))
+
+
+@torch.no_grad()
+def prior_samples(model: AutoEncoder, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z (n, latent) ~ N(0, I), decoded images (n, 1, 28, 28) in [0, 1]); the same for AE and VAE."""
+    z = torch.randn(n, model.cfg.latent_dim, generator=_seeded(seed, 2))
+    return z, decode(model, z)
+
+
+def generation_metrics(images, classifier: DigitClassifier, reference_features, threshold: float = 0.9) -> dict[str, float]:
+    """Scores of generated images by the reference classifier.
+
+    - classifier_fid: vs the reference (test) features, squared feature units, lower is better;
+    - mean_confidence: mean top-class probability, in [0, 1];
+    - confident_fraction: share of images with top-class probability > threshold;
+    - class_coverage: distinct classes among the confident images / number of classes, in [0, 1].
+    """
+    probs = classifier.predict_proba(images).cpu()
+    top, pred = probs.max(1)
+    confident = top > threshold
+    return {
+        "classifier_fid": classifier_fid(classifier.features(images), reference_features),
+        "mean_confidence": float(top.mean()),
+        "confident_fraction": float(confident.float().mean()),
+        "class_coverage": len(set(pred[confident].tolist())) / probs.shape[1],
+    }
+
+
+# -------------------------------------------------------- latent structure
+
+
+def latent_structure(train_codes, train_labels, test_codes, test_labels, k: int = 5,
+                     max_points: int = 2000, seed: int = 0) -> dict[str, float]:
+    """How well z separates the digits: accuracies in [0, 1], silhouette in [-1, 1].
+
+    - knn_accuracy: k-nearest-neighbour label of each test code among the train codes;
+    - linear_probe_accuracy: logistic regression on standardised train codes, scored on test;
+    - silhouette: of the test codes grouped by label (at most `max_points`, seeded sample).
+    """
+    train_codes, test_codes = np.asarray(train_codes, np.float64), np.asarray(test_codes, np.float64)
+    train_labels, test_labels = np.asarray(train_labels), np.asarray(test_labels)
+    knn = KNeighborsClassifier(n_neighbors=k).fit(train_codes, train_labels)
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(train_codes, train_labels)
+    n_labels = len(np.unique(test_labels))
+    if 2 <= n_labels < len(test_codes):
+        sample = min(len(test_codes), max_points)
+        sil = float(silhouette_score(test_codes, test_labels, sample_size=sample, random_state=seed))
+    else:
+        sil = float("nan")
+    return {
+        "knn_accuracy": float(knn.score(test_codes, test_labels)),
+        "linear_probe_accuracy": float(probe.score(test_codes, test_labels)),
+        "silhouette": sil,
+    }
+
+
+# ------------------------------------------------------------ interpolation
+
+
+@dataclass
+class Interpolation:
+    strips: np.ndarray  # (pairs, steps, 28, 28) float32 decoded images in [0, 1], for figures
+    pairs: np.ndarray  # (pairs, 2) indices into the test images
+    pair_labels: np.ndarray  # (pairs, 2) their labels
+
+
+def different_class_pairs(labels, n_pairs: int, seed: int = 0) -> np.ndarray:
+    """(n_pairs, 2) seeded index pairs whose labels differ (distinct first indices when possible)."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    first = rng.choice(len(labels), size=n_pairs, replace=n_pairs > len(labels))
+    second = np.array([rng.choice(np.flatnonzero(labels != labels[i])) for i in first], dtype=np.int64)
+    return np.stack([first, second], axis=1)
+
+
+@torch.no_grad()
+def interpolate(model: AutoEncoder, images, labels, n_pairs: int = 32, steps: int = 10, seed: int = 0) -> Interpolation:
+    """Decode the straight line between the mean codes of test pairs of different classes."""
+    pairs = different_class_pairs(labels, n_pairs, seed)
+    mu, _ = encode(model, as_images(images)[torch.from_numpy(pairs.reshape(-1))])
+    mu = mu.reshape(n_pairs, 2, -1)  # (P, 2, latent)
+    t = torch.linspace(0.0, 1.0, steps, device=mu.device)[None, :, None]  # (1, S, 1)
+    z = (1.0 - t) * mu[:, :1] + t * mu[:, 1:]  # (P, S, latent)
+    strips = decode(model, z.reshape(n_pairs * steps, -1)).reshape(n_pairs, steps, 28, 28)
+    return Interpolation(strips.cpu().numpy(), pairs, np.asarray(labels)[pairs])
+
+
+def smoothness_ratio(strips) -> float:
+    """Largest step / mean step along each path (L2 in pixel space), averaged over paths.
+
+    strips: (pairs, steps, ...) images. 1.0 is perfectly even; a path that jumps
+    (e.g. across a hole between clusters) scores high. A path that never moves counts as 1.
+    """
+    s = np.asarray(strips, dtype=np.float64)
+    s = s.reshape(s.shape[0], s.shape[1], -1)
+    step = np.linalg.norm(np.diff(s, axis=1), axis=2)  # (pairs, steps - 1)
+    mean = step.mean(1)
+    ratio = np.where(mean > 0, step.max(1) / np.where(mean > 0, mean, 1.0), 1.0)
+    return float(ratio.mean())
+
+
+def path_confidence(strips, classifier: DigitClassifier) -> float:
+    """Mean top-class probability of the reference classifier over every image of every path."""
+    x = torch.as_tensor(np.asarray(strips), dtype=torch.float32).reshape(-1, 1, 28, 28)
+    return float(classifier.predict_proba(x).max(1).values.mean())
+
+
+# ------------------------------------------------------------------ runner
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    interpolation: Interpolation
+    prior_images: np.ndarray  # (n, 28, 28) decoded prior samples in [0, 1], for figures
+    test_codes: np.ndarray  # (N, latent) posterior means of the test set, for scatter plots
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per part
+
+
+METRIC_KEYS = (
+    "test/recon_mse_per_pixel",
+    "test/recon_bce_nats_per_pixel",
+    "test/kl_nats_per_image",
+    "test/neg_elbo_nats_per_image",
+    "test/iw_nll_nats_per_image",
+    "test/active_units",
+    "test/mmd_to_prior",
+    "test/moment_kl_to_prior_nats",
+    "prior/holes_fraction",
+    "prior/classifier_fid",
+    "prior/mean_confidence",
+    "prior/confident_fraction",
+    "prior/class_coverage",
+    "test/knn_accuracy",
+    "test/linear_probe_accuracy",
+    "test/silhouette",
+    "interp/smoothness_ratio",
+    "interp/mean_confidence",
+)
+
+
+def evaluate(model: AutoEncoder, train_images, train_labels, test_images, test_labels,
+             classifier: DigitClassifier, seed: int = 0, settings: EvalSettings = EvalSettings(),
+             reference_features: torch.Tensor | None = None) -> Evaluation:
+    """Every metric of one model, plus the arrays figures need. See `evaluate_model` for the keys."""
+    s = settings
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = now - clock
+        clock = now
+
+    was_training = model.training
+    model.eval()
+    try:
+        test_x = as_images(test_images)
+        m: dict[str, float] = {}
+        recon = reconstruction_error(model, test_x)
+        m["test/recon_mse_per_pixel"] = recon["mse_per_pixel"]
+        m["test/recon_bce_nats_per_pixel"] = recon["bce_nats_per_pixel"]
+        lap("recon")
+
+        vt = vae_terms(model, test_x, k=s.iw_samples, seed=seed, batch_rows=s.iw_batch_rows)
+        m.update({f"test/{k}": v for k, v in vt.items()})
+        lap("vae_terms")
+
+        test_codes = _np(encode(model, test_x)[0])
+        train_codes = _np(encode(model, train_images)[0])
+        z, prior_images = prior_samples(model, s.n_prior_samples, seed)
+        m["test/active_units"] = float(active_units(test_codes, s.active_unit_threshold))
+        m["test/mmd_to_prior"] = mmd_rbf(test_codes, _np(z))
+        m["test/moment_kl_to_prior_nats"] = moment_kl_to_prior(test_codes)
+        m["prior/holes_fraction"] = holes_fraction(test_codes, _np(z), s.holes_percentile)
+        lap("regularity")
+
+        if reference_features is None:
+            reference_features = classifier.features(test_x)
+        gen = generation_metrics(prior_images, classifier, reference_features, s.confidence_threshold)
+        m.update({f"prior/{k}": v for k, v in gen.items()})
+        lap("generation")
+
+        structure = latent_structure(train_codes, train_labels, test_codes, test_labels,
+                                     s.knn_k, s.silhouette_max_points, seed)
+        m.update({f"test/{k}": v for k, v in structure.items()})
+        lap("structure")
+
+        interp = interpolate(model, test_x, test_labels, s.interp_pairs, s.interp_steps, seed)
+        m["interp/smoothness_ratio"] = smoothness_ratio(interp.strips)
+        m["interp/mean_confidence"] = path_confidence(interp.strips, classifier)
+        lap("interpolation")
+    finally:
+        model.train(was_training)
+    metrics = {k: float(m[k]) for k in METRIC_KEYS}
+    return Evaluation(metrics, interp, prior_images.reshape(-1, 28, 28).cpu().numpy(), test_codes, timings)
+
+
+def evaluate_model(model: AutoEncoder, train_images, train_labels, test_images, test_labels,
+                   classifier: DigitClassifier, seed: int = 0, settings: EvalSettings = EvalSettings(),
+                   reference_features: torch.Tensor | None = None) -> dict[str, float]:
+    """All metrics of one model as flat keys naming split and unit (METRIC_KEYS, same for every model).
+
+    test/*   on the test images: recon MSE / BCE per pixel (mean code), KL, negative ELBO and
+             IW-NLL (nats per image), active units (count), MMD² and moment KL (nats) of the
+             test codes vs N(0, I), kNN / linear-probe accuracy (codes fit on train), silhouette;
+    prior/*  on z ~ N(0, I): holes fraction, and the decoded samples' classifier-FID (vs the
+             test images), mean confidence, confident fraction, class coverage;
+    interp/* along straight lines between test codes of different classes: smoothness ratio
+             (1 = even), mean classifier confidence.
+
+    The AE gets NaN for test/kl_nats_per_image, test/neg_elbo_nats_per_image and
+    test/iw_nll_nats_per_image (it has no posterior, so no ELBO or likelihood);
+    every other key is defined for it, with its code standing in for the posterior
+    mean and its decoder fed the same prior samples as a VAE's.
+    `reference_features`: the classifier's features of the test images, to compute once
+    for many models. Deterministic for a given seed.
+    """
+    return evaluate(model, train_images, train_labels, test_images, test_labels, classifier, seed,
+                    settings, reference_features).metrics
