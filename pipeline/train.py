@@ -1,14 +1,19 @@
-"""Stage `train`: the sweep on Ray (local, or the cluster at RAY_ADDRESS) -> models/<name>/."""
+"""Stage `train`: the sweep on Ray (local, or the cluster at RAY_ADDRESS) -> models/<name>/.
+
+Each model is tracked as a child run of a new MLflow parent run, logged live
+per epoch and registered in the Model Registry once it has trained.
+"""
 
 import shutil
 from pathlib import Path
 
 from aevae import atomic, model_store
-from aevae.config import load_params, resolve_sweep
+from aevae.config import PARAMS_FILE, load_params, resolve_sweep
 from aevae.data.prepared import load_manifest, load_split
 from aevae.distributed import checkpoint_dir, train_sweep
 from aevae.errors import UserError, run_cli
 from aevae.progress import SweepProgress
+from aevae.tracking import SweepTracker
 
 RUN_FACTS = Path("logs/train_run.json")
 
@@ -18,31 +23,42 @@ def main() -> None:
     specs = resolve_sweep(params)
     manifest = load_manifest()
     train, val = load_split("train"), load_split("val")
+    tracker = SweepTracker(params, specs, manifest, Path(PARAMS_FILE))  # fails fast if the server is down
     progress = SweepProgress(specs)
     failures, runs = [], {}
 
+    def on_epoch(name: str, record: dict) -> None:
+        progress.epoch(name, record)
+        tracker.epoch(name, record)
+
     def on_done(outcome) -> None:
+        name = outcome.spec.name
         if outcome.error:
             failures.append(outcome.error)
-            progress.failed(outcome.spec.name, outcome.error)
+            progress.failed(name, outcome.error)
+            tracker.model_failed(name, outcome.error)
             return
-        model_store.save(model_store.MODELS_DIR, outcome.spec, outcome.state_dict, outcome.history,
-                         {"data_sha256": manifest["data_sha256"]})
-        runs[outcome.spec.name] = {"device": outcome.device, "epochs_run": outcome.epochs_run,
-                                   "seconds": round(outcome.seconds, 3)}
-        progress.done(outcome.spec.name, outcome.epochs_run, outcome.seconds)
+        folder = model_store.save(model_store.MODELS_DIR, outcome.spec, outcome.state_dict, outcome.history,
+                                  {"data_sha256": manifest["data_sha256"]})
+        runs[name] = {"device": outcome.device, "epochs_run": outcome.epochs_run, "seconds": round(outcome.seconds, 3)}
+        progress.done(name, outcome.epochs_run, outcome.seconds)
+        tracker.model_done(outcome.spec, model_store.load(name)[0], outcome.history, folder)
 
     cluster = train_sweep(
         specs, train.images, val.images, Path(params.ray.storage_path), params.ray, manifest["data_sha256"],
-        on_epoch=progress.epoch, on_done=on_done,
+        on_epoch=on_epoch, on_done=on_done,
     )
+    tracker.close(ok=not failures and not tracker.error)
     # How this run went (cluster, devices, resumes): facts about the run, not results, so not a DVC output.
-    atomic.write_json(RUN_FACTS, {**cluster, "models": runs, "failed": failures})
+    atomic.write_json(RUN_FACTS, {**cluster, "models": runs, "failed": failures, "mlflow_parent_run_id": tracker.parent_id})
     if failures:  # keep every checkpoint: the rerun resumes instead of starting over
         raise UserError(f"{len(failures)} of {len(specs)} models failed (the others are saved): {failures[0]}")
-    # Checkpoints exist to resume unfinished work; once the whole sweep is saved, a rerun retrains.
+    if tracker.error:
+        raise UserError(f"{tracker.error}; the models are saved in models/, rerun to track them (training resumes)")
+    # Checkpoints exist to resume unfinished work; once the whole sweep is saved and tracked, a rerun retrains.
     for spec in specs:
-        shutil.rmtree(checkpoint_dir(Path(params.ray.storage_path).resolve(), spec, manifest["data_sha256"]), ignore_errors=True)
+        shutil.rmtree(checkpoint_dir(Path(params.ray.storage_path).resolve(), spec, manifest["data_sha256"]),
+                      ignore_errors=True)
 
 
 if __name__ == "__main__":

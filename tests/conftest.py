@@ -140,9 +140,11 @@ def tree_digest(folder: Path) -> dict[str, str]:
 
 
 def hidden_entries(folder: Path) -> list[str]:
-    """Names starting with '.' in `folder`: leftovers of an atomic write."""
+    """Names starting with '.' in `folder`: leftovers of an atomic write (DVC's .gitignore aside)."""
     folder = Path(folder)
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") and p.name != ".gitignore")
 
 
 def assert_one_line(message: str) -> None:

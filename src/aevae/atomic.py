@@ -18,6 +18,12 @@ from typing import Any
 from aevae.errors import UserError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _writable_parent(path: Path) -> Path:
     parent = path.parent
     try:
@@ -40,6 +46,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp_path, path)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
@@ -80,6 +87,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         raise UserError(f"cannot write {path}: {exc.strerror}; check the folder's permissions and free space") from None
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the folder the usual mode
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old")

@@ -122,6 +122,8 @@ def _format_error(exc: ValidationError, source: str) -> str:
     if err["type"] == "missing":
         return f"{source}: missing key '{key}'; add it (see the README's params table)"
     msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "value_error" and isinstance(err.get("input"), dict):  # a whole-section check
+        return f"{source}: {key}.models: {msg}"
     return f"{source}: {key} = {err.get('input')!r} is not allowed: {msg}"
 
 
@@ -191,6 +193,11 @@ def resolve_sweep(params: Params, source: str = PARAMS_FILE) -> list[RunSpec]:
     many = len(params.sweep.latent_dims) > 1
     for i, member in enumerate(params.sweep.models):
         where = f"sweep.models.{i}"
+        if "latent_dim" in member.model:
+            raise UserError(
+                f"{source}: {where}.model.latent_dim = {member.model['latent_dim']!r} is not allowed: latent sizes"
+                " come from sweep.latent_dims (every member trains at each); remove it from the member"
+            )
         for dim in params.sweep.latent_dims:
             model = _merge(params.model, {"latent_dim": dim, **member.model}, ModelParams, f"{where}.model", source)
             train = _merge(params.train, member.train, TrainParams, f"{where}.train", source)

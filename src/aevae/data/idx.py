@@ -7,12 +7,12 @@ length are checked here first to turn a corrupt file into a clear UserError.
 from __future__ import annotations
 
 import gzip
+import math
 import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
-from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
 
 from aevae.errors import UserError
 
@@ -39,7 +39,7 @@ def _check_header(path: Path, data: bytes, ndim: int) -> tuple[int, ...]:
     if len(data) < header:
         raise UserError(f"{path}: truncated header; download the file again")
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(dims))
+    expected = header + math.prod(dims)  # Python ints: a bogus header cannot overflow
     if len(data) != expected:
         raise UserError(
             f"{path}: {len(data)} bytes but its header {dims} needs {expected}; the file is truncated or corrupt,"
@@ -53,6 +53,8 @@ def read_idx(path: str | Path, ndim: int) -> np.ndarray:
     path = Path(path)
     data = _raw_bytes(path)
     _check_header(path, data, ndim)
+    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor  # heavy: imported when needed
+
     with tempfile.NamedTemporaryFile(suffix=".idx") as tmp:
         tmp.write(data)
         tmp.flush()

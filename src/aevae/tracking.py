@@ -1,0 +1,235 @@
+"""MLflow: one parent run per pipeline run, a child run per model. The only module that knows MLflow.
+
+The store is MLFLOW_TRACKING_URI when set (a remote server), else an SQLite
+file in the project (mlflow.db, by absolute path) with artifacts beside it in
+mlartifacts/. Only the stage's driver process talks to MLflow: Ray workers
+send their per-epoch records back to it, so workers on a cluster need no
+route to the tracking server and an outage is handled in one place.
+
+The train stage opens the parent run and records its id in logs/mlflow_run.json;
+later stages (evaluate, report) log into that same parent and its children.
+A stage restored from DVC's cache does not run, so it logs nothing twice; a
+train stage that runs again opens a new parent run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import platform
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from aevae import atomic
+from aevae.config import Params, RunSpec
+from aevae.errors import UserError
+
+EXPERIMENT = "aevae"
+RUN_FILE = Path("logs/mlflow_run.json")
+_PROBE_TIMEOUT_S = 5
+_PACKAGES = ("aevae", "torch", "torchvision", "ray", "mlflow", "dvc", "scikit-learn", "numpy")
+
+
+def tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    return uri or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def _configure() -> None:
+    # MLflow's INFO lines and its pickle warning are not for the user of a pipeline: errors only.
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    logging.getLogger("alembic").setLevel(logging.ERROR)
+    # MLflow's default is 7 retries with backoff: minutes of hanging on a dead server. Fail in seconds.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+
+def check_reachable(uri: str) -> None:
+    """A remote server that does not answer is a clear error within seconds, before any work."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=_PROBE_TIMEOUT_S) as resp:
+            resp.read()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UserError(
+            f"the MLflow server at MLFLOW_TRACKING_URI={uri} does not answer ({reason}); start it, fix the URI,"
+            " or unset it to track in the local mlflow.db"
+        ) from None
+
+
+def client():
+    from mlflow import MlflowClient
+
+    _configure()
+    uri = tracking_uri()
+    check_reachable(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def experiment_id(mlflow_client) -> str:
+    exp = mlflow_client.get_experiment_by_name(EXPERIMENT)
+    if exp is not None:
+        return exp.experiment_id
+    artifacts = None
+    if tracking_uri().startswith("sqlite:///"):  # keep local artifacts in the project, by absolute path
+        artifacts = (Path.cwd().resolve() / "mlartifacts").as_uri()
+    return mlflow_client.create_experiment(EXPERIMENT, artifact_location=artifacts)
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in _PACKAGES:
+        try:
+            out[f"version.{pkg}"] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    out["version.python"] = platform.python_version()
+    return out
+
+
+def repro_tags(manifest: dict, params: Params, stage: str) -> dict[str, str]:
+    """What it takes to reproduce a run: code, data, seed, versions. Never the environment's secrets."""
+    commit = _git("rev-parse", "HEAD")
+    return {
+        "git.commit": commit or "unknown",
+        "git.dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower() if commit else "unknown",
+        "data.sha256": manifest["data_sha256"],
+        "data.source": manifest["source"],
+        "data.dataset": manifest["dataset"],
+        "seed": str(params.train.seed),
+        "dvc.stage": stage,
+        **_versions(),
+    }
+
+
+def flat_params(spec: RunSpec, params: Params) -> dict[str, str]:
+    """Every param that shaped a model, as flat keys: the same keys for every model, so the UI lines them up."""
+    out = {f"model.{k}": v for k, v in spec.model.model_dump().items()}
+    out.update({f"train.{k}": v for k, v in spec.train.model_dump().items()})
+    out.update({f"data.{k}": v for k, v in params.data.model_dump().items()})
+    out["ray.workers_per_model"] = params.ray.workers_per_model
+    return {k: json.dumps(v) if isinstance(v, list) else str(v) for k, v in out.items()}
+
+
+def _log_params(mlflow_client, run_id: str, values: dict[str, str]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, v) for k, v in values.items()]
+    for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+        mlflow_client.log_batch(run_id, params=items[i : i + 100])
+
+
+class SweepTracker:
+    """The train stage's view of MLflow: a parent run, a child per model, live epoch metrics.
+
+    The first tracking error (e.g. the server stops) is kept and tracking stops,
+    so training goes on and its outputs are written; the stage reports it at the end.
+    """
+
+    def __init__(self, params: Params, specs: list[RunSpec], manifest: dict, params_file: Path):
+        self.params, self.error = params, None
+        self.client = client()
+        self.exp = experiment_id(self.client)
+        tags = repro_tags(manifest, params, "train")
+        parent = self.client.create_run(self.exp, run_name=f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}",
+                                        tags={**tags, "aevae.role": "pipeline"})
+        self.parent_id = parent.info.run_id
+        self.client.log_artifact(self.parent_id, str(params_file))
+        self.children = {}
+        for spec in specs:
+            run = self.client.create_run(self.exp, run_name=spec.name, tags={
+                **tags, "mlflow.parentRunId": self.parent_id, "aevae.role": "model", "model.kind": spec.model.kind})
+            self.children[spec.name] = run.info.run_id
+            _log_params(self.client, run.info.run_id, flat_params(spec, params))
+        self.logged_epochs = {spec.name: set() for spec in specs}
+        atomic.write_json(RUN_FILE, {"tracking_uri": tracking_uri(), "parent_run_id": self.parent_id,
+                                     "experiment_id": self.exp, "children": self.children})
+
+    def _safely(self, fn, *args, **kwargs) -> Any:
+        if self.error:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # keep training; report once at the end
+            self.error = f"MLflow tracking failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            return None
+
+    def epoch(self, name: str, record: dict) -> None:
+        self._safely(self._log_epoch, name, record)
+
+    def _log_epoch(self, name: str, record: dict) -> None:
+        from mlflow.entities import Metric
+
+        step, now = record["epoch"], int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, step) for k, v in record.items() if k != "epoch"]
+        self.client.log_batch(self.children[name], metrics=metrics)
+        self.logged_epochs[name].add(step)
+
+    def model_done(self, spec: RunSpec, model, history: list[dict], model_dir: Path) -> None:
+        self._safely(self._finish_model, spec, model, history, model_dir)
+
+    def _finish_model(self, spec: RunSpec, model, history: list[dict], model_dir: Path) -> None:
+        for record in history:  # epochs restored from a checkpoint were not seen live
+            if record["epoch"] not in self.logged_epochs[spec.name]:
+                self._log_epoch(spec.name, record)
+        run_id = self.children[spec.name]
+        self.client.log_artifacts(run_id, str(model_dir), artifact_path="model_files")
+        register_model(run_id, model, spec.name)
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def model_failed(self, name: str, error: str) -> None:
+        self._safely(self.client.set_tag, self.children[name], "aevae.error", error[:500])
+        self._safely(self.client.set_terminated, self.children[name], "FAILED")
+
+    def close(self, ok: bool) -> None:
+        self._safely(self.client.set_terminated, self.parent_id, "FINISHED" if ok else "FAILED")
+
+
+def registered_name(model_name: str) -> str:
+    return f"aevae-{model_name}"
+
+
+def register_model(run_id: str, model, model_name: str) -> str:
+    """Log the model with mlflow.pytorch and register it; returns the new version.
+
+    The registry copy uses MLflow's pickle format (torch.export's 'pt2' costs ~12 s a model here);
+    aevae itself never loads it: its stages load the weights-only model.pt artifacts instead.
+    """
+    import mlflow
+    import mlflow.pytorch
+
+    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_registry_uri(tracking_uri())
+    reqs = [f"torch=={version('torch')}", f"aevae=={version('aevae')}"]
+    # The registry prints "Successfully registered..." itself: keep the stage's output to one line per model.
+    with mlflow.start_run(run_id=run_id), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        info = mlflow.pytorch.log_model(model, name="model", registered_model_name=registered_name(model_name),
+                                        pip_requirements=reqs, await_registration_for=30,
+                                        serialization_format="pickle")
+    return str(info.registered_model_version)
+
+
+def pipeline_run() -> dict | None:
+    """The parent run the train stage opened, for the stages after it; None if none is recorded."""
+    if not RUN_FILE.is_file():
+        return None
+    return json.loads(RUN_FILE.read_text())

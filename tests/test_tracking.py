@@ -1,0 +1,77 @@
+"""MLflow tracking end to end: a real server (and the default local store), the real pipeline."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from mlflow import MlflowClient
+
+from mlflow_server import mlflow_server
+from project import dvc, free_port, make_project, stage
+
+pytestmark = pytest.mark.slow
+
+MODELS = ("ae", "vae-beta1")
+REPRO_TAGS = ("git.commit", "git.dirty", "data.sha256", "data.source", "seed", "version.torch", "version.ray",
+              "version.mlflow", "dvc.stage")
+
+
+def _check_runs(client: MlflowClient) -> None:
+    exp = client.get_experiment_by_name("aevae")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("aevae.role") == "pipeline"]
+    assert len(parents) == 1, "one parent run per pipeline run"
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.info.run_name for r in children) == sorted(MODELS)
+    assert len(runs) == 1 + len(MODELS)
+    param_keys = {frozenset(r.data.params) for r in children}
+    metric_keys = {frozenset(r.data.metrics) for r in children}
+    assert len(param_keys) == 1 and len(metric_keys) == 1, "identical key sets across children"
+    assert {"model.kind", "model.beta", "model.latent_dim", "train.lr", "train.epochs"} <= set(next(iter(param_keys)))
+    assert {"train/loss_per_image", "val/recon_per_image", "val/kl_nats_per_image"} <= set(next(iter(metric_keys)))
+    for run in [parent, *children]:
+        missing = [t for t in REPRO_TAGS if t not in run.data.tags]
+        assert not missing, f"{run.info.run_name} lacks tags {missing}"
+        assert run.info.status == "FINISHED"
+    for child in children:
+        history = client.get_metric_history(child.info.run_id, "val/loss_per_image")
+        assert [m.step for m in history] == [1, 2, 3]  # per-epoch metrics with their step
+        versions = client.search_model_versions(f"name='aevae-{child.info.run_name}'")
+        assert [v.run_id for v in versions] == [child.info.run_id]
+        assert "model_files/model.pt" in [f.path for f in client.list_artifacts(child.info.run_id, "model_files")]
+    assert "params.yaml" in [f.path for f in client.list_artifacts(parent.info.run_id)]
+
+
+def test_pipeline_against_a_real_mlflow_server(tmp_path):
+    root = make_project(tmp_path / "p")
+    with mlflow_server(tmp_path / "server") as (uri, _):
+        dvc(["repro"], root, MLFLOW_TRACKING_URI=uri)
+        _check_runs(MlflowClient(uri))
+        # Nothing changed: DVC runs nothing, so nothing is logged twice.
+        out = dvc(["repro"], root, MLFLOW_TRACKING_URI=uri)
+        assert "didn't change" in out.stdout
+        _check_runs(MlflowClient(uri))
+    assert not (root / "mlflow.db").exists(), "with a server set, nothing is tracked locally"
+
+
+def test_pipeline_with_the_default_local_store(tmp_path):
+    root = make_project(tmp_path / "p")
+    dvc(["repro"], root)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    _check_runs(MlflowClient(uri, registry_uri=uri))
+    # A forced rerun trains again: a new parent run; the old one is left as it was.
+    dvc(["repro", "-f", "train"], root)
+    parents = [r for r in MlflowClient(uri).search_runs(["1"]) if r.data.tags.get("aevae.role") == "pipeline"]
+    assert len(parents) == 2
+
+
+def test_unreachable_server_fails_within_seconds(tmp_path):
+    root = make_project(tmp_path / "p", git=False)
+    stage("prepare", root)
+    t0 = time.monotonic()
+    proc = stage("train", root, check=False, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}")
+    assert proc.returncode == 2 and time.monotonic() - t0 < 30
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "MLflow server" in lines[0] and "does not answer" in lines[0]
