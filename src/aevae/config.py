@@ -94,12 +94,30 @@ class RayParams(_Strict):
     max_retries: NonNegativeInt = 2
 
 
+class ClassifierParams(_Strict):
+    epochs: PositiveInt = 8
+    batch_size: PositiveInt = 64
+    lr: float = Field(2e-3, gt=0.0)
+    seed: int = 0
+
+
+class EvaluateParams(_Strict):
+    seed: int = 0
+    n_prior_samples: int = Field(1000, ge=10)
+    iw_samples: int = Field(64, ge=1)
+    interp_pairs: PositiveInt = 32
+    interp_steps: int = Field(10, ge=3)
+    confidence_threshold: float = Field(0.9, gt=0.0, lt=1.0)
+
+
 class Params(_Strict):
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     sweep: SweepParams
     ray: RayParams = RayParams()
+    classifier: ClassifierParams = ClassifierParams()
+    evaluate: EvaluateParams = EvaluateParams()
 
 
 class RunSpec(BaseModel):

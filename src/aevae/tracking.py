@@ -21,6 +21,7 @@ import logging
 import os
 import platform
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -233,3 +234,24 @@ def pipeline_run() -> dict | None:
     if not RUN_FILE.is_file():
         return None
     return json.loads(RUN_FILE.read_text())
+
+
+def log_evaluation(results: dict[str, dict[str, float]], summary_file: Path = Path("metrics/summary.json")) -> None:
+    """The evaluate stage's metrics, same keys for every model, into the children of the pipeline run."""
+    run = pipeline_run()
+    if run is None:
+        print("warning: no MLflow run recorded by the train stage (logs/mlflow_run.json); metrics not tracked",
+              file=sys.stderr)
+        return
+    from mlflow.entities import Metric
+
+    mlflow_client = client()
+    now = int(time.time() * 1000)
+    for name, values in results.items():
+        run_id = run["children"].get(name)
+        if run_id is None:
+            continue
+        metrics = [Metric(k, float(v), now, 0) for k, v in values.items()]
+        mlflow_client.log_batch(run_id, metrics=metrics)
+    if summary_file.is_file():
+        mlflow_client.log_artifact(run["parent_run_id"], str(summary_file))

@@ -1,0 +1,57 @@
+"""Stage `evaluate`: every claim of the article as numbers -> metrics/<model>.json, metrics/summary.json.
+
+The same keys go to each model's MLflow child run.
+"""
+
+import math
+from pathlib import Path
+
+from tqdm import tqdm
+
+from aevae import atomic, classifier, metrics, model_store
+from aevae.classifier import as_images
+from aevae.config import load_params
+from aevae.data.prepared import load_split
+from aevae.errors import run_cli
+from aevae.tracking import log_evaluation
+
+OUT = Path("metrics")
+
+
+def _json_safe(values: dict) -> dict:
+    # NaN is not JSON: a metric that does not apply (an AE's KL) is written as null.
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in values.items()}
+
+
+def main() -> None:
+    params = load_params()
+    p = params.evaluate
+    settings = metrics.EvalSettings(n_prior_samples=p.n_prior_samples, iw_samples=p.iw_samples,
+                                    interp_pairs=p.interp_pairs, interp_steps=p.interp_steps,
+                                    confidence_threshold=p.confidence_threshold)
+    train, test = load_split("train"), load_split("test")
+    scorer, _ = classifier.load(Path("classifier/model.pt"))
+    reference = scorer.features(as_images(test.images))  # once for all models
+    names = model_store.trained_names()
+    results, pca = {}, {}
+    for name in tqdm(names, desc="evaluate", unit="model", ncols=80):
+        model, spec = model_store.load(name)
+        values = metrics.evaluate_model(model, train.images, train.labels, test.images, test.labels,
+                                        scorer, seed=p.seed, settings=settings, reference_features=reference)
+        dim = spec.model.latent_dim
+        if dim not in pca:
+            pca[dim] = metrics.pca_baseline(train.images, test.images, dim, seed=p.seed)
+        values.update(pca[dim])
+        results[name] = values
+        atomic.write_json(OUT / f"{name}.json", _json_safe(values))
+    atomic.write_json(OUT / "summary.json", {name: _json_safe(v) for name, v in results.items()})
+    log_evaluation(results)
+    width = max(map(len, names))
+    for name, v in results.items():
+        print(f"{name:<{width}}  recon mse/px {v['test/recon_mse_per_pixel']:.4f}  "
+              f"holes {v['prior/holes_fraction']:.2f}  classifier-FID {v['prior/classifier_fid']:8.2f}  "
+              f"kNN acc {v['test/knn_accuracy']:.3f}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
