@@ -110,6 +110,23 @@ class EvaluateParams(_Strict):
     confidence_threshold: float = Field(0.9, gt=0.0, lt=1.0)
 
 
+class Criterion(_Strict):
+    """One test a challenger must pass against the champion: improve `metric` by at least `min_improvement`."""
+
+    metric: str = Field(pattern=r"^(test|prior|interp)/[a-z0-9_]+$")
+    goal: Literal["min", "max"] = "min"
+    min_improvement: NonNegativeFloat = 0.0
+
+
+class RetrainParams(_Strict):
+    """Champion/challenger policy per model kind: the challenger must pass every criterion."""
+
+    ae: list[Criterion] = Field(default_factory=lambda: [Criterion(metric="test/recon_bce_nats_per_pixel")],
+                                min_length=1)
+    vae: list[Criterion] = Field(default_factory=lambda: [Criterion(metric="test/neg_elbo_nats_per_image")],
+                                 min_length=1)
+
+
 class Params(_Strict):
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
@@ -118,6 +135,7 @@ class Params(_Strict):
     ray: RayParams = RayParams()
     classifier: ClassifierParams = ClassifierParams()
     evaluate: EvaluateParams = EvaluateParams()
+    retrain: RetrainParams = RetrainParams()
 
 
 class RunSpec(BaseModel):
