@@ -6,7 +6,7 @@ PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: setup repro test ui lock clean
+.PHONY: setup repro test ui retrain bench lock
 
 setup: $(STAMP)
 
@@ -26,6 +26,14 @@ test: setup
 # Open the MLflow UI on the local store, bound to this machine only.
 ui: setup
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+# Retrain on a schedule: champion/challenger promotion (see README). FORCE=1 retrains even if nothing changed.
+retrain: setup
+	$(PY) -m aevae.retrain $(if $(FORCE),--force,)
+
+# Benchmarks against the usual scripts; appends to bench/RESULTS.md.
+bench: setup
+	$(PY) bench/run.py
 
 # Re-resolve the pinned versions after changing pyproject.toml's dependencies.
 lock: setup

@@ -30,7 +30,9 @@ def _check_runs(client: MlflowClient) -> None:
     metric_keys = {frozenset(r.data.metrics) for r in children}
     assert len(param_keys) == 1 and len(metric_keys) == 1, "identical key sets across children"
     assert {"model.kind", "model.beta", "model.latent_dim", "train.lr", "train.epochs"} <= set(next(iter(param_keys)))
-    assert {"train/loss_per_image", "val/recon_per_image", "val/kl_nats_per_image"} <= set(next(iter(metric_keys)))
+    assert {"train/loss_per_image", "val/recon_per_image", "val/kl_nats_per_image",  # from training
+            "test/recon_mse_per_pixel", "prior/classifier_fid", "test/knn_accuracy"  # from evaluation
+            } <= set(next(iter(metric_keys)))
     for run in [parent, *children]:
         missing = [t for t in REPRO_TAGS if t not in run.data.tags]
         assert not missing, f"{run.info.run_name} lacks tags {missing}"
