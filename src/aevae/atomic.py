@@ -7,6 +7,7 @@ within one filesystem is atomic on POSIX.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -69,11 +70,17 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def torch_save(path: str | os.PathLike, obj: Any) -> None:
+def torch_bytes(obj: Any) -> bytes:
+    """torch.save into memory: its own file writer reports a full disk as an opaque RuntimeError."""
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def torch_save(path: str | os.PathLike, obj: Any) -> None:
+    write_bytes(path, torch_bytes(obj))
 
 
 @contextlib.contextmanager
@@ -96,6 +103,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"cannot write {path}: {exc.strerror}; check the folder's permissions and free space") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

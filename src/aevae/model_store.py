@@ -39,7 +39,7 @@ def save(root: Path, spec: RunSpec, state_dict: dict, history: list[dict], facts
     metrics = {k: v for k, v in last.items() if k.startswith(("train/", "val/"))}
     metrics["epochs"] = last["epoch"]
     with atomic.atomic_dir(Path(root) / spec.name) as tmp:
-        torch.save(state_dict, tmp / "model.pt")
+        (tmp / "model.pt").write_bytes(atomic.torch_bytes(state_dict))
         (tmp / "config.json").write_text(json.dumps({**spec.model_dump(), **facts}, indent=2, sort_keys=True) + "\n")
         (tmp / "history.csv").write_text(_history_csv(history))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
