@@ -1,4 +1,4 @@
-"""Stage `evaluate`: every claim of the article as numbers -> metrics/<model>.json, metrics/summary.json.
+"""Stage `evaluate`: every claim of the article as numbers -> metrics/models/<model>.json, metrics/summary.json.
 
 The same keys go to each model's MLflow child run.
 """
@@ -43,7 +43,7 @@ def main() -> None:
             pca[dim] = metrics.pca_baseline(train.images, test.images, dim, seed=p.seed)
         values.update(pca[dim])
         results[name] = values
-        atomic.write_json(OUT / f"{name}.json", _json_safe(values))
+        atomic.write_json(OUT / "models" / f"{name}.json", _json_safe(values))
     atomic.write_json(OUT / "summary.json", {name: _json_safe(v) for name, v in results.items()})
     log_evaluation(results)
     width = max(map(len, names))
