@@ -1,0 +1,27 @@
+"""Stage `report`: figures, reports/index.html (self-contained), reports/summary.md, reports/curves/ (dvc plots).
+
+The HTML goes to the MLflow parent run, each model's figures to its child run.
+"""
+
+from pathlib import Path
+
+from aevae import report
+from aevae.config import load_params
+from aevae.errors import run_cli
+from aevae.tracking import log_report
+
+OUT = Path("reports")
+
+
+def main() -> None:
+    p = load_params().evaluate
+    settings = report.ReportSettings(seed=p.seed, interp_steps=p.interp_steps)
+    result = report.make_report(report.ReportPaths(out=OUT), settings, evaluate_params=p.model_dump())
+    figures_by_model = report.write_report(result, OUT)
+    log_report(OUT, figures_by_model)
+    print(f"report: {OUT / 'index.html'} ({len(result.figures)} figures, {len(result.html) / 1e6:.1f} MB), "
+          f"{OUT / 'summary.md'}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

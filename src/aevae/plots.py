@@ -1,0 +1,533 @@
+"""The report's figures: small matplotlib functions, one figure each, Agg backend.
+
+One look across every figure:
+- one colour per digit class (tab10, DIGIT_COLORS[c]) wherever a digit is coloured;
+- one colour per model (model_colors: AEs in greys, VAEs along a colour ramp by beta),
+  never a tab10 colour, so a model is not mistaken for a digit;
+- axes say their units; titles say what a reader should notice.
+
+Each function returns a Figure; `png(fig)` renders it (and closes it). Inputs are
+plain arrays: codes (N, latent), labels (N,), images (N, 28, 28) in [0, 1].
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display, no GUI toolkit
+
+import matplotlib.patheffects as pe  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker as ticker  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
+
+DPI = 110
+DIGIT_COLORS = plt.get_cmap("tab10").colors  # class c -> DIGIT_COLORS[c], in every figure
+PRIOR_95_RADIUS = math.sqrt(-2.0 * math.log(0.05))  # 2-d N(0, I): 95% of the mass lies inside r = 2.45
+STYLE = {
+    "font.size": 11,
+    "axes.titlesize": 12,
+    "axes.labelsize": 11,
+    "xtick.labelsize": 10,
+    "ytick.labelsize": 10,
+    "legend.fontsize": 10,
+    "figure.titlesize": 13,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.titlelocation": "left",
+    "figure.dpi": DPI,
+    "savefig.dpi": DPI,
+}
+
+
+def styled(fn):
+    """Draw under the report's style without touching the caller's matplotlib settings."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with plt.rc_context(STYLE):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def png(fig: Figure) -> bytes:
+    """The figure as PNG bytes; the figure is closed (no pyplot state builds up)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.12,
+                metadata={"Software": None})  # no version string: same inputs, same bytes
+    plt.close(fig)
+    return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a figure needs to know about a model besides its arrays."""
+
+    name: str
+    kind: str  # "ae" | "vae"
+    beta: float
+    latent_dim: int
+    recon: str = "bce"  # the training loss's reconstruction term: "bce" | "mse"
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} (β={self.beta:g})" if self.kind == "vae" else self.name
+
+
+def model_colors(models: Sequence[ModelInfo]) -> dict[str, tuple]:
+    """AEs in greys, VAEs from light to dark along a colour ramp as beta grows; never tab10."""
+    aes = [m for m in models if m.kind != "vae"]
+    vaes = sorted((m for m in models if m.kind == "vae"), key=lambda m: (m.beta, m.latent_dim, m.name))
+    grey = plt.get_cmap("Greys")
+    ramp = plt.get_cmap("plasma")
+    out = {m.name: grey(0.85 - 0.4 * i / max(1, len(aes) - 1)) for i, m in enumerate(aes)}
+    out.update({m.name: ramp(0.15 + 0.65 * i / max(1, len(vaes) - 1)) for i, m in enumerate(vaes)})
+    return out
+
+
+def _grid_image(images: np.ndarray, nrow: int, padding: int = 2, pad_value: float = 0.5) -> np.ndarray:
+    """(N, 28, 28) in [0, 1] -> (H, W, 3) tiled by torchvision's make_grid, `nrow` images per row."""
+    x = torch.as_tensor(np.asarray(images, dtype=np.float32)).reshape(-1, 1, 28, 28).clamp(0, 1)
+    return make_grid(x, nrow=nrow, padding=padding, pad_value=pad_value).permute(1, 2, 0).numpy()
+
+
+def _digit_legend(ax, labels: np.ndarray, with_prior: bool, **kwargs) -> None:
+    handles = [Line2D([], [], ls="", marker="o", ms=7, color=DIGIT_COLORS[c % 10], label=str(c))
+               for c in np.unique(labels)]
+    if with_prior:
+        handles.append(Line2D([], [], ls="--", color="black", lw=1.2, label="95% of N(0, I)"))
+    ax.legend(handles=handles, title="digit", frameon=False, **kwargs)
+
+
+def _scatter_codes(ax, codes: np.ndarray, labels: np.ndarray, prior_circle: bool, point_size: float = 4) -> None:
+    """Codes coloured by digit, the digit written at each class's median, equal axes (no stretched geometry)."""
+    colors = np.asarray(DIGIT_COLORS)[np.asarray(labels) % 10]
+    ax.scatter(codes[:, 0], codes[:, 1], c=colors, s=point_size, alpha=0.55, linewidths=0, rasterized=True)
+    for c in np.unique(labels):
+        cx, cy = np.median(codes[labels == c], axis=0)
+        ax.text(cx, cy, str(c), ha="center", va="center", fontsize=13, fontweight="bold", color=DIGIT_COLORS[c % 10],
+                path_effects=[pe.withStroke(linewidth=3, foreground="white")])
+    if prior_circle:
+        t = np.linspace(0, 2 * np.pi, 200)
+        ax.plot(PRIOR_95_RADIUS * np.cos(t), PRIOR_95_RADIUS * np.sin(t), "k--", lw=1.2)
+    ax.set_aspect("equal", adjustable="datalim")
+
+
+def _strip_codes(ax, codes: np.ndarray, labels: np.ndarray, point_size: float = 4) -> None:
+    """A 1-d code: z on x, the digit (jittered) on y."""
+    jitter = np.random.default_rng(0).uniform(-0.3, 0.3, len(labels))
+    colors = np.asarray(DIGIT_COLORS)[np.asarray(labels) % 10]
+    ax.scatter(codes[:, 0], labels + jitter, c=colors, s=point_size, alpha=0.55, linewidths=0, rasterized=True)
+    ax.axvspan(-1.96, 1.96, color="black", alpha=0.06, lw=0)  # 95% of N(0, 1)
+    ax.set_yticks(np.unique(labels))
+    ax.set_xlabel("z (latent units; shaded: 95% of N(0, 1))")
+    ax.set_ylabel("digit")
+
+
+def project_2d(codes: np.ndarray, method: str, seed: int = 0, max_points: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """(2-d points, indices into codes) by "pca" or "tsne"; t-SNE runs on at most max_points (seeded sample)."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
+
+    codes = np.asarray(codes, dtype=np.float64)
+    idx = np.arange(len(codes))
+    if method == "pca":
+        return PCA(n_components=2, random_state=seed).fit_transform(codes), idx
+    if len(codes) > max_points:
+        idx = np.sort(np.random.default_rng(seed).choice(len(codes), max_points, replace=False))
+    perplexity = min(30.0, max(2.0, (len(idx) - 1) / 3.0))
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
+    # One OpenMP thread: on a busy machine t-SNE's spinning threads run 20x slower, not faster (and 1 is seeded-exact).
+    with threadpool_limits(limits=1, user_api="openmp"):
+        return tsne.fit_transform(codes[idx]), idx
+
+
+# ---------------------------------------------------------------- per model
+
+
+@styled
+def latent_scatter(info: ModelInfo, codes: np.ndarray, labels: np.ndarray, seed: int = 0) -> Figure:
+    """The test codes coloured by digit: the plane itself for a 2-d code, else PCA and t-SNE side by side."""
+    labels = np.asarray(labels)
+    if info.latent_dim == 1:
+        fig, ax = plt.subplots(figsize=(6.4, 5.0))
+        _strip_codes(ax, codes, labels)
+        ax.set_title(f"{info.label}: the 1-d code of each test image, by digit\n"
+                     "Look for digits that share a stretch of the line", fontsize=11)
+        return fig
+    if info.latent_dim == 2:
+        fig, ax = plt.subplots(figsize=(6.4, 5.6))
+        _scatter_codes(ax, codes, labels, prior_circle=True)
+        ax.set_xlabel("z₁ (latent units)")
+        ax.set_ylabel("z₂ (latent units)")
+        what = "the code z" if info.kind == "ae" else "the posterior mean μ(x)"
+        ax.set_title(f"{info.label}: {what} of each test image\n"
+                     "Look for gaps between digit clusters and how far they sit from N(0, I)", fontsize=11)
+        _digit_legend(ax, labels, with_prior=True, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        return fig
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 5.4))
+    for ax, method in zip(axes, ("pca", "tsne")):
+        points, idx = project_2d(codes, method, seed)
+        _scatter_codes(ax, points, labels[idx], prior_circle=False, point_size=5)
+        if method == "tsne":
+            ax.set_aspect("auto")  # t-SNE distances mean nothing: no need to keep them square
+        name = "PCA" if method == "pca" else "t-SNE"
+        ax.set_title(f"{name} of the {info.latent_dim}-d code ({len(idx)} test images)", fontsize=11)
+        unit = "(latent units)" if method == "pca" else "(no units: t-SNE keeps neighbours, not distances)"
+        ax.set_xlabel(f"{name} 1 {unit}", fontsize=9 if method == "tsne" else None)
+        ax.set_ylabel(f"{name} 2")
+    _digit_legend(axes[1], labels, with_prior=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.suptitle(f"{info.label}: test codes coloured by digit — look for separated, gap-free clusters", x=0.02,
+                 ha="left")
+    return fig
+
+
+def manifold_grid(info: ModelInfo, codes: np.ndarray, n: int = 20) -> tuple[np.ndarray, np.ndarray, str]:
+    """(z1 values (n,), z2 values (n,), how they were chosen) for decoding a 2-d latent plane.
+
+    VAE: Gaussian quantiles 0.5%..99.5% of N(0, 1) (about ±2.58), so the grid covers the prior
+    evenly by probability. AE: the 0.5..99.5 percentiles of its test codes per axis, since its
+    code has no prior to take quantiles from.
+    """
+    from scipy.stats import norm
+
+    if info.kind == "vae":
+        q = norm.ppf(np.linspace(0.005, 0.995, n))
+        return q, q, f"Gaussian quantiles 0.5%–99.5% of N(0, 1) (±{q[-1]:.2f})"
+    lo, hi = np.percentile(codes, [0.5, 99.5], axis=0)
+    return (np.linspace(lo[0], hi[0], n), np.linspace(lo[1], hi[1], n),
+            "evenly spaced over the 0.5–99.5 percentile range of the AE's test codes")
+
+
+@styled
+def manifold(info: ModelInfo, decoded: np.ndarray, z1: np.ndarray, z2: np.ndarray, how: str) -> Figure:
+    """decoded: (len(z2), len(z1), 28, 28), row 0 at the highest z2 (up in the picture is up in z).
+
+    Evenly spaced grids (the AE's) get true latent axes; quantile grids (the VAE's) are even in
+    probability, not in z, so their ticks name the z of a few tiles instead.
+    """
+    rows, cols = decoded.shape[:2]
+    grid = _grid_image(decoded.reshape(-1, 28, 28), nrow=cols, padding=0)
+    fig, ax = plt.subplots(figsize=(6.3, 6.7))
+    even = np.allclose(np.diff(z1), np.diff(z1)[0]) and np.allclose(np.diff(z2), np.diff(z2)[0])
+    if even:
+        d1, d2 = z1[1] - z1[0], z2[1] - z2[0]
+        ax.imshow(grid, interpolation="nearest", aspect="auto",
+                  extent=(z1[0] - d1 / 2, z1[-1] + d1 / 2, z2[0] - d2 / 2, z2[-1] + d2 / 2))
+        ax.set_xlabel("z₁ (latent units)")
+        ax.set_ylabel("z₂ (latent units)")
+    else:
+        ax.imshow(grid, interpolation="nearest", extent=(-0.5, cols - 0.5, rows - 0.5, -0.5))
+        ticks = np.unique(np.linspace(0, cols - 1, 5).round().astype(int))
+        ax.set_xticks(ticks, [f"{z1[i]:.2f}" for i in ticks])
+        ax.set_yticks(ticks, [f"{z2[::-1][i]:.2f}" for i in ticks])
+        ax.set_xlabel("z₁ (latent units; tiles evenly spaced in probability)")
+        ax.set_ylabel("z₂ (latent units; tiles evenly spaced in probability)")
+    ax.set_title(f"{info.label}: the decoder over a {cols}×{rows} grid of the latent plane\n"
+                 "Look for smooth morphing between digits, and for tiles that decode to no digit", fontsize=11)
+    ax.text(0.0, -0.13, f"Grid: {how}.", transform=ax.transAxes, fontsize=9.5, style="italic", ha="left",
+            va="top")
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(True)
+    return fig
+
+
+@styled
+def reconstructions(info: ModelInfo, originals: np.ndarray, recons: np.ndarray, labels: np.ndarray,
+                    per_row: int = 10) -> Figure:
+    """Rows alternate input / reconstruction: each reconstruction sits right under its input."""
+    n = len(originals)
+    rows = -(-n // per_row)
+    stacked = []
+    for r in range(rows):
+        stacked.append(originals[r * per_row:(r + 1) * per_row])
+        stacked.append(recons[r * per_row:(r + 1) * per_row])
+    grid = _grid_image(np.concatenate(stacked), nrow=per_row, padding=2, pad_value=1.0)
+    fig, ax = plt.subplots(figsize=(7.4, 0.74 * 2 * rows + 0.9))
+    ax.imshow(grid, interpolation="nearest")
+    tile = 30  # 28 pixels + 2 of padding
+    ax.set_yticks([tile * (i + 0.5) + 1 for i in range(2 * rows)], ["input", "recon"] * rows)
+    ax.set_xticks([tile * (i + 0.5) + 1 for i in range(per_row)], [str(int(c)) for c in labels[:per_row]])
+    ax.tick_params(length=0)
+    ax.set_xlabel("digit (label of the input)")
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_title(f"{info.label}: test inputs and their reconstructions from the mean code\n"
+                 f"Look for which details a {info.latent_dim}-number code keeps and which it blurs", fontsize=11)
+    return fig
+
+
+@styled
+def prior_samples(info: ModelInfo, images: np.ndarray, per_row: int = 10,
+                  confident: tuple[float, int, float] | None = None) -> Figure:
+    """Decoded z ~ N(0, I); the same z for every model of the same latent size.
+
+    confident: (share of the evaluate stage's prior samples the classifier is confident on,
+    how many it scored, the top-class probability it takes to count as confident).
+    """
+    rows = -(-len(images) // per_row)
+    grid = _grid_image(images, nrow=per_row, padding=2, pad_value=1.0)
+    fig, ax = plt.subplots(figsize=(6.0, 0.6 * rows + 1.1))
+    ax.imshow(grid, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if confident is not None:
+        share, n, threshold = confident
+        ax.set_xlabel(f"The reference classifier is confident (top-class p > {threshold:g})\n"
+                      f"on {share:.0%} of the {n} prior samples the evaluate stage scored", fontsize=10.5)
+    ax.set_title(f"{info.label}: {len(images)} random codes z ~ N(0, I), decoded\n"
+                 "Look for digits vs blurs: a blur is a code\nthat fell where no digit was encoded", fontsize=11)
+    return fig
+
+
+@styled
+def interpolation_strips(info: ModelInfo, strips: np.ndarray, pair_labels: np.ndarray,
+                         endpoints: np.ndarray | None = None) -> Figure:
+    """strips: (pairs, steps, 28, 28) decoded along straight lines between the codes of two test images.
+
+    endpoints: (pairs, 2, 28, 28) the two test images themselves, drawn left and right of each strip.
+    """
+    pairs, steps = strips.shape[:2]
+    tile = 30  # 28 pixels + 2 of padding
+    strip_px, end_px = tile * steps + 2, tile + 2  # widths of the tiled images, so all share one scale
+    ratios = [end_px, strip_px, end_px] if endpoints is not None else [strip_px]
+    height = 0.5 * pairs + 1.3
+    fig, axes = plt.subplots(1, len(ratios), figsize=(0.5 * sum(ratios) / tile + 1.2, height),
+                             gridspec_kw={"width_ratios": ratios, "wspace": 0.06}, squeeze=False)
+    fig.subplots_adjust(top=1 - 0.85 / height, bottom=0.5 / height)
+    axes = axes[0]
+    mid = axes[1] if endpoints is not None else axes[0]
+    mid.imshow(_grid_image(strips.reshape(-1, 28, 28), nrow=steps, pad_value=1.0), interpolation="nearest")
+    mid.set_xticks([])
+    mid.set_yticks([])
+    mid.set_title("decoded along the line between their codes", fontsize=10.5, loc="center")
+    mid.set_xlabel(f"{steps} points, evenly spaced from the code of x₁ (left) to the code of x₂ (right)",
+                   fontsize=10)
+    if endpoints is not None:
+        for ax, k, name in ((axes[0], 0, "x₁"), (axes[2], 1, "x₂")):
+            ax.imshow(_grid_image(endpoints[:, k], nrow=1, pad_value=1.0), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_title(name, fontsize=10.5, loc="center")
+            ax.set_yticks([])
+    first = axes[0]
+    first.set_yticks([tile * (i + 0.5) + 1 for i in range(pairs)], [f"{a} → {b}" for a, b in pair_labels])
+    for ax in axes:
+        ax.tick_params(length=0)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    fig.suptitle(f"{info.label}: straight lines between the codes of two test images x₁ and x₂\n"
+                 "Look for gradual morphing vs sudden jumps or non-digits mid-way", x=0.02, ha="left", fontsize=11)
+    return fig
+
+
+@styled
+def training_curves(info: ModelInfo, history: list[dict]) -> Figure:
+    """Train and validation loss per epoch from history.csv; a VAE also gets its KL term."""
+    epochs = [int(float(r["epoch"])) for r in history]
+
+    def col(key: str) -> list[float]:
+        return [float(r[key]) for r in history]
+
+    unit = "nats per image" if info.recon == "bce" else "squared error summed over pixels, per image"
+    panels = 2 if info.kind == "vae" else 1
+    fig, axes = plt.subplots(1, panels, figsize=(4.9 * panels, 3.8), squeeze=False)
+    ax = axes[0, 0]
+    ax.plot(epochs, col("train/loss_per_image"), "-o", ms=3, color="#444444", label="train")
+    ax.plot(epochs, col("val/loss_per_image"), "-o", ms=3, color="#d95f02", label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"loss ({unit})" if info.kind == "ae" else f"loss = recon + β·KL\n({unit})")
+    ax.set_title("Total loss", fontsize=11)
+    ax.legend(frameon=False)
+    if info.kind == "vae":
+        ax = axes[0, 1]
+        ax.plot(epochs, col("train/kl_nats_per_image"), "-o", ms=3, color="#444444", label="train")
+        ax.plot(epochs, col("val/kl_nats_per_image"), "-o", ms=3, color="#d95f02", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("KL(q(z|x) ‖ N(0, I)) (nats per image)")
+        ax.set_title("KL term (unweighted)", fontsize=11)
+        ax.legend(frameon=False)
+    for a in axes[0]:
+        a.xaxis.get_major_locator().set_params(integer=True)
+        a.grid(alpha=0.3)
+    fig.suptitle(f"{info.label}: training curves — validation close to train means no overfitting",
+                 x=0.02, ha="left", fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------ across the sweep
+
+
+@styled
+def latent_side_by_side(infos: Sequence[ModelInfo], codes: Sequence[np.ndarray], labels: np.ndarray,
+                        max_cols: int = 3) -> Figure:
+    """Every model's test codes in one grid, same colour per digit; >2-d codes are shown by PCA."""
+    n = len(infos)
+    cols = min(n, max_cols)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.5 * cols + 1.3, 3.6 * rows + 0.6), squeeze=False)
+    for ax, info, z in zip(axes.flat, infos, codes):
+        if info.latent_dim == 1:
+            _strip_codes(ax, z, labels, point_size=3)
+            ax.set_title(f"{info.label} (1-d code)", fontsize=11, loc="center")
+        elif info.latent_dim == 2:
+            _scatter_codes(ax, z, labels, prior_circle=True, point_size=3)
+            ax.set_xlabel("z₁")
+            ax.set_ylabel("z₂")
+            ax.set_title(info.label, fontsize=11, loc="center")
+        else:
+            points, _ = project_2d(z, "pca")
+            _scatter_codes(ax, points, labels, prior_circle=False, point_size=3)
+            ax.set_xlabel("PCA 1")
+            ax.set_ylabel("PCA 2")
+            ax.set_title(f"{info.label}\nPCA of the {info.latent_dim}-d code", fontsize=11, loc="center")
+    for ax in list(axes.flat)[n:]:
+        ax.set_axis_off()
+    _digit_legend(axes[0, -1], labels, with_prior=any(i.latent_dim == 2 for i in infos),
+                  loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle("Test codes of every model, coloured by digit (latent units; each panel has its own scale)\n"
+                 "Look for: AE clusters spread beyond the dashed N(0, I) circle with gaps between them;\n"
+                 "VAE clusters packed inside it and overlapping, more so as β grows", x=0.01, ha="left", fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+@styled
+def rate_distortion(infos: Sequence[ModelInfo], metrics: dict[str, dict[str, float]]) -> Figure:
+    """One point per VAE (x: KL nats per image, y: recon nats per image), labelled with beta; AEs as lines."""
+    colors = model_colors(infos)
+    fig, ax = plt.subplots(figsize=(7.6, 5.2))
+
+    def distortion(name: str) -> float:
+        return metrics[name]["test/recon_bce_nats_per_pixel"] * 784
+
+    vaes = [i for i in infos if i.kind == "vae" and _finite(metrics[i.name].get("test/kl_nats_per_image"))]
+    dims = sorted({i.latent_dim for i in vaes})
+    markers = "osD^v<>"
+    for k, dim in enumerate(dims):
+        series = sorted((i for i in vaes if i.latent_dim == dim), key=lambda i: i.beta)
+        x = [metrics[i.name]["test/kl_nats_per_image"] for i in series]
+        y = [distortion(i.name) for i in series]
+        ax.plot(x, y, "-", color="#999999", lw=1, zorder=1)
+        for i, xi, yi in zip(series, x, y):
+            ax.scatter([xi], [yi], s=70, marker=markers[k % len(markers)], color=colors[i.name], zorder=3,
+                       edgecolors="black", linewidths=0.6)
+            ax.annotate(f"β={i.beta:g}", (xi, yi), textcoords="offset points", xytext=(7, 6), fontsize=10)
+        if len(dims) > 1:
+            ax.scatter([], [], marker=markers[k % len(markers)], color="#777777", label=f"VAE, latent {dim}")
+    xs = [metrics[i.name]["test/kl_nats_per_image"] for i in vaes]
+    if xs and min(xs) > 0 and max(xs) / min(xs) > 10:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.set_xlabel("rate: KL(q(z|x) ‖ N(0, I)) (nats per image, log scale)")
+    else:
+        ax.set_xlabel("rate: KL(q(z|x) ‖ N(0, I)) (nats per image)")
+    for i in infos:
+        if i.kind != "vae":
+            ax.axhline(distortion(i.name), color=colors[i.name], ls="--", lw=1.6, zorder=2,
+                       label=f"{i.name}: no KL term, so no rate")
+    ax.set_ylabel("distortion: test reconstruction error\n(BCE from the mean code, nats per image)")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(frameon=True, framealpha=0.9, edgecolor="none", loc="best", fontsize=9.5)
+    ax.set_title("Rate–distortion across the KL weight β\nLook for: lower β buys a lower distortion with a "
+                 "costlier code; β=0 reaching the AE", fontsize=11)
+    return fig
+
+
+def _finite(v) -> bool:
+    return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str  # a METRIC_KEYS entry
+    label: str  # short, with its unit
+    better: str | None = None  # "lower" | "higher" | None (no better direction)
+    log: bool = False  # log y axis (values spanning orders of magnitude)
+    reference: str | None = None  # a pca/* key drawn as the baseline at the same latent size
+
+
+@styled
+def metric_bars(title: str, metrics_list: Sequence[Metric], infos: Sequence[ModelInfo],
+                metrics: dict[str, dict[str, float]]) -> Figure:
+    """One small bar chart per metric, one bar per model (model colours), values written on the bars."""
+    colors = model_colors(infos)
+    n = len(metrics_list)
+    cols = n if n <= 3 else -(-n // 2)  # at most 3 across, so the figure is not shrunk on the page
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(3.3, 0.55 * len(infos) + 1.3) * cols, 3.5 * rows + 0.5),
+                             squeeze=False)
+    x = np.arange(len(infos))
+    has_reference = False
+    for ax, m in zip(axes.flat, metrics_list):
+        vals = [metrics[i.name].get(m.key) for i in infos]
+        ok = [_finite(v) for v in vals]
+        finite = [v for v, good in zip(vals, ok) if good]
+        log = m.log and bool(finite) and min(finite) > 0
+        floor = min(finite) / 3 if log else 0.0
+        heights = [v if good else floor for v, good in zip(vals, ok)]
+        ax.bar(x, [h - floor for h in heights], bottom=floor, color=[colors[i.name] for i in infos],
+               edgecolor="black", linewidth=0.5, width=0.75)
+        if log:
+            ax.set_yscale("log")
+        for xi, v, good in zip(x, vals, ok):
+            below = good and v < 0  # a negative bar hangs down: its label goes under it
+            ax.annotate(_fmt(v) if good else "n/a", (xi, v if good else floor), textcoords="offset points",
+                        xytext=(0, -2 if below else 2), ha="center", va="top" if below else "bottom", fontsize=9,
+                        color="black" if good else "#777777",
+                        bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8})
+        top = max(finite) if finite else 1.0
+        if m.reference:
+            refs = [metrics[i.name].get(m.reference) for i in infos]
+            if all(_finite(r) for r in refs):
+                has_reference = True
+                if len(set(refs)) == 1:
+                    ax.axhline(refs[0], color="black", ls="--", lw=1.3)
+                else:
+                    for xi, r in zip(x, refs):
+                        ax.hlines(r, xi - 0.45, xi + 0.45, color="black", ls="--", lw=1.3)
+                top = max(top, *refs)
+        if log:
+            ax.set_ylim(floor, top * 4)
+        else:
+            bottom = min(0.0, min(finite)) if finite else 0.0
+            ax.set_ylim(bottom * 1.35 if bottom < 0 else 0.0, top * 1.2 if top > 0 else 1.0)
+        arrow = {"lower": "(lower is better)", "higher": "(higher is better)"}.get(m.better or "")
+        ax.set_title(m.label + ("\n" + arrow if arrow else ""), fontsize=10.5, loc="center")
+        ax.set_xticks(x, [i.name for i in infos], rotation=35, ha="right", fontsize=9.5)
+        ax.tick_params(axis="y", labelsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.set_axis_off()
+    if has_reference:
+        title += "\n(dashed line: PCA with as many components as the latent size)"
+    fig.suptitle(title, x=0.01, ha="left", fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+def _fmt(v: float) -> str:
+    if v == int(v) and abs(v) < 1e6:
+        return str(int(v))
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    if abs(v) >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3g}"

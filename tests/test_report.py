@@ -1,0 +1,218 @@
+"""The report stage on a small real run, its figures, and its MLflow logging.
+
+A throwaway project gets real prepared digits (the bundled 5,000, split as the
+prepare stage splits them), two tiny models trained in-process for 2 epochs,
+a 1-epoch reference classifier and the evaluate stage's metrics files; then
+pipeline/report.py runs there as its __main__ (in this process, which has torch
+and matplotlib imported already: ~10 s less than a fresh one on a busy 2-core
+machine), and the outputs are checked as a reader would meet them: every figure
+decodes, the page embeds every image and needs no other file, and the summary
+lists every model. (The end-to-end tests that run `dvc repro` run this stage too.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import math
+import re
+import runpy
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from threadpoolctl import threadpool_limits
+
+from aevae import atomic, model_store, plots, report
+from aevae import classifier as clf_lib
+from aevae import metrics as M
+from aevae.config import ModelParams, RunSpec, TrainParams
+from aevae.data.prepare import split, write_prepared
+from aevae.data.prepared import load_split
+from aevae.data.sources import from_bundled
+from aevae.training import train_model
+from project import make_project
+
+MODELS = {"ae": {"kind": "ae"}, "vae-beta1": {"kind": "vae", "beta": 1.0}}
+PER_MODEL = ("latent", "manifold", "reconstructions", "prior-samples", "interpolation", "training")
+SWEEP = ("latent-all", "rate-distortion", *(f"metrics-{g[0]}" for g in report.GROUPS))
+FAST = M.EvalSettings(n_prior_samples=200, iw_samples=4, interp_pairs=4, interp_steps=6)
+PARAMS = {
+    "data": {"source": "bundled", "val_fraction": 0.1, "test_fraction": 0.2, "seed": 0},
+    "model": {"hidden": [64], "latent_dim": 2},
+    "train": {"epochs": 2, "batch_size": 128, "lr": 0.002, "seed": 0},
+    "sweep": {"latent_dims": [2], "models": [{"name": n, "model": m} for n, m in MODELS.items()]},
+    "evaluate": {"seed": 0, "n_prior_samples": FAST.n_prior_samples, "iw_samples": FAST.iw_samples,
+                 "interp_pairs": FAST.interp_pairs, "interp_steps": FAST.interp_steps},
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small work on a busy 2-core machine: one thread beats spinning ones (PCA's SVD: 1 s instead of 25 s).
+
+    Torch, BLAS and OpenMP pools are process-wide: restored after the module.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(before)
+
+
+def _json_safe(values: dict) -> dict:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in values.items()}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, _one_thread):
+    """A project holding everything the report stage reads, and the stage's finished run in it."""
+    root = make_project(tmp_path_factory.mktemp("report") / "p", PARAMS, git=False)
+    raw = from_bundled()
+    manifest = write_prepared(root / "data" / "prepared", split(raw, 0.1, 0.2, 0), raw, "mnist")
+    train, val, test = (load_split(s, root / "data" / "prepared") for s in ("train", "val", "test"))
+    for name, overrides in MODELS.items():
+        spec = RunSpec(name=name, model=ModelParams(hidden=[64], latent_dim=2, **overrides),
+                       train=TrainParams(epochs=2, batch_size=128, lr=2e-3, seed=0))
+        result = train_model(spec, train.images, val.images)
+        model_store.save(root / "models", spec, result.model.state_dict(), result.history,
+                         {"data_sha256": manifest["data_sha256"]})
+    scorer = clf_lib.train(train.images, train.labels, epochs=1, seed=0).model
+    accuracy = scorer.accuracy(test.images, test.labels)
+    atomic.write_json(root / "metrics" / "classifier.json", {"test/accuracy": accuracy})
+    summary = {}
+    pca = M.pca_baseline(train.images, test.images, 2)
+    for name in MODELS:
+        model, _ = model_store.load(name, root / "models")
+        values = M.evaluate_model(model, train.images, train.labels, test.images, test.labels, scorer, settings=FAST)
+        summary[name] = _json_safe({**values, **pca})
+    atomic.write_json(root / "metrics" / "summary.json", summary)
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(io.StringIO()) as stderr:
+        mp.chdir(root)  # the stage reads and writes relative to the project root, as under `dvc repro`
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        runpy.run_path(str(root / "pipeline" / "report.py"), run_name="__main__")
+    return {"root": root, "stderr": stderr.getvalue(), "manifest": manifest, "accuracy": accuracy}
+
+
+def _png_ok(data: bytes) -> tuple[int, int]:
+    Image.open(io.BytesIO(data)).verify()  # verify() leaves the image unusable: open again for its size
+    image = Image.open(io.BytesIO(data))
+    assert image.format == "PNG"
+    return image.size
+
+
+def test_every_figure_is_a_valid_png(run):
+    figures = run["root"] / "reports" / "figures"
+    expected = {f"{m}-{kind}.png" for m in MODELS for kind in PER_MODEL} | {f"{s}.png" for s in SWEEP}
+    assert {p.name for p in figures.iterdir()} == expected
+    for path in figures.iterdir():
+        width, height = _png_ok(path.read_bytes())
+        assert 300 <= width <= 1500 and 200 <= height <= 1500, f"{path.name} is {width}x{height}"
+
+
+def test_page_is_self_contained_and_embeds_every_figure(run):
+    page = (run["root"] / "reports" / "index.html").read_text()
+    sources = re.findall(r'<img[^>]*\ssrc="([^"]*)"', page)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert not re.search(r'<(link|script)\b|url\(|\ssrc="(?!data:)|href="(?!#)', page), "refers to another file"
+    embedded = report.embedded_images(page)
+    assert len(embedded) == len(sources)
+    for data in embedded:
+        _png_ok(data)
+    files = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (run["root"] / "reports" / "figures").iterdir()}
+    assert {hashlib.sha256(d).hexdigest() for d in embedded} == files  # the page shows exactly the figure files
+    for ref in re.findall(r'data-file="([^"]+)"', page):
+        assert (run["root"] / "reports" / ref).is_file()
+
+
+def test_page_states_provenance_and_summarises_every_model(run):
+    page = (run["root"] / "reports" / "index.html").read_text()
+    table = re.search(r'<table id="summary-table">(.*?)</table>', page, re.S).group(1)
+    assert re.findall(r'<a href="#model-([^"]+)">', table) == list(MODELS)  # AE first, then VAEs by beta
+    assert "PCA baseline" in table and table.count('class="best"') >= 1
+    for name in MODELS:
+        assert f'id="model-{name}"' in page  # each row links to the model's own figures
+    manifest = run["manifest"]
+    assert manifest["data_sha256"] in page and "bundled" in page
+    assert f"{run['accuracy']:.2%}" in page  # the reference classifier's test accuracy
+    assert re.search(r"<code>([0-9a-f]{40}|unknown)</code><br>dirty: (yes|no|unknown)", page)  # commit + dirty flag
+    for claim in report.CLAIMS:
+        assert f'id="claim-{claim}"' in page
+    md = (run["root"] / "reports" / "summary.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| model")]
+    assert [r.split("|")[1].strip() for r in rows] == [*MODELS, "PCA baseline"]
+    assert "n/a" in rows[0]  # the AE has no KL: written as n/a, not nan
+
+
+def test_stage_writes_curves_for_dvc_plots_and_warns_without_a_run(run):
+    root = run["root"]
+    for name in MODELS:
+        assert (root / "reports" / "curves" / f"{name}.csv").read_text() == \
+            (root / "models" / name / "history.csv").read_text()
+    warnings = [line for line in run["stderr"].splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "mlflow_run.json" in warnings[0]
+    assert not (root / "mlflow.db").exists()
+    assert [p.name for p in (root / "reports").iterdir() if p.name.startswith(".")] == []  # no temp leftovers
+
+
+# ------------------------------------------------------------ figure units
+
+
+def test_latent_figures_for_codes_of_one_and_more_than_two_dimensions():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 30)
+    codes = rng.standard_normal((300, 6)) + labels[:, None] * 0.5  # (N, 6)
+    info = plots.ModelInfo("vae-z6", "vae", 1.0, 6)
+    width, _ = _png_ok(plots.png(plots.latent_scatter(info, codes, labels)))  # PCA beside t-SNE
+    assert width > 900
+    ae2, vae1 = plots.ModelInfo("ae", "ae", 0.0, 2), plots.ModelInfo("vae-z1", "vae", 1.0, 1)
+    _png_ok(plots.png(plots.latent_scatter(vae1, codes[:, :1], labels)))
+    _png_ok(plots.png(plots.latent_side_by_side([ae2, info, vae1], [codes[:, :2] * 5, codes, codes[:, :1]], labels)))
+
+
+def test_manifold_grid_uses_quantiles_for_the_vae_and_the_code_range_for_the_ae():
+    codes = np.random.default_rng(0).uniform(-8, 3, size=(500, 2))
+    z1, z2, how = plots.manifold_grid(plots.ModelInfo("v", "vae", 1.0, 2), codes, n=11)
+    assert z1[5] == pytest.approx(0.0, abs=1e-12) and z1[-1] == pytest.approx(2.576, abs=1e-3) and "quantile" in how
+    z1, _, how = plots.manifold_grid(plots.ModelInfo("a", "ae", 0.0, 2), codes, n=11)
+    assert -8 <= z1[0] < -7.8 and 2.8 < z1[-1] <= 3 and "percentile" in how
+
+
+def test_best_value_per_column_ignores_missing_values_and_direction_free_metrics():
+    values = {"a": {"x": 1.0, "y": float("nan")}, "b": {"x": 2.0, "y": 3.0}, "c": {"x": 1.0, "y": 5.0}}
+    assert report._best(values, "x", "lower") == {"a", "c"}
+    assert report._best(values, "y", "higher") == {"c"}
+    assert report._best(values, "x", None) == set()
+
+
+# --------------------------------------------------------------- tracking
+
+
+def test_log_report_files_the_page_under_the_parent_and_figures_under_each_child(tmp_path, monkeypatch, capsys):
+    from aevae import tracking
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "reports" / "figures").mkdir(parents=True)
+    (tmp_path / "reports" / "index.html").write_text("<html></html>")
+    (tmp_path / "reports" / "summary.md").write_text("| model |\n")
+    figure = tmp_path / "reports" / "figures" / "ae-latent.png"
+    figure.write_bytes(b"\x89PNG\r\n\x1a\n")
+
+    tracking.log_report(tmp_path / "reports", {"ae": [figure]})  # no run recorded: one warning, nothing logged
+    assert "warning:" in capsys.readouterr().err and not (tmp_path / "mlflow.db").exists()
+
+    client = tracking.client()
+    exp = tracking.experiment_id(client)
+    parent = client.create_run(exp).info.run_id
+    child = client.create_run(exp, tags={"mlflow.parentRunId": parent}).info.run_id
+    atomic.write_json(tracking.RUN_FILE, {"tracking_uri": tracking.tracking_uri(), "parent_run_id": parent,
+                                          "experiment_id": exp, "children": {"ae": child}})
+    tracking.log_report(tmp_path / "reports", {"ae": [figure], "not-in-this-run": [figure]})
+    assert sorted(f.path for f in client.list_artifacts(parent, "report")) == ["report/index.html",
+                                                                              "report/summary.md"]
+    assert [f.path for f in client.list_artifacts(child, "figures")] == ["figures/ae-latent.png"]
+    json.loads(tracking.RUN_FILE.read_text())  # left as it was
