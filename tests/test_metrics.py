@@ -76,6 +76,14 @@ def test_holes_large_when_codes_leave_a_gap_where_the_prior_has_mass():
     assert M.holes_fraction(codes, rng.standard_normal((1000, 2))) > 0.3
 
 
+def test_own_gaussian_holes_ignore_scale_but_find_gaps_between_clusters():
+    rng = np.random.default_rng(0)
+    wide = rng.standard_normal((1000, 2)) * 25.0 + 40.0  # one blob, far from N(0, I) and wide
+    assert M.holes_fraction(wide, M.gaussian_fit_samples(wide, 1000, seed=1)) < 0.05
+    clusters = rng.standard_normal((1000, 2)) * 0.3 * 25.0 + np.where(rng.random((1000, 1)) < 0.5, -75.0, 75.0)
+    assert M.holes_fraction(clusters, M.gaussian_fit_samples(clusters, 1000, seed=1)) > 0.3
+
+
 def test_mmd_near_zero_for_one_distribution_and_larger_when_shifted():
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((500, 2)), rng.standard_normal((500, 2))

@@ -305,6 +305,19 @@ def classifier_fid(features_a, features_b) -> float:
 
 
 @torch.no_grad()
+def gaussian_fit_samples(codes, n: int, seed: int = 0) -> np.ndarray:
+    """(n, latent) samples from a Gaussian with the codes' own mean and covariance.
+
+    N(0, I) only suits a VAE: an AE's codes live on their own scale (often far wider), so
+    prior samples land in its dense centre and find no holes. Samples from the codes' own
+    Gaussian fit probe the gaps *within* the region the model uses, whatever its scale.
+    """
+    codes = np.asarray(codes, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    cov = np.atleast_2d(np.cov(codes, rowvar=False))
+    return rng.multivariate_normal(codes.mean(0), cov, size=n, method="eigh")
+
+
 def prior_samples(model: AutoEncoder, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(z (n, latent) ~ N(0, I), decoded images (n, 1, 28, 28) in [0, 1]); the same for AE and VAE."""
     z = torch.randn(n, model.cfg.latent_dim, generator=_seeded(seed, 2))
@@ -431,6 +444,7 @@ METRIC_KEYS = (
     "test/mmd_to_prior",
     "test/moment_kl_to_prior_nats",
     "prior/holes_fraction",
+    "test/holes_fraction_own_gaussian",
     "prior/classifier_fid",
     "prior/mean_confidence",
     "prior/confident_fraction",
@@ -478,6 +492,8 @@ def evaluate(model: AutoEncoder, train_images, train_labels, test_images, test_l
         m["test/mmd_to_prior"] = mmd_rbf(test_codes, _np(z))
         m["test/moment_kl_to_prior_nats"] = moment_kl_to_prior(test_codes)
         m["prior/holes_fraction"] = holes_fraction(test_codes, _np(z), s.holes_percentile)
+        own = gaussian_fit_samples(test_codes, s.n_prior_samples, seed)
+        m["test/holes_fraction_own_gaussian"] = holes_fraction(test_codes, own, s.holes_percentile)
         lap("regularity")
 
         if reference_features is None:
