@@ -29,7 +29,7 @@ ui: setup
 
 # Retrain on a schedule: champion/challenger promotion (see README). FORCE=1 retrains even if nothing changed.
 retrain: setup
-	$(PY) -m aevae.retrain $(if $(FORCE),--force,)
+	$(PY) -m aevae.retrain $(if $(FORCE),--force,) $(RETRAIN_ARGS)
 
 # Benchmarks against the usual scripts; appends to bench/RESULTS.md.
 bench: setup

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -45,8 +49,11 @@ def test_attaches_to_an_existing_cluster(tmp_path):
     root = make_project(tmp_path / "p", git=False)
     stage("prepare", root)
     port = free_port()
+    # Its own temp dir (short: Ray's socket paths must fit 107 bytes) identifies this head's processes.
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     head = run([str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"], root, timeout=120)
+                "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+               root, timeout=120)
     assert head.returncode == 0
     try:
         address = f"127.0.0.1:{port}"
@@ -58,7 +65,24 @@ def test_attaches_to_an_existing_cluster(tmp_path):
         assert facts["cluster_resources"]["CPU"] == 2.0
         assert all((root / "models" / n / "model.pt").is_file() for n in ("ae", "vae-beta1"))
     finally:
-        run([str(BIN / "ray"), "stop", "--force"], root, check=False, timeout=120)
+        _stop_head(temp_dir)
+
+
+def _stop_head(temp_dir: str) -> None:
+    """Stop only this test's head: `ray stop` would kill every Ray instance on the machine."""
+    procs = []
+    for proc in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if any(temp_dir in part for part in proc.info["cmdline"] or []):
+                procs.append(proc)
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=15)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_unreachable_cluster_fails_fast(tmp_path):

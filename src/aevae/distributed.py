@@ -97,7 +97,7 @@ def _use_gpu(setting: bool | str) -> bool:
 def _progress_board():
     import ray
 
-    @ray.remote(num_cpus=0)
+    @ray.remote(num_cpus=0, max_restarts=-1)
     class ProgressBoard:
         """Collects per-epoch records from workers; the driver drains and prints them."""
 
@@ -236,7 +236,11 @@ def train_sweep(
 def _drain(board, on_epoch) -> None:
     import ray
 
-    for name, record in ray.get(board.drain.remote()):
+    try:
+        records = ray.get(board.drain.remote())
+    except ray.exceptions.RayActorError:  # progress lines are lost, the training itself goes on
+        return
+    for name, record in records:
         on_epoch(name, record)
 
 

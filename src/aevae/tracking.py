@@ -15,6 +15,8 @@ train stage that runs again opens a new parent run.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import functools
 import io
 import json
 import logging
@@ -61,6 +63,8 @@ def check_reachable(uri: str) -> None:
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=_PROBE_TIMEOUT_S) as resp:
             resp.read()
+    except urllib.error.HTTPError:
+        return  # it answered (an auth proxy's 401 still means the server is up)
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise UserError(
@@ -161,8 +165,13 @@ class SweepTracker:
             self.children[spec.name] = run.info.run_id
             _log_params(self.client, run.info.run_id, flat_params(spec, params))
         self.logged_epochs = {spec.name: set() for spec in specs}
+        self.model_sha256: dict[str, str] = {}
+        self._write_run_file()
+
+    def _write_run_file(self) -> None:
         atomic.write_json(RUN_FILE, {"tracking_uri": tracking_uri(), "parent_run_id": self.parent_id,
-                                     "experiment_id": self.exp, "children": self.children})
+                                     "experiment_id": self.exp, "children": self.children,
+                                     "model_sha256": self.model_sha256})
 
     def _safely(self, fn, *args, **kwargs) -> Any:
         if self.error:
@@ -195,6 +204,8 @@ class SweepTracker:
         self.client.log_artifacts(run_id, str(model_dir), artifact_path="model_files")
         register_model(run_id, model, spec.name)
         self.client.set_terminated(run_id, "FINISHED")
+        self.model_sha256[spec.name] = _sha256(model_dir / "model.pt")
+        self._write_run_file()
 
     def model_failed(self, name: str, error: str) -> None:
         self._safely(self.client.set_tag, self.children[name], "aevae.error", error[:500])
@@ -229,11 +240,24 @@ def register_model(run_id: str, model, model_name: str) -> str:
     return str(info.registered_model_version)
 
 
-def pipeline_run() -> dict | None:
-    """The parent run the train stage opened, for the stages after it; None if none is recorded."""
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def pipeline_run(models_dir: Path = Path("models")) -> dict | None:
+    """The parent run the train stage opened, for the stages after it; None if none is recorded.
+
+    Only children whose model file is the one now in models/ are kept: when DVC restores the train
+    stage from its cache, the recorded run is the one that trained those exact weights or none.
+    """
     if not RUN_FILE.is_file():
         return None
-    return json.loads(RUN_FILE.read_text())
+    run = json.loads(RUN_FILE.read_text())
+    shas = run.get("model_sha256", {})
+    run["children"] = {name: run_id for name, run_id in run["children"].items()
+                       if (models_dir / name / "model.pt").is_file()
+                       and shas.get(name) == _sha256(models_dir / name / "model.pt")}
+    return run
 
 
 def log_evaluation(results: dict[str, dict[str, float]], summary_file: Path = Path("metrics/summary.json")) -> None:
@@ -255,3 +279,143 @@ def log_evaluation(results: dict[str, dict[str, float]], summary_file: Path = Pa
         mlflow_client.log_batch(run_id, metrics=metrics)
     if summary_file.is_file():
         mlflow_client.log_artifact(run["parent_run_id"], str(summary_file))
+
+
+# ------------------------------------------------- retrain: champion / challenger aliases (aevae.retrain)
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+FINGERPRINT_TAG = "aevae.retrain.fingerprint"  # on the registered model: what the last retrain saw
+
+
+@contextlib.contextmanager
+def server_errors(doing: str):
+    """An MLflow call that fails (server down, HTTP error) becomes one UserError line; bugs still raise."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except (MlflowException, OSError) as exc:  # requests' errors are OSErrors
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"MLflow failed while {doing} ({type(exc).__name__}: {reason}); no alias was changed;"
+                        f" check the server at {tracking_uri()} and rerun") from None
+
+
+def _registered_model(mlflow_client, model_name: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow_client.get_registered_model(registered_name(model_name))
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+
+
+def model_aliases(mlflow_client, model_name: str) -> dict[str, str]:
+    """{alias: version} of aevae-<model>; {} when it is not registered yet."""
+    model = _registered_model(mlflow_client, model_name)
+    return {alias: str(v) for alias, v in model.aliases.items()} if model else {}
+
+
+def retrain_fingerprint(mlflow_client, model_name: str) -> str | None:
+    """The fingerprint (data, code, params) the last retrain of this model recorded; None if never."""
+    model = _registered_model(mlflow_client, model_name)
+    return model.tags.get(FINGERPRINT_TAG) if model else None
+
+
+def version_from_run(mlflow_client, model_name: str, run_id: str) -> str | None:
+    """The newest version of aevae-<model> registered from `run_id` (the train stage's child run)."""
+    name = registered_name(model_name)
+    versions = mlflow_client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    return max((str(v.version) for v in versions), key=int, default=None)
+
+
+def download_model_files(mlflow_client, model_name: str, version: str, dst: Path) -> Path:
+    """The version's model_files/ (model.pt + config.json, as the train stage logged them) -> dst/model_files."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in a scheduled job's log
+    run_id = mlflow_client.get_model_version(registered_name(model_name), version).run_id
+    folder = Path(mlflow_client.download_artifacts(run_id, "model_files", str(dst)))
+    if not (folder / "model.pt").is_file() or not (folder / "config.json").is_file():
+        raise UserError(f"version {version} of {registered_name(model_name)} (run {run_id}) has no"
+                        " model_files/model.pt and config.json; move its aliases by hand or delete the version")
+    return folder
+
+
+def apply_retrain(mlflow_client, changes: list[dict]) -> None:
+    """Apply decided alias moves and tags; on any failure undo what was applied, then raise a UserError.
+
+    Each change: {"model": name, "set": {alias: version}, "delete": [alias], "version": v,
+    "version_tags": {...}, "model_tags": {...}}. All of them are decided before this is called,
+    so a server that stops midway leaves every alias as it was (best effort: the undo needs the server too).
+    """
+    from mlflow.exceptions import MlflowException
+
+    undo = []
+    try:
+        for change in changes:
+            name = registered_name(change["model"])
+            before = model_aliases(mlflow_client, change["model"])
+            for alias, version in change.get("set", {}).items():
+                mlflow_client.set_registered_model_alias(name, alias, version)
+                undo.append(_restore_alias(mlflow_client, name, alias, before.get(alias)))
+            for alias in change.get("delete", []):
+                if alias in before:
+                    mlflow_client.delete_registered_model_alias(name, alias)
+                    undo.append(_restore_alias(mlflow_client, name, alias, before[alias]))
+        # Tags last: they describe aliases that are already in place.
+        for change in changes:
+            name = registered_name(change["model"])
+            for key, value in change.get("version_tags", {}).items():
+                mlflow_client.set_model_version_tag(name, change["version"], key, str(value))
+                undo.append(functools.partial(mlflow_client.delete_model_version_tag, name, change["version"], key))
+            old_tags = _registered_model(mlflow_client, change["model"]).tags
+            for key, value in change.get("model_tags", {}).items():
+                mlflow_client.set_registered_model_tag(name, key, str(value))
+                undo.append(functools.partial(mlflow_client.set_registered_model_tag, name, key, old_tags[key])
+                            if key in old_tags else
+                            functools.partial(mlflow_client.delete_registered_model_tag, name, key))
+    except (MlflowException, OSError) as exc:
+        failed = 0
+        for step in reversed(undo):
+            try:
+                step()
+            except (MlflowException, OSError):
+                failed += 1
+        state = "every alias and tag is as it was" if not failed else f"{failed} change(s) could not be undone"
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"MLflow failed while moving aliases ({type(exc).__name__}: {reason}); {state};"
+                        f" check the server at {tracking_uri()} and rerun") from None
+
+
+def _restore_alias(mlflow_client, name: str, alias: str, version: str | None):
+    def restore() -> None:
+        if version is None:
+            mlflow_client.delete_registered_model_alias(name, alias)
+        else:
+            mlflow_client.set_registered_model_alias(name, alias, version)
+    return restore
+
+
+def log_report(report_dir: Path, figures_by_model: dict[str, list[Path]]) -> None:
+    """The report stage's outputs: index.html and summary.md to the parent run, each model's figures to its child."""
+    run = pipeline_run()
+    if run is None:
+        print("warning: no MLflow run recorded by the train stage (logs/mlflow_run.json); report not tracked",
+              file=sys.stderr)
+        return
+    if run.get("tracking_uri") and run["tracking_uri"] != tracking_uri():
+        print(f"warning: the pipeline run was recorded in {run['tracking_uri']}, not the current store "
+              f"{tracking_uri()}; report not tracked (set MLFLOW_TRACKING_URI as the train stage had it)",
+              file=sys.stderr)
+        return
+    mlflow_client = client()
+    for name in ("index.html", "summary.md"):
+        path = Path(report_dir) / name
+        if path.is_file():
+            mlflow_client.log_artifact(run["parent_run_id"], str(path), artifact_path="report")
+    for name, files in figures_by_model.items():
+        run_id = run["children"].get(name)
+        if run_id is None:  # a model trained outside this pipeline run
+            continue
+        for path in files:
+            mlflow_client.log_artifact(run_id, str(path), artifact_path="figures")

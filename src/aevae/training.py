@@ -174,7 +174,8 @@ def train_model(
     device = torch.device(device)
     torch.manual_seed(spec.train.seed)  # weights init and the VAE's sampling noise
     model = build_model(spec.model).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=spec.train.lr, weight_decay=spec.train.weight_decay)
+    # fused: one kernel for the whole update instead of ~6 small ops per tensor; ~2x faster epochs on CPU.
+    opt = torch.optim.Adam(model.parameters(), lr=spec.train.lr, weight_decay=spec.train.weight_decay, fused=True)
     digest = spec_digest(spec, data_sha256)
     ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
     state = read_checkpoint(ckpt, digest, device) if ckpt else None

@@ -53,11 +53,12 @@ def test_a_diverging_model_fails_alone(tmp_path):
     assert boom[0].info.status == "FAILED"
 
 
-def _train_workers() -> list[psutil.Process]:
+def _train_workers(stage_pid: int) -> list[psutil.Process]:
+    """The Ray workers training for this stage: descendants of its process (its local Ray instance)."""
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
+    for proc in psutil.Process(stage_pid).children(recursive=True):
         with contextlib.suppress(psutil.Error):
-            if any("ray::_train_one" in part for part in proc.info["cmdline"] or []):
+            if any("ray::_train_one" in part for part in proc.cmdline()):
                 found.append(proc)
     return found
 
@@ -78,7 +79,7 @@ def test_a_killed_ray_worker_is_retried_and_resumes(tmp_path):
     while _checkpoint_epoch(root) < 3:
         assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "train.log").read_text()
         time.sleep(0.2)
-    victims = _train_workers()
+    victims = _train_workers(proc.pid)
     assert victims, "no Ray training worker found"
     victims[0].send_signal(signal.SIGKILL)
     assert proc.wait(timeout=300) == 0, (tmp_path / "train.log").read_text()

@@ -1,0 +1,404 @@
+"""`make retrain` (`python -m aevae.retrain [--force]`): rerun the pipeline when the data or the code
+changed, and let a newly trained model take the `champion` alias only when it beats the current one.
+
+One run, for a scheduler (cron, a systemd timer, a CI schedule):
+
+1. takes logs/retrain.lock, so two scheduled runs never overlap;
+2. runs `dvc repro prepare` to know the data, then compares a fingerprint (data sha256, a digest of
+   the pipeline's code: src/, pipeline/, dvc.yaml, requirements.lock, and the validated params) with
+   the one the last retrain recorded on each registered model: unchanged means "nothing to do"
+   (unless --force);
+3. runs the pipeline (`dvc repro --no-run-cache`: a stage whose inputs changed really runs, so the
+   train stage registers a new version instead of restoring models/ of an older, already registered run);
+4. per model: the challenger is the version registered from this pipeline run's child run; the
+   champion's weights are re-evaluated on the current test split with the current classifier, so
+   both sides are measured the same way; the challenger must pass every criterion of
+   params.yaml `retrain.<kind>`;
+5. decides every alias first, then applies them (undoing what was applied if the server fails):
+   a winner takes `champion` (the first version of a model always does), a loser gets `challenger`;
+6. records the decision and its numbers as tags on the version and in reports/retrain/<time>.json.
+
+The state lives in the registry (a tag on each registered model), so a CI runner with a fresh
+checkout sees the same "last retrain" as the machine that ran it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from aevae import atomic, tracking
+from aevae.config import Criterion, Params, load_params, resolve_sweep
+from aevae.errors import UserError, run_cli
+
+LOCK_FILE = Path("logs/retrain.lock")
+RECORDS_DIR = Path("reports/retrain")
+SUMMARY_FILE = Path("metrics/summary.json")
+CODE_PATHS = ("src", "pipeline", "dvc.yaml", "requirements.lock")  # the code the pipeline runs
+# metrics.vae_terms gives an AE NaN for these: it has no posterior, so no KL, ELBO or likelihood.
+UNDEFINED_FOR_AE = ("test/kl_nats_per_image", "test/neg_elbo_nats_per_image", "test/iw_nll_nats_per_image")
+
+
+# -------------------------------------------------------------------- lock
+
+
+@contextlib.contextmanager
+def exclusive(path: Path = LOCK_FILE) -> Iterator[None]:
+    """Hold an flock on `path` for the whole run; a second run fails at once, naming the holder's pid.
+
+    The kernel drops the lock when the holder exits, however it exits, so a killed run never
+    leaves a stale lock behind. The descriptor is not inherited by `dvc repro`.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise UserError(f"another retrain is running (pid {holder}); let it finish and run again"
+                        f" (the lock on {path} is released when that process exits)") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------- policy
+
+
+def policy(params: Params) -> dict[str, list[Criterion]]:
+    """params.yaml `retrain:` per model kind, checked against the metrics the evaluate stage computes."""
+    from aevae.metrics import METRIC_KEYS
+
+    out = {"ae": params.retrain.ae, "vae": params.retrain.vae}
+    for kind, criteria in out.items():
+        for i, c in enumerate(criteria):
+            if c.metric not in METRIC_KEYS:
+                raise UserError(f"params.yaml: retrain.{kind}.{i}.metric = {c.metric!r} is not a metric of the evaluate"
+                                f" stage; use one of {', '.join(METRIC_KEYS)}")
+            if kind == "ae" and c.metric in UNDEFINED_FOR_AE:
+                raise UserError(f"params.yaml: retrain.ae.{i}.metric = {c.metric!r} is undefined for an AE (no"
+                                " posterior); use a reconstruction, prior or latent metric")
+    return out
+
+
+@dataclass
+class Check:
+    """One criterion applied: did the challenger improve `metric` by at least `min_improvement`?"""
+
+    metric: str
+    goal: str
+    min_improvement: float
+    challenger: float
+    champion: float
+
+    @property
+    def improvement(self) -> float:  # > 0 means the challenger is better, whatever the goal
+        diff = self.champion - self.challenger
+        return diff if self.goal == "min" else -diff
+
+    @property
+    def passed(self) -> bool:
+        return not math.isnan(self.improvement) and self.improvement >= self.min_improvement
+
+    def line(self) -> str:
+        mark = "pass" if self.passed else "fail"
+        return (f"{self.metric} {self.challenger:.6g} vs {self.champion:.6g} ({self.goal}; improved"
+                f" {self.improvement:+.4g}, needs >= {self.min_improvement:g}: {mark})")
+
+    def as_dict(self) -> dict:
+        return {"metric": self.metric, "goal": self.goal, "min_improvement": self.min_improvement,
+                "challenger": _finite(self.challenger), "champion": _finite(self.champion),
+                "improvement": _finite(self.improvement), "passed": self.passed}
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None  # NaN / inf are not JSON
+
+
+# ------------------------------------------------------------ fingerprint
+
+
+def _git_commit() -> str:
+    try:
+        proc = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return proc.stdout.strip() if proc.returncode == 0 and proc.stdout.strip() else "unknown"
+
+
+def code_digest(paths: tuple[str, ...] = CODE_PATHS) -> str:
+    """sha256 over the files of the code the pipeline runs (names and contents; caches skipped).
+
+    By content, not by commit: a commit that touches only docs or tests retrains nothing, while an
+    uncommitted edit of src/ does count.
+    """
+    digest = hashlib.sha256()
+    for top in map(Path, paths):
+        files = [top] if top.is_file() else sorted(top.rglob("*")) if top.is_dir() else []
+        for f in files:
+            if not f.is_file() or f.suffix == ".pyc" or any(
+                    part == "__pycache__" or part.endswith(".egg-info") or part.startswith(".") for part in f.parts):
+                continue
+            data = f.read_bytes()
+            digest.update(f"{f.as_posix()}\0{len(data)}\0".encode() + data)
+    return digest.hexdigest()
+
+
+def fingerprint(params: Params, manifest: dict) -> dict[str, str]:
+    """What a retrain depends on: the prepared data, the pipeline's code, the validated params."""
+    return {
+        "data_sha256": manifest["data_sha256"],
+        "code_sha256": code_digest(),
+        "params_sha256": hashlib.sha256(json.dumps(params.model_dump(mode="json"), sort_keys=True).encode()).hexdigest(),
+    }
+
+
+# --------------------------------------------------------------- pipeline
+
+
+def dvc_repro(*args: str) -> None:
+    """Run `dvc repro ...` with its output streamed; a failure is one line naming the command."""
+    dvc = Path(sys.executable).with_name("dvc")
+    cmd = [str(dvc) if dvc.is_file() else "dvc", "repro", *args]
+    print(f"$ dvc repro {' '.join(args)}".rstrip(), flush=True)
+    try:
+        code = subprocess.run(cmd).returncode
+    except OSError as exc:
+        raise UserError(f"cannot run dvc ({exc.strerror}); run `make setup` first") from None
+    if code != 0:
+        raise UserError(f"{' '.join(['dvc repro', *args])} failed (exit {code}; its output is above); no alias"
+                        " was changed; fix the cause and run `make retrain` again")
+
+
+# --------------------------------------------------------------- evaluation
+
+
+class Scoring:
+    """Evaluates a model on the current split exactly as the evaluate stage does (same settings, seed,
+    classifier); the splits and the classifier are loaded on first use, once."""
+
+    def __init__(self, params: Params):
+        self.params = params
+        self._data = None
+
+    def _load(self):
+        from aevae import classifier, metrics
+        from aevae.classifier import as_images
+        from aevae.data.prepared import load_split
+
+        p = self.params.evaluate
+        settings = metrics.EvalSettings(n_prior_samples=p.n_prior_samples, iw_samples=p.iw_samples,
+                                        interp_pairs=p.interp_pairs, interp_steps=p.interp_steps,
+                                        confidence_threshold=p.confidence_threshold)
+        train, test = load_split("train"), load_split("test")
+        scorer, _ = classifier.load(Path("classifier/model.pt"))
+        return settings, train, test, scorer, scorer.features(as_images(test.images))  # reference: once
+
+    def evaluate(self, model_dir: Path) -> dict[str, float]:
+        """Every metric (metrics.METRIC_KEYS) of the model in model_dir (model.pt + config.json)."""
+        from aevae import metrics, model_store
+
+        if self._data is None:
+            self._data = self._load()
+        settings, train, test, scorer, reference = self._data
+        model, _ = model_store.load(model_dir.name, root=model_dir.parent)  # weights_only=True
+        return metrics.evaluate_model(model, train.images, train.labels, test.images, test.labels, scorer,
+                                      seed=self.params.evaluate.seed, settings=settings, reference_features=reference)
+
+
+def _challenger_metrics(name: str) -> dict[str, float]:
+    """The evaluate stage's numbers of models/<name> (metrics/summary.json: a DVC output, so never stale)."""
+    if not SUMMARY_FILE.is_file():
+        raise UserError(f"{SUMMARY_FILE} not found after the pipeline ran; run `dvc repro evaluate` and retry")
+    values = json.loads(SUMMARY_FILE.read_text()).get(name)
+    if values is None:
+        raise UserError(f"{SUMMARY_FILE} has no entry for model '{name}'; run `dvc repro -f evaluate` and retry")
+    return {k: float("nan") if v is None else float(v) for k, v in values.items()}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ------------------------------------------------------------------ decide
+
+
+@dataclass
+class Decision:
+    model: str
+    kind: str
+    challenger: str  # version
+    champion_before: str | None
+    decision: str  # promoted | kept | unchanged
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def champion_after(self) -> str | None:
+        return self.challenger if self.decision == "promoted" else self.champion_before
+
+    def line(self) -> str:
+        v, c = self.challenger, self.champion_before
+        head = {
+            "promoted": f"v{v} is the new champion" + (f" (was v{c})" if c else " (first version)"),
+            "kept": f"champion v{c} stays; v{v} is the challenger",
+            "unchanged": f"v{v} is already the champion; nothing new to compare",
+        }[self.decision]
+        return f"{self.model}: {head}" + (": " + "; ".join(ch.line() for ch in self.checks) if self.checks else "")
+
+    def change(self, fp: str, record: str) -> dict:
+        """The alias moves and tags this decision asks for (see tracking.apply_retrain)."""
+        change = {"model": self.model, "version": self.challenger, "set": {}, "delete": [],
+                  "model_tags": {tracking.FINGERPRINT_TAG: fp}}
+        if self.decision == "promoted":
+            change["set"][tracking.CHAMPION] = self.challenger
+            change["delete"].append(tracking.CHALLENGER)  # a losing challenger of the old champion is moot
+        elif self.decision == "kept":
+            change["set"][tracking.CHALLENGER] = self.challenger
+        if self.decision != "unchanged":
+            tags = {"aevae.decision": self.decision, "aevae.compared_to": self.champion_before or "none",
+                    "aevae.retrain_record": record}
+            for ch in self.checks:
+                tags[f"aevae.challenger.{ch.metric}"] = f"{ch.challenger:.6g}"
+                tags[f"aevae.champion.{ch.metric}"] = f"{ch.champion:.6g}"
+                tags[f"aevae.passed.{ch.metric}"] = str(ch.passed).lower()
+            change["version_tags"] = tags
+        return change
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "challenger_version": self.challenger, "champion_before": self.champion_before,
+                "champion_after": self.champion_after, "decision": self.decision,
+                "criteria": [ch.as_dict() for ch in self.checks]}
+
+
+def decide(mlflow_client, params: Params, rules: dict[str, list[Criterion]]) -> list[Decision]:
+    """One decision per model of the sweep; reads the registry, changes nothing."""
+    run = tracking.pipeline_run()
+    if run is None:
+        raise UserError(f"{tracking.RUN_FILE} not found after the pipeline ran; run `dvc repro -f train` and retry")
+    scoring = Scoring(params)
+    decisions = []
+    with tempfile.TemporaryDirectory(prefix="aevae-retrain-") as tmp:
+        for spec in resolve_sweep(params):
+            name, kind = spec.name, spec.model.kind
+            run_id = run["children"].get(name)
+            version = tracking.version_from_run(mlflow_client, name, run_id) if run_id else None
+            if version is None:
+                elsewhere = run.get("tracking_uri", tracking.tracking_uri()) != tracking.tracking_uri()
+                hint = f" (that run was tracked at {_safe_uri(run['tracking_uri'])})" if elsewhere else ""
+                raise UserError(f"model '{name}' of the last pipeline run has no registered version on"
+                                f" {_safe_uri(tracking.tracking_uri())}{hint}; run `dvc repro -f train` and retry")
+            # The challenger is what models/<name> holds: the registered weights must be those on disk.
+            mine = tracking.download_model_files(mlflow_client, name, version, Path(tmp) / f"{name}-v{version}")
+            if _sha256(mine / "model.pt") != _sha256(Path("models") / name / "model.pt"):
+                raise UserError(f"models/{name} is not the model registered as version {version} of"
+                                f" {tracking.registered_name(name)}; run `dvc repro -f train` and retry")
+            champion = tracking.model_aliases(mlflow_client, name).get(tracking.CHAMPION)
+            if champion is None:
+                decisions.append(Decision(name, kind, version, None, "promoted"))
+                continue
+            if champion == version:
+                decisions.append(Decision(name, kind, version, champion, "unchanged"))
+                continue
+            theirs = tracking.download_model_files(mlflow_client, name, champion, Path(tmp) / f"{name}-v{champion}")
+            print(f"{name}: evaluating champion v{champion} on the current test split", flush=True)
+            champ = scoring.evaluate(theirs)
+            chall = _challenger_metrics(name)
+            checks = [Check(c.metric, c.goal, c.min_improvement, chall[c.metric], champ[c.metric])
+                      for c in rules[kind]]
+            verdict = "promoted" if all(ch.passed for ch in checks) else "kept"
+            decisions.append(Decision(name, kind, version, champion, verdict, checks))
+    return decisions
+
+
+# -------------------------------------------------------------------- main
+
+
+def _safe_uri(uri: str) -> str:
+    """The tracking URI without credentials, for the record."""
+    parts = urlsplit(uri)
+    if not (parts.username or parts.password):
+        return uri
+    return urlunsplit(parts._replace(netloc=(parts.hostname or "") + (f":{parts.port}" if parts.port else "")))
+
+
+def _field(fp_text: str | None, key: str) -> str | None:
+    try:
+        return json.loads(fp_text).get(key) if fp_text else None
+    except (ValueError, AttributeError):  # a tag edited by hand
+        return None
+
+
+def retrain(force: bool = False) -> None:
+    params = load_params()
+    rules = policy(params)
+    names = [s.name for s in resolve_sweep(params)]
+    mlflow_client = tracking.client()  # an unreachable server fails here, before any work
+    dvc_repro("prepare")
+    from aevae.data.prepared import load_manifest
+
+    fp = fingerprint(params, load_manifest())
+    fp_text = json.dumps(fp, sort_keys=True)
+    with tracking.server_errors("reading the last retrain's fingerprint"):
+        last = {name: tracking.retrain_fingerprint(mlflow_client, name) for name in names}
+    if not force and all(v == fp_text for v in last.values()):
+        print("nothing to do: data, code and params are those of the last retrain (--force to run anyway)")
+        return
+    changed = sorted(k for k in fp if any(_field(v, k) != fp[k] for v in last.values()))
+    if all(v is None for v in last.values()):
+        print("retrain: no earlier retrain recorded on this server", flush=True)
+    else:
+        print(f"retrain: {'changed: ' + ', '.join(changed) if changed else 'forced'}", flush=True)
+    started = time.gmtime()
+    dvc_repro("--no-run-cache")
+    with tracking.server_errors("comparing challengers with champions"):
+        decisions = decide(mlflow_client, params, rules)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", started)
+    record_path = RECORDS_DIR / f"{stamp}.json"
+    run = tracking.pipeline_run() or {}
+    atomic.write_json(record_path, {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", started),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "forced": force,
+        "fingerprint": fp,
+        "git_commit": _git_commit(),  # for the reader; the fingerprint hashes the code itself
+        "tracking_uri": _safe_uri(tracking.tracking_uri()),
+        "pipeline_run_id": run.get("parent_run_id"),
+        "models": {d.model: d.as_dict() for d in decisions},
+    })
+    try:  # the record first, then the registry: a failure leaves neither a record nor a moved alias
+        tracking.apply_retrain(mlflow_client, [d.change(fp_text, record_path.name) for d in decisions])
+    except BaseException:
+        record_path.unlink(missing_ok=True)
+        raise
+    for d in decisions:
+        print(d.line())
+    print(f"recorded in {record_path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m aevae.retrain", description=__doc__.splitlines()[0])
+    parser.add_argument("--force", action="store_true", help="run even if data, code and params are unchanged")
+    args = parser.parse_args(argv)
+    with exclusive():
+        retrain(force=args.force)
+
+
+if __name__ == "__main__":
+    run_cli(main)
