@@ -49,7 +49,7 @@ def main() -> None:
     width = max(map(len, names))
     for name, v in results.items():
         print(f"{name:<{width}}  recon mse/px {v['test/recon_mse_per_pixel']:.4f}  "
-              f"holes {v['prior/holes_fraction']:.2f}  classifier-FID {v['prior/classifier_fid']:8.2f}  "
+              f"holes {v['test/holes_fraction_own_gaussian']:.2f}  classifier-FID {v['prior/classifier_fid']:8.2f}  "
               f"kNN acc {v['test/knn_accuracy']:.3f}")
 
 
