@@ -157,3 +157,14 @@ def assert_one_line(message: str) -> None:
 def idx_dataset(tmp_path):
     """A tiny gzipped IDX dataset: 10 classes x 12 train, 10 x 3 test, 28x28."""
     return write_idx_dir(tmp_path / "raw", gz=True)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of tiny models (two spin-wait on a busy 2-core machine); restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -19,16 +19,7 @@ from aevae.data.sources import from_bundled
 from aevae.training import CHECKPOINT, METRICS, NonFiniteLoss, spec_digest, to_tensor, train_model
 
 
-THREADS = 1  # tiny models: one thread beats two on a busy 2-core machine (no spin-waiting)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _few_threads():
-    """Set for this module only, then restored: torch threads are process-wide."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ------------------------------------------------------------------ helpers
