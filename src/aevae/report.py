@@ -80,7 +80,8 @@ SUMMARY_GROUPS = (
     ("VAE objective", (("test/kl_nats_per_image", "KL nats / image", None, ".2f"),
                        ("test/neg_elbo_nats_per_image", "−ELBO nats / image", "lower", ".1f"),
                        ("test/iw_nll_nats_per_image", "IW-NLL nats / image", "lower", ".1f"))),
-    ("codes vs N(0, I)", (("test/mmd_to_prior", "MMD²", "lower", ".4f"),)),
+    ("latent codes", (("test/mmd_to_prior", "MMD² vs N(0, I)", "lower", ".4f"),
+                      ("test/holes_fraction_own_gaussian", "holes in own range (share)", "lower", ".3f"))),
     ("prior samples z ~ N(0, I)", (("prior/holes_fraction", "holes (share)", "lower", ".3f"),
                                    ("prior/classifier_fid", "classifier-FID", "lower", ".1f"),
                                    ("prior/confident_fraction", "confident (share)", "higher", ".3f"),
@@ -105,6 +106,8 @@ METRICS = {
     "test/moment_kl_to_prior_nats": Metric("test/moment_kl_to_prior_nats",
                                            "moment KL codes vs N(0, I) (nats, log scale)", "lower", log=True),
     "prior/holes_fraction": Metric("prior/holes_fraction", "holes (share of prior samples)", "lower"),
+    "test/holes_fraction_own_gaussian": Metric("test/holes_fraction_own_gaussian",
+                                               "holes in the codes' own range (share)", "lower"),
     "prior/classifier_fid": Metric("prior/classifier_fid", "classifier-FID (feature units²)", "lower"),
     "prior/mean_confidence": Metric("prior/mean_confidence", "mean classifier confidence", "higher"),
     "prior/confident_fraction": Metric("prior/confident_fraction", "confident share", "higher"),
@@ -131,9 +134,11 @@ GROUPS = (
      "a higher FID and fewer confident digits than the VAEs with β ≥ 1.",
      ("holes", "roles")),
     ("regularity", "Latent regularity: how close the encoded test set is to the prior N(0, I)",
-     ("test/mmd_to_prior", "test/moment_kl_to_prior_nats", "test/active_units"),
+     ("test/mmd_to_prior", "test/moment_kl_to_prior_nats", "test/holes_fraction_own_gaussian", "test/active_units"),
      "MMD² and the moment KL compare the test codes (posterior means) with N(0, I); ~0 means the code fills the "
-     "prior. Look for: VAEs near 0, falling as β grows; AEs and the β=0 VAE far from it.",
+     "prior. <b>holes in own range</b>: share of samples from a Gaussian fit to the codes themselves that land far "
+     "from every code — gaps inside the region a model uses, whatever its scale (N(0, I) probes only a VAE's). "
+     "Look for: VAEs near 0, falling as β grows; AEs and the β=0 VAE far from it, with more holes.",
      ("regular", "beta0")),
     ("structure", "Latent structure: how well z separates the digits",
      ("test/knn_accuracy", "test/linear_probe_accuracy", "test/silhouette"),
