@@ -8,7 +8,7 @@ comes from the environment instead, so the same params run anywhere.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -164,19 +164,18 @@ def _format_error(exc: ValidationError, source: str) -> str:
 
 
 def _allowed_keys(loc: tuple) -> list[str]:
-    """The field names of the schema node that holds the misspelt key."""
-    node: type[BaseModel] | None = Params
+    """The field names of the schema node that holds the misspelt key (through lists of models too)."""
+    node: type[BaseModel] = Params
     for part in loc[:-1]:
-        if node is None or isinstance(part, int):
+        if isinstance(part, int):  # an index into a list: the node is the list's item model already
             continue
         field = node.model_fields.get(str(part))
-        ann = field.annotation if field else None
-        node = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-        if node is SweepParams and part == "models":
-            node = SweepMember
-    if loc and loc[0] == "sweep" and "models" in loc:
-        node = SweepMember if isinstance(loc[-2], int) else node
-    return sorted(node.model_fields) if node else []
+        annotation = field.annotation if field else None
+        models = [a for a in (annotation, *get_args(annotation)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not models:
+            return []
+        node = models[0]
+    return sorted(node.model_fields)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
