@@ -209,10 +209,19 @@ def test_log_report_files_the_page_under_the_parent_and_figures_under_each_child
     exp = tracking.experiment_id(client)
     parent = client.create_run(exp).info.run_id
     child = client.create_run(exp, tags={"mlflow.parentRunId": parent}).info.run_id
+    # The run recorded the weights it trained: only a child whose model file is still those weights is logged to.
+    (tmp_path / "models" / "ae").mkdir(parents=True)
+    (tmp_path / "models" / "ae" / "model.pt").write_bytes(b"weights")
+    (tmp_path / "models" / "stale").mkdir(parents=True)
+    (tmp_path / "models" / "stale" / "model.pt").write_bytes(b"retrained since")
+    stale = client.create_run(exp, tags={"mlflow.parentRunId": parent}).info.run_id
     atomic.write_json(tracking.RUN_FILE, {"tracking_uri": tracking.tracking_uri(), "parent_run_id": parent,
-                                          "experiment_id": exp, "children": {"ae": child}})
-    tracking.log_report(tmp_path / "reports", {"ae": [figure], "not-in-this-run": [figure]})
+                                          "experiment_id": exp, "children": {"ae": child, "stale": stale},
+                                          "model_sha256": {"ae": hashlib.sha256(b"weights").hexdigest(),
+                                                           "stale": hashlib.sha256(b"old weights").hexdigest()}})
+    tracking.log_report(tmp_path / "reports", {"ae": [figure], "stale": [figure], "not-in-this-run": [figure]})
     assert sorted(f.path for f in client.list_artifacts(parent, "report")) == ["report/index.html",
                                                                               "report/summary.md"]
     assert [f.path for f in client.list_artifacts(child, "figures")] == ["figures/ae-latent.png"]
+    assert client.list_artifacts(stale, "figures") == [], "weights retrained since the run: not its figures"
     json.loads(tracking.RUN_FILE.read_text())  # left as it was
