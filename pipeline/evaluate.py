@@ -9,10 +9,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from aevae import atomic, classifier, metrics, model_store
-from aevae.classifier import as_images
 from aevae.config import load_params
 from aevae.data.prepared import load_split
 from aevae.errors import run_cli
+from aevae.models import as_images
 from aevae.tracking import log_evaluation
 
 OUT = Path("metrics")

@@ -42,7 +42,7 @@ def main() -> None:
                                   {"data_sha256": manifest["data_sha256"]})
         runs[name] = {"device": outcome.device, "epochs_run": outcome.epochs_run, "seconds": round(outcome.seconds, 3)}
         progress.done(name, outcome.epochs_run, outcome.seconds)
-        tracker.model_done(outcome.spec, model_store.load(name)[0], outcome.history, folder)
+        tracker.model_done(outcome.spec, model_store.build(outcome.spec, outcome.state_dict), outcome.history, folder)
 
     cluster = train_sweep(
         specs, train.images, val.images, Path(params.ray.storage_path), params.ray, manifest["data_sha256"],

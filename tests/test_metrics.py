@@ -17,7 +17,8 @@ from aevae import metrics as M
 from aevae.config import ModelParams, RunSpec, TrainParams
 from aevae.errors import UserError
 from aevae.losses import recon_per_image
-from aevae.training import to_tensor, train_model
+from aevae.models import as_images
+from aevae.training import train_model
 
 VAE_ONLY = ("test/kl_nats_per_image", "test/neg_elbo_nats_per_image", "test/iw_nll_nats_per_image")
 FAST = M.EvalSettings(n_prior_samples=400, iw_samples=16, interp_pairs=6, interp_steps=8)
@@ -161,7 +162,7 @@ def test_frechet_distance_known_answers():
 
 
 def test_classifier_fid_zero_for_the_test_set_itself_and_large_for_noise(digits, classifier):
-    test = to_tensor(digits["test_images"])
+    test = as_images(digits["test_images"])
     feats = classifier.features(test)
     self_fid = M.classifier_fid(feats, feats)
     noise = torch.rand(len(test), 1, 28, 28, generator=torch.Generator().manual_seed(0))
@@ -226,7 +227,7 @@ def test_iw_nll_bounds_the_neg_elbo_and_tightens_with_k(digits, tiny_vae):
 
 
 def test_recon_error_uses_the_mean_code_and_agrees_with_the_training_loss(digits, tiny_vae):
-    x = to_tensor(digits["test_images"][:200])
+    x = as_images(digits["test_images"][:200])
     with torch.no_grad():
         per_image = recon_per_image(tiny_vae.decode(tiny_vae.encode(x).mu), x, "bce").mean()
     out = M.reconstruction_error(tiny_vae, x)

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from project import BIN, SMALL_PARAMS, dvc, free_port, kill_group, make_project, run, stage, start, write_params
+from project import BIN, SMALL_PARAMS, dvc, free_port, kill_group, make_project, run, stage, start
 
 pytestmark = pytest.mark.slow
 

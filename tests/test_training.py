@@ -16,7 +16,8 @@ import torch
 
 from aevae.config import ModelParams, RunSpec, TrainParams
 from aevae.data.sources import from_bundled
-from aevae.training import CHECKPOINT, METRICS, NonFiniteLoss, spec_digest, to_tensor, train_model
+from aevae.models import as_images
+from aevae.training import CHECKPOINT, METRICS, NonFiniteLoss, spec_digest, train_model
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -63,9 +64,9 @@ def mean_image_bce(train: np.ndarray, val: np.ndarray) -> float:
 # ------------------------------------------------------------------ basics
 
 
-def test_to_tensor_scales_uint8_to_unit_interval():
+def test_as_images_scales_uint8_to_unit_interval():
     images = np.array([[[0, 255], [128, 51]]], dtype=np.uint8)
-    x = to_tensor(images)
+    x = as_images(images)
     assert x.shape == (1, 1, 2, 2) and x.dtype == torch.float32
     torch.testing.assert_close(x.flatten(), torch.tensor([0.0, 1.0, 128 / 255, 0.2]))
 

@@ -1,4 +1,4 @@
-"""Atomic writes: a killed stage never leaves a half-written file or folder.
+"""Atomic writes: a killed stage never leaves a half-written file or folder (and reading a stage's JSON back).
 
 Everything is written to a temporary sibling and renamed into place; a rename
 within one filesystem is atomic on POSIX.
@@ -68,6 +68,17 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | os.PathLike, stage: str) -> Any:
+    """A JSON file a stage wrote; missing or corrupt is a UserError naming the stage to (re)run."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} not found; run the {stage} stage first (dvc repro {stage})")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"{path} is corrupt; rerun the {stage} stage (dvc repro -f {stage})") from None
 
 
 def torch_bytes(obj: Any) -> bytes:

@@ -28,6 +28,7 @@ from torch import nn
 
 from aevae import atomic
 from aevae.errors import UserError
+from aevae.models import as_images
 
 EVAL_BATCH = 1024
 
@@ -90,15 +91,6 @@ class DigitClassifier(nn.Module):
 class ClassifierResult:
     model: DigitClassifier
     history: list[dict] = field(default_factory=list)  # one record per epoch
-
-
-def as_images(images, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 (N, 28, 28) array, or float (N, 1, 28, 28) in [0, 1] -> float tensor (N, 1, 28, 28)."""
-    if isinstance(images, np.ndarray):
-        if images.dtype == np.uint8:
-            return (torch.from_numpy(images).to(device).float() / 255.0).reshape(-1, 1, 28, 28)
-        images = torch.from_numpy(images)
-    return images.to(device).float().reshape(-1, 1, 28, 28)
 
 
 def _random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:

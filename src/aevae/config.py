@@ -147,12 +147,15 @@ class RunSpec(BaseModel):
     train: TrainParams
 
 
-def _format_error(exc: ValidationError, source: str) -> str:
-    """First validation error as one line: the key, the value, what is allowed."""
+def _format_error(exc: ValidationError, source: str, root: type[BaseModel] = Params, where: str = "") -> str:
+    """First validation error as one line: the key, the value, what is allowed.
+
+    `root` is the schema that was validated and `where` the key path leading to it (a sweep member's overrides).
+    """
     err = exc.errors()[0]
-    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    key = ".".join([where, *map(str, err["loc"])] if where else map(str, err["loc"])) or "(top level)"
     if err["type"] == "extra_forbidden":
-        allowed = _allowed_keys(err["loc"])
+        allowed = _allowed_keys(err["loc"], root)
         hint = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
         return f"{source}: unknown key '{key}'{hint}"
     if err["type"] == "missing":
@@ -163,9 +166,9 @@ def _format_error(exc: ValidationError, source: str) -> str:
     return f"{source}: {key} = {err.get('input')!r} is not allowed: {msg}"
 
 
-def _allowed_keys(loc: tuple) -> list[str]:
+def _allowed_keys(loc: tuple, root: type[BaseModel] = Params) -> list[str]:
     """The field names of the schema node that holds the misspelt key (through lists of models too)."""
-    node: type[BaseModel] = Params
+    node: type[BaseModel] = root
     for part in loc[:-1]:
         if isinstance(part, int):  # an index into a list: the node is the list's item model already
             continue
@@ -209,13 +212,7 @@ def _merge(base: BaseModel, overrides: dict[str, Any], cls: type[BaseModel], whe
     try:
         return cls.model_validate({**base.model_dump(), **overrides})
     except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
-            allowed = ", ".join(sorted(cls.model_fields))
-            raise UserError(f"{source}: unknown key '{where}.{key}'; allowed keys here: {allowed}") from None
-        msg = err["msg"].removeprefix("Value error, ")
-        raise UserError(f"{source}: {where}.{key} = {err.get('input')!r} is not allowed: {msg}") from None
+        raise UserError(_format_error(exc, source, root=cls, where=where)) from None
 
 
 def resolve_sweep(params: Params, source: str = PARAMS_FILE) -> list[RunSpec]:

@@ -36,8 +36,8 @@ from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from aevae.classifier import DigitClassifier, as_images
-from aevae.models import PIXELS, AutoEncoder
+from aevae.classifier import DigitClassifier
+from aevae.models import PIXELS, AutoEncoder, as_images
 
 EVAL_BATCH = 1024
 LOG_2PI = math.log(2.0 * math.pi)

@@ -52,13 +52,18 @@ def load(name: str, root: Path = MODELS_DIR, device: str = "cpu") -> tuple[AutoE
         raise UserError(f"model '{name}' not found in {root}; run the train stage first (dvc repro train)")
     config = json.loads((folder / "config.json").read_text())
     spec = RunSpec(name=config["name"], model=config["model"], train=config["train"])
-    model = build_model(spec.model)
     try:
         state = torch.load(folder / "model.pt", map_location=device, weights_only=True)
     except Exception as exc:  # weights_only refuses pickled code; anything else is a corrupt file
         raise UserError(f"{folder / 'model.pt'} cannot be loaded safely ({type(exc).__name__}); retrain it (dvc repro -f train)") from None
-    model.load_state_dict(state)
-    return model.to(device).eval(), spec
+    return build(spec, state).to(device), spec
+
+
+def build(spec: RunSpec, state_dict: dict) -> AutoEncoder:
+    """The trained model, in eval mode, from its spec and weights."""
+    model = build_model(spec.model)
+    model.load_state_dict(state_dict)
+    return model.eval()
 
 
 def trained_names(root: Path = MODELS_DIR) -> list[str]:

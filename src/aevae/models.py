@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from aevae.config import ModelParams
-from aevae.losses import LossTerms, kl_weight, kl_per_dim, recon_per_image
+from aevae.losses import LossTerms, kl_per_dim, kl_weight, recon_per_image
 
 IMAGE_SHAPE = (1, 28, 28)
 PIXELS = 28 * 28
@@ -25,6 +25,15 @@ _ACTIVATIONS = {
     "tanh": nn.Tanh,
     "linear": nn.Identity,  # makes the linear AE the article compares with PCA
 }
+
+
+def as_images(images, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 (N, H, W) pixels or float images in [0, 1] -> float (N, 1, H, W) in [0, 1] on `device`."""
+    x = torch.as_tensor(images).to(device)
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    if x.dim() == 2:  # flat (N, 784)
+        return x.reshape(-1, *IMAGE_SHAPE)
+    return x.unsqueeze(1) if x.dim() == 3 else x
 
 
 def _act(name: str) -> nn.Module:

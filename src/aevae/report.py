@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import json
 import math
 import re
 import subprocess
@@ -27,9 +26,9 @@ import numpy as np
 import torch
 
 from aevae import atomic, metrics, model_store, plots
-from aevae.classifier import as_images
 from aevae.data.prepared import load_manifest, load_split
 from aevae.errors import UserError
+from aevae.models import as_images
 from aevae.plots import Metric, ModelInfo
 
 TITLE = "AutoEncoder vs Variational AutoEncoder: the comparison report"
@@ -200,15 +199,6 @@ def _order(info: ModelInfo) -> tuple:
 def _read_history(path: Path) -> list[dict]:
     with path.open(newline="") as fh:
         return list(csv.DictReader(fh))
-
-
-def _read_json(path: Path, stage: str) -> dict:
-    if not path.is_file():
-        raise UserError(f"{path} not found; run the {stage} stage first (dvc repro {stage})")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise UserError(f"{path} is corrupt; rerun the {stage} stage (dvc repro -f {stage})") from None
 
 
 def _as_float(values: dict) -> dict[str, float]:
@@ -384,7 +374,7 @@ def markdown_summary(infos: list[ModelInfo], values: dict[str, dict[str, float]]
             cells.append(f"**{c}**" if i.name in best[key] else c)
         lines.append("| " + " | ".join(cells) + " |")
     for dim, row in _pca_row(infos, values).items():
-        cells = [f"PCA baseline", "pca", "–", str(dim)]
+        cells = ["PCA baseline", "pca", "–", str(dim)]
         cells += [_cell(row[k], fmt) if k in row else "" for k, _, _, fmt in SUMMARY_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Units: recon per pixel (MSE of [0, 1] pixels; BCE in nats); KL, −ELBO, IW-NLL in nats per image; "
@@ -638,10 +628,10 @@ def make_report(paths: ReportPaths = ReportPaths(), settings: ReportSettings = R
     scored = None
     if "n_prior_samples" in evaluate_params and "confidence_threshold" in evaluate_params:
         scored = (int(evaluate_params["n_prior_samples"]), float(evaluate_params["confidence_threshold"]))
-    summary = {name: _as_float(v) for name, v in _read_json(paths.summary, "evaluate").items()}
+    summary = {name: _as_float(v) for name, v in atomic.read_json(paths.summary, "evaluate").items()}
     if not summary:
         raise UserError(f"{paths.summary} lists no models; rerun the evaluate stage (dvc repro evaluate)")
-    classifier = _read_json(paths.classifier, "classifier")
+    classifier = atomic.read_json(paths.classifier, "classifier")
     manifest = load_manifest(paths.prepared)
     test = load_split("test", paths.prepared)
     labels = test.labels.astype(np.int64)

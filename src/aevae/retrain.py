@@ -200,8 +200,8 @@ class Scoring:
 
     def _load(self):
         from aevae import classifier, metrics
-        from aevae.classifier import as_images
         from aevae.data.prepared import load_split
+        from aevae.models import as_images
 
         p = self.params.evaluate
         settings = metrics.EvalSettings(n_prior_samples=p.n_prior_samples, iw_samples=p.iw_samples,

@@ -15,8 +15,8 @@ train stage that runs again opens a new parent run.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import functools
+import hashlib
 import io
 import json
 import logging

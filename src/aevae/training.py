@@ -22,7 +22,7 @@ import torch
 from aevae import atomic
 from aevae.config import RunSpec
 from aevae.losses import kl_weight
-from aevae.models import AutoEncoder, build_model
+from aevae.models import AutoEncoder, as_images, build_model
 
 CHECKPOINT = "last.pt"
 EVAL_BATCH = 1024
@@ -38,11 +38,6 @@ class TrainResult:
     model: AutoEncoder
     history: list[dict] = field(default_factory=list)  # one record per epoch, all epochs so far
     epochs_run: int = 0  # epochs trained by this call (fewer than the total after a resume)
-
-
-def to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 (N, 28, 28) -> float (N, 1, 28, 28) in [0, 1] on `device`."""
-    return (torch.from_numpy(images).to(device).float() / 255.0).unsqueeze(1)
 
 
 def spec_digest(spec: RunSpec, data_sha256: str = "") -> str:
@@ -185,7 +180,7 @@ def train_model(
     step = wrap(step) if wrap else step
     if spec.train.compile:
         step = torch.compile(step)
-    x_train, x_val = to_tensor(train_images, device), to_tensor(val_images, device)
+    x_train, x_val = as_images(train_images, device), as_images(val_images, device)
     result = TrainResult(model=model, history=history)
     for epoch in range(start, spec.train.epochs):
         if stop_after is not None and result.epochs_run >= stop_after:

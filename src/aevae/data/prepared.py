@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from aevae.atomic import read_json
 from aevae.errors import UserError
 
 PREPARED_DIR = Path("data/prepared")
@@ -21,13 +21,7 @@ class Split:
 
 
 def load_manifest(root: Path = PREPARED_DIR) -> dict:
-    path = Path(root) / "manifest.json"
-    if not path.is_file():
-        raise UserError(f"{path} not found; run the prepare stage first (dvc repro prepare)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise UserError(f"{path} is corrupt; rerun the prepare stage (dvc repro -f prepare)") from None
+    return read_json(Path(root) / "manifest.json", "prepare")
 
 
 def load_split(name: str, root: Path = PREPARED_DIR, verify: bool = True) -> Split:
