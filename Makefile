@@ -6,7 +6,7 @@ PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: setup repro test ui retrain bench lock
+.PHONY: setup repro test ui serve retrain bench lock
 
 setup: $(STAMP)
 
@@ -26,6 +26,15 @@ test: setup
 # Open the MLflow UI on the local store, bound to this machine only.
 ui: setup
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+# Serve a registered model over HTTP on this machine only: POST to http://127.0.0.1:$(PORT)/invocations (see README).
+# The project's store, or the server at MLFLOW_TRACKING_URI when set.
+MODEL ?= vae-beta1
+ALIAS ?= champion
+PORT  ?= 5001
+serve: setup
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
+		mlflow models serve -m models:/aevae-$(MODEL)@$(ALIAS) --env-manager local -h 127.0.0.1 -p $(PORT)
 
 # Retrain on a schedule: champion/challenger promotion (see README). FORCE=1 retrains even if nothing changed.
 retrain: setup

@@ -23,7 +23,8 @@ def main() -> None:
     specs = resolve_sweep(params)
     manifest = load_manifest()
     train, val = load_split("train"), load_split("val")
-    tracker = SweepTracker(params, specs, manifest, Path(PARAMS_FILE))  # fails fast if the server is down
+    # Fails fast if the server is down; two validation digits become each registered version's input example.
+    tracker = SweepTracker(params, specs, manifest, Path(PARAMS_FILE), example_images=val.images[:2])
     progress = SweepProgress(specs)
     failures, runs = [], {}
 
@@ -42,7 +43,7 @@ def main() -> None:
                                   {"data_sha256": manifest["data_sha256"]})
         runs[name] = {"device": outcome.device, "epochs_run": outcome.epochs_run, "seconds": round(outcome.seconds, 3)}
         progress.done(name, outcome.epochs_run, outcome.seconds)
-        tracker.model_done(outcome.spec, model_store.build(outcome.spec, outcome.state_dict), outcome.history, folder)
+        tracker.model_done(outcome.spec, outcome.history, folder)
 
     cluster = train_sweep(
         specs, train.images, val.images, Path(params.ray.storage_path), params.ray, manifest["data_sha256"],

@@ -24,6 +24,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -31,7 +32,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from aevae import atomic
+from aevae import atomic, model_card
 from aevae.config import Params, RunSpec
 from aevae.errors import UserError
 
@@ -149,8 +150,10 @@ class SweepTracker:
     so training goes on and its outputs are written; the stage reports it at the end.
     """
 
-    def __init__(self, params: Params, specs: list[RunSpec], manifest: dict, params_file: Path):
-        self.params, self.error = params, None
+    def __init__(self, params: Params, specs: list[RunSpec], manifest: dict, params_file: Path,
+                 example_images=None):
+        self.params, self.manifest, self.error = params, manifest, None
+        self.example_images = example_images  # (k, 28, 28) uint8: the registered versions' input example
         self.client = client()
         self.exp = experiment_id(self.client)
         tags = repro_tags(manifest, params, "train")
@@ -164,6 +167,7 @@ class SweepTracker:
                 **tags, "mlflow.parentRunId": self.parent_id, "aevae.role": "model", "model.kind": spec.model.kind})
             self.children[spec.name] = run.info.run_id
             _log_params(self.client, run.info.run_id, flat_params(spec, params))
+            log_dataset(self.client, run.info.run_id, manifest)
         self.logged_epochs = {spec.name: set() for spec in specs}
         self.model_sha256: dict[str, str] = {}
         self._write_run_file()
@@ -193,16 +197,17 @@ class SweepTracker:
         self.client.log_batch(self.children[name], metrics=metrics)
         self.logged_epochs[name].add(step)
 
-    def model_done(self, spec: RunSpec, model, history: list[dict], model_dir: Path) -> None:
-        self._safely(self._finish_model, spec, model, history, model_dir)
+    def model_done(self, spec: RunSpec, history: list[dict], model_dir: Path) -> None:
+        self._safely(self._finish_model, spec, history, model_dir)
 
-    def _finish_model(self, spec: RunSpec, model, history: list[dict], model_dir: Path) -> None:
+    def _finish_model(self, spec: RunSpec, history: list[dict], model_dir: Path) -> None:
         for record in history:  # epochs restored from a checkpoint were not seen live
             if record["epoch"] not in self.logged_epochs[spec.name]:
                 self._log_epoch(spec.name, record)
         run_id = self.children[spec.name]
         self.client.log_artifacts(run_id, str(model_dir), artifact_path="model_files")
-        register_model(run_id, model, spec.name)
+        description = model_card.describe(spec, self.params, self.manifest, run_id, history[-1])
+        register_model(run_id, model_dir, spec, description, self.example_images)
         self.client.set_terminated(run_id, "FINISHED")
         self.model_sha256[spec.name] = _sha256(model_dir / "model.pt")
         self._write_run_file()
@@ -219,25 +224,56 @@ def registered_name(model_name: str) -> str:
     return f"aevae-{model_name}"
 
 
-def register_model(run_id: str, model, model_name: str) -> str:
-    """Log the model with mlflow.pytorch and register it; returns the new version.
+def register_model(run_id: str, model_dir: Path, spec: RunSpec, description: str, example_images=None) -> str:
+    """Log models/<name>/ as an MLflow pyfunc (aevae.pyfunc_model) and register it; returns the new version.
 
-    The registry copy uses MLflow's pickle format (torch.export's 'pt2' costs ~12 s a model here);
-    aevae itself never loads it: its stages load the weights-only model.pt artifacts instead.
+    The version is self-contained: its code is pyfunc_model.py (models from code, nothing pickled) plus
+    the aevae modules it imports (code_paths), its weights are model.pt loaded with weights_only=True,
+    its requirements are pinned public packages. It carries a signature, an input example (the first
+    `example_images`, (k, 28, 28) uint8, as float32 (k, 784) in [0, 1]) and `description`.
     """
     import mlflow
-    import mlflow.pytorch
+    import mlflow.pyfunc
+    import numpy as np
+
+    from aevae import pyfunc_model
 
     mlflow.set_tracking_uri(tracking_uri())
     mlflow.set_registry_uri(tracking_uri())
-    reqs = [f"torch=={version('torch')}", f"aevae=={version('aevae')}"]
-    # The registry prints "Successfully registered..." itself: keep the stage's output to one line per model.
-    with mlflow.start_run(run_id=run_id), contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(io.StringIO()):
-        info = mlflow.pytorch.log_model(model, name="model", registered_model_name=registered_name(model_name),
-                                        pip_requirements=reqs, await_registration_for=30,
-                                        serialization_format="pickle")
-    return str(info.registered_model_version)
+    example = None
+    if example_images is not None:
+        example = (np.asarray(example_images, dtype=np.float32).reshape(len(example_images), -1) / 255.0,
+                   {"method": "reconstruct"})
+    # MLflow prints "Successfully registered..." and its example validation: keep the stage's output to one line.
+    with tempfile.TemporaryDirectory(prefix="aevae-code-") as tmp, mlflow.start_run(run_id=run_id), \
+            contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=pyfunc_model.__file__, code_paths=[str(pyfunc_model.code_dir(Path(tmp)))],
+            artifacts={pyfunc_model.ARTIFACT: str(model_dir)}, signature=pyfunc_model.signature(spec.model),
+            input_example=example, pip_requirements=pyfunc_model.pip_requirements(),
+            registered_model_name=registered_name(spec.name), await_registration_for=30)
+    version_id = str(info.registered_model_version)
+    client().update_model_version(registered_name(spec.name), version_id, description=description)
+    return version_id
+
+
+def log_dataset(mlflow_client, run_id: str, manifest: dict) -> None:
+    """The prepared data as the run's training dataset input: the UI shows which data trained which model.
+
+    MLflow stores at most 36 characters of a digest: the first 16 of the data sha256 (the full one is in
+    the dataset's profile and the run's data.sha256 tag).
+    """
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    shape = manifest.get("image_shape", [28, 28])
+    schema = {"mlflow_tensorspec": {"features": json.dumps([{"name": "images", "type": "tensor", "tensor-spec": {
+        "dtype": "uint8", "shape": [-1, *shape]}}]), "targets": None}}
+    profile = {"data_sha256": manifest["data_sha256"], "source": manifest["source"],
+               "origin": manifest.get("origin"), "images": {k: v["total"] for k, v in manifest.get("counts", {}).items()}}
+    dataset = Dataset(name=f"{manifest['dataset']}-prepared", digest=manifest["data_sha256"][:16], source_type="local",
+                      source=json.dumps({"uri": (Path.cwd().resolve() / "data" / "prepared").as_uri()}),
+                      schema=json.dumps(schema), profile=json.dumps(profile))
+    mlflow_client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])])
 
 
 def _sha256(path: Path) -> str:
@@ -277,8 +313,19 @@ def log_evaluation(results: dict[str, dict[str, float]], summary_file: Path = Pa
             continue
         metrics = [Metric(k, float(v), now, 0) for k, v in values.items()]
         mlflow_client.log_batch(run_id, metrics=metrics)
+        _describe_test_metrics(mlflow_client, name, run_id, values)
     if summary_file.is_file():
         mlflow_client.log_artifact(run["parent_run_id"], str(summary_file))
+
+
+def _describe_test_metrics(mlflow_client, model_name: str, run_id: str, values: dict[str, float]) -> None:
+    """Evaluate runs after train registered the version: complete that version's description with test metrics."""
+    version_id = version_from_run(mlflow_client, model_name, run_id)
+    if version_id is None:  # registration failed in the train stage; it said so there
+        return
+    current = mlflow_client.get_model_version(registered_name(model_name), version_id).description or ""
+    mlflow_client.update_model_version(registered_name(model_name), version_id,
+                                       description=model_card.with_test_metrics(current, values))
 
 
 # ------------------------------------------------- retrain: champion / challenger aliases (aevae.retrain)

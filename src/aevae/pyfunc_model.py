@@ -1,0 +1,99 @@
+"""The registered model: an MLflow pyfunc over aevae.inference, for people downstream of training.
+
+tracking.register_model logs this file as the model's code (MLflow "models from code": nothing is
+pickled) with the weights-only model.pt and config.json as an artifact, the few aevae modules the
+file imports as code_paths, and requirements pinned to public packages. So a registered version
+loads and serves (`mlflow models serve`) on a machine without this checkout:
+
+    model = mlflow.pyfunc.load_model("models:/aevae-vae-beta1@champion")
+    model.predict(images, params={"method": "encode"})  # images: float32 (B, 784) in [0, 1]
+
+A second module that knows MLflow, beside tracking.py, because MLflow executes this file wherever
+the model is loaded; it holds the pyfunc's contract (signature, code, requirements) and nothing else.
+"""
+
+from __future__ import annotations
+
+import shutil
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature, set_model
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import PythonModel
+from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
+
+from aevae import inference, model_store
+from aevae.config import ModelParams
+from aevae.models import PIXELS
+
+ARTIFACT = "model_files"  # the artifact holding model.pt (weights only) and config.json
+# What this file imports of aevae, and what those import: shipped with the model as code_paths.
+SHIPPED_MODULES = ("__init__", "atomic", "config", "errors", "inference", "losses", "model_store", "models")
+# Third-party imports of the shipped modules: distribution -> import name. Pinned to the installed versions.
+REQUIREMENTS = {"torch": "torch", "numpy": "numpy", "pydantic": "pydantic", "pyyaml": "yaml"}
+
+
+class AevaeModel(PythonModel):
+    """predict(x, params={"method": ..., "n": ..., "seed": ...}) -> dict of float32 arrays.
+
+    encode: (B, 784) images -> {"mu": (B, latent)} (+ {"logvar": (B, latent)} for a VAE);
+    reconstruct: (B, 784) images -> {"images": (B, 784)}; decode: (B, latent) codes -> {"images": (B, 784)};
+    sample: n images from the prior N(0, I), seeded -> {"images": (n, 784)} (the input is ignored).
+    Pixels are in [0, 1]. A caller's mistake raises MlflowException INVALID_PARAMETER_VALUE (HTTP 400).
+    """
+
+    def load_context(self, context) -> None:
+        folder = Path(context.artifacts[ARTIFACT])
+        self.model, self.spec = model_store.load(folder.name, root=folder.parent)  # weights_only=True, CPU
+
+    def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> dict[str, np.ndarray]:
+        p = {**default_params(), **(params or {})}
+        try:
+            return inference.run(self.model, str(p["method"]), model_input, n=int(p["n"]), seed=int(p["seed"]))
+        except ValueError as exc:
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+
+
+def default_params() -> dict:
+    return {"method": inference.DEFAULT_METHOD, "n": inference.DEFAULT_N, "seed": 0}
+
+
+def signature(cfg: ModelParams) -> ModelSignature:
+    """Inputs: one float32 (B, width) tensor, width 784 for images or latent_dim for codes; outputs by method."""
+    outputs = [TensorSpec(np.dtype(np.float32), (-1, cfg.latent_dim), "mu")]
+    if cfg.kind == "vae":
+        outputs.append(TensorSpec(np.dtype(np.float32), (-1, cfg.latent_dim), "logvar"))
+    outputs.append(TensorSpec(np.dtype(np.float32), (-1, PIXELS), "images"))
+    defaults = default_params()
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1))]),
+        outputs=Schema(outputs),
+        params=ParamSchema([ParamSpec("method", "string", defaults["method"]),
+                            ParamSpec("n", "long", defaults["n"]),
+                            ParamSpec("seed", "long", defaults["seed"])]),
+    )
+
+
+def code_dir(dst: Path) -> Path:
+    """dst/aevae/ holding the shipped modules (code_paths): the package as this file needs it, no more."""
+    src = Path(__file__).resolve().parent
+    pkg = Path(dst) / "aevae"
+    pkg.mkdir(parents=True)
+    for name in SHIPPED_MODULES:
+        shutil.copy2(src / f"{name}.py", pkg / f"{name}.py")
+    return pkg
+
+
+def pip_requirements() -> list[str]:
+    """Exact versions of what the shipped code imports, all on PyPI (MLflow adds mlflow itself).
+
+    A local build label (torch's "+cu130") is dropped: PyPI has no such file, and pip picks the
+    right build of that version for the serving machine.
+    """
+    return [f"{dist}=={version(dist).split('+')[0]}" for dist in REQUIREMENTS]
+
+
+set_model(AevaeModel())
