@@ -44,10 +44,11 @@ def describe(spec: RunSpec, params: Params, manifest: dict, run_id: str, last_ep
     counts = ", ".join(f"{split} {c['total']}" for split, c in manifest.get("counts", {}).items())
     changed = ", ".join(f"`{k}={json.dumps(v)}`" for k, v in changed_params(spec, params).items()) or "none"
     val = last_epoch.get("val/loss_per_image")
+    loss_unit = "nats" if spec.model.recon == "bce" else "squared error"
     return "\n\n".join([
         f"**{spec.name}**: {spec.model.kind.upper()}, {spec.model.arch}, latent size {spec.model.latent_dim}, "
         f"trained by run `{run_id}` ({last_epoch.get('epoch', '?')} epochs"
-        + (f"; last validation loss {val:.4g} per image" if val is not None else "") + ").",
+        + (f"; last validation loss {val:.4g} {loss_unit} per image" if val is not None else "") + ").",
         f"**Data**: {manifest['dataset']} from source `{manifest['source']}`"
         + (f" ({manifest['origin']})" if manifest.get("origin") else "")
         + f"; images {counts}; sha256 `{manifest['data_sha256']}`.",

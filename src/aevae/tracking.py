@@ -207,7 +207,7 @@ class SweepTracker:
         run_id = self.children[spec.name]
         self.client.log_artifacts(run_id, str(model_dir), artifact_path="model_files")
         description = model_card.describe(spec, self.params, self.manifest, run_id, history[-1])
-        register_model(run_id, model_dir, spec, description, self.example_images)
+        register_model(self.client, run_id, model_dir, spec, description, self.example_images)
         self.client.set_terminated(run_id, "FINISHED")
         self.model_sha256[spec.name] = _sha256(model_dir / "model.pt")
         self._write_run_file()
@@ -224,13 +224,15 @@ def registered_name(model_name: str) -> str:
     return f"aevae-{model_name}"
 
 
-def register_model(run_id: str, model_dir: Path, spec: RunSpec, description: str, example_images=None) -> str:
+def register_model(mlflow_client, run_id: str, model_dir: Path, spec: RunSpec, description: str,
+                   example_images=None) -> str:
     """Log models/<name>/ as an MLflow pyfunc (aevae.pyfunc_model) and register it; returns the new version.
 
     The version is self-contained: its code is pyfunc_model.py (models from code, nothing pickled) plus
     the aevae modules it imports (code_paths), its weights are model.pt loaded with weights_only=True,
     its requirements are pinned public packages. It carries a signature, an input example (the first
     `example_images`, (k, 28, 28) uint8, as float32 (k, 784) in [0, 1]) and `description`.
+    A server that fails raises MlflowException or OSError (SweepTracker keeps the first and reports it).
     """
     import mlflow
     import mlflow.pyfunc
@@ -253,7 +255,7 @@ def register_model(run_id: str, model_dir: Path, spec: RunSpec, description: str
             input_example=example, pip_requirements=pyfunc_model.pip_requirements(),
             registered_model_name=registered_name(spec.name), await_registration_for=30)
     version_id = str(info.registered_model_version)
-    client().update_model_version(registered_name(spec.name), version_id, description=description)
+    mlflow_client.update_model_version(registered_name(spec.name), version_id, description=description)
     return version_id
 
 
