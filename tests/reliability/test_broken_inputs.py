@@ -235,7 +235,7 @@ def test_an_address_that_leads_nowhere_useful_fails_in_seconds(prepared_project,
     assert proc.returncode == 2, proc.stderr
     line = _one_error_line(proc.stderr)
     assert variable in line and expected in line, line
-    assert seconds < 30, f"took {seconds:.0f} s"
+    assert seconds < 60, f"took {seconds:.0f} s"  # the stage itself, imports included, on a loaded machine
     db = prepared_project / "mlflow.db"
     if variable == "RAY_ADDRESS" and db.exists():  # a bad cluster address is found before any run is opened
         uri = f"sqlite:///{db}"
