@@ -65,7 +65,7 @@ def check_address() -> None:
         return
     fix = "start one (ray start --head) or unset RAY_ADDRESS to train on a local instance"
     try:
-        with socket.create_connection((host, int(port)), timeout=_CONNECT_TIMEOUT_S) as conn:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=_CONNECT_TIMEOUT_S) as conn:  # [::1]
             conn.settimeout(_CONNECT_TIMEOUT_S)
             conn.sendall(_H2_PREFACE)
             answer = conn.recv(9)
