@@ -966,10 +966,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep-deadline", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.sweep_variant:
-        import json
+        from aevae import atomic
 
         res = sweep_child(args.sweep_variant, args.sweep_data, args.sweep_epochs, args.sweep_deadline)
-        args.sweep_json.write_text(json.dumps(res))
+        atomic.write_json(args.sweep_json, res)  # strict JSON, like every file the project writes
         return 0
     cfg = QUICK if args.quick else FULL
     sys.path.insert(0, str(BENCH))  # baseline_vae

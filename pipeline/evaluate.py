@@ -18,9 +18,16 @@ from aevae.tracking import log_evaluation
 OUT = Path("metrics")
 
 
-def _json_safe(values: dict) -> dict:
-    # NaN is not JSON: a metric that does not apply (an AE's KL) is written as null.
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in values.items()}
+def _null_reasons(values: dict, kind: str) -> dict[str, str]:
+    """Why each non-finite metric is written as null (strict JSON has no NaN or inf; see atomic.write_json)."""
+    reasons = {}
+    for key, v in values.items():
+        if math.isnan(v):
+            reasons[key] = f"not defined for a model of kind '{kind}'" if kind == "ae" else "not defined here (NaN)"
+        elif math.isinf(v):
+            reasons[key] = (f"{v} (a singular covariance: fewer test images than latent dimensions, or a collapsed"
+                            " code)" if key == "test/moment_kl_to_prior_nats" else f"{v}")
+    return reasons
 
 
 def main() -> None:
@@ -43,8 +50,9 @@ def main() -> None:
             pca[dim] = metrics.pca_baseline(train.images, test.images, dim, seed=p.seed)
         values.update(pca[dim])
         results[name] = values
-        atomic.write_json(OUT / "models" / f"{name}.json", _json_safe(values))
-    atomic.write_json(OUT / "summary.json", {name: _json_safe(v) for name, v in results.items()})
+        # summary.json stays one flat number-or-null per key (dvc metrics); each model's file says why a null is one.
+        atomic.write_json(OUT / "models" / f"{name}.json", {**values, "null_reasons": _null_reasons(values, spec.model.kind)})
+    atomic.write_json(OUT / "summary.json", results)
     log_evaluation(results)
     width = max(map(len, names))
     for name, v in results.items():

@@ -10,7 +10,7 @@ from pathlib import Path
 from aevae import atomic, model_store
 from aevae.config import PARAMS_FILE, load_params, resolve_sweep
 from aevae.data.prepared import load_manifest, load_split
-from aevae.distributed import checkpoint_dir, train_sweep
+from aevae.distributed import check_address, checkpoint_dir, train_sweep
 from aevae.errors import UserError, run_cli
 from aevae.progress import SweepProgress
 from aevae.tracking import SweepTracker
@@ -23,8 +23,24 @@ def main() -> None:
     specs = resolve_sweep(params)
     manifest = load_manifest()
     train, val = load_split("train"), load_split("val")
-    # Fails fast if the server is down; two validation digits become each registered version's input example.
-    tracker = SweepTracker(params, specs, manifest, Path(PARAMS_FILE), example_images=val.images[:2])
+    check_address()  # a bad RAY_ADDRESS fails before any tracking run is opened
+    # The tracker fails fast if the server is down; leaving the block early ends its runs FAILED / KILLED.
+    # Two validation images become each registered version's input example.
+    with SweepTracker(params, specs, manifest, Path(PARAMS_FILE), example_images=val.images[:2]) as tracker:
+        failures, runs = _train(params, specs, manifest, train, val, tracker)
+    if failures:  # keep every checkpoint: the rerun resumes instead of starting over
+        others = "none was saved" if len(failures) == len(specs) else "the others are saved"
+        raise UserError(f"{len(failures)} of {len(specs)} models failed ({others}): {failures[0]}")
+    if tracker.error:
+        raise UserError(f"{tracker.error}; the models are saved in models/, rerun to track them (training resumes)")
+    # Checkpoints exist to resume unfinished work; once the whole sweep is saved and tracked, a rerun retrains.
+    for spec in specs:
+        shutil.rmtree(checkpoint_dir(Path(params.ray.storage_path).resolve(), spec, manifest["data_sha256"]),
+                      ignore_errors=True)
+
+
+def _train(params, specs, manifest: dict, train, val, tracker: SweepTracker) -> tuple[list[str], dict]:
+    """The sweep on Ray, saving each model as it finishes; returns (failure messages, facts per saved model)."""
     progress = SweepProgress(specs)
     failures, runs = [], {}
 
@@ -49,17 +65,11 @@ def main() -> None:
         specs, train.images, val.images, Path(params.ray.storage_path), params.ray, manifest["data_sha256"],
         on_epoch=on_epoch, on_done=on_done,
     )
-    tracker.close(ok=not failures and not tracker.error)
+    tracker.close(ok=not failures)
     # How this run went (cluster, devices, resumes): facts about the run, not results, so not a DVC output.
-    atomic.write_json(RUN_FACTS, {**cluster, "models": runs, "failed": failures, "mlflow_parent_run_id": tracker.parent_id})
-    if failures:  # keep every checkpoint: the rerun resumes instead of starting over
-        raise UserError(f"{len(failures)} of {len(specs)} models failed (the others are saved): {failures[0]}")
-    if tracker.error:
-        raise UserError(f"{tracker.error}; the models are saved in models/, rerun to track them (training resumes)")
-    # Checkpoints exist to resume unfinished work; once the whole sweep is saved and tracked, a rerun retrains.
-    for spec in specs:
-        shutil.rmtree(checkpoint_dir(Path(params.ray.storage_path).resolve(), spec, manifest["data_sha256"]),
-                      ignore_errors=True)
+    atomic.write_json(RUN_FACTS, {**cluster, "models": runs, "failed": failures,
+                                  "mlflow_parent_run_id": tracker.parent_id})
+    return failures, runs
 
 
 if __name__ == "__main__":

@@ -154,6 +154,20 @@ def test_apply_moves_aliases_and_tags_when_the_server_answers():
     assert registry.version_tags[("aevae-ae", "2", "aevae.decision")] == "promoted"
 
 
+def test_a_promotion_without_a_champion_names_the_first_version_only_when_it_is(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    client = tracking.client()  # a real local store
+    client.create_registered_model("aevae-ae")
+    for _ in range(2):
+        client.create_model_version("aevae-ae", source=str(tmp_path))
+    assert tracking.version_count(client, "ae") == 2 and tracking.version_count(client, "vae") == 0
+    first = retrain.Decision("ae", "ae", "1", None, "promoted", first=True)
+    heir = retrain.Decision("ae", "ae", "2", None, "promoted", first=False)
+    assert first.line() == "ae: v1 is the new champion (first version)"
+    assert heir.line() == "ae: v2 is the new champion (no champion was set; earlier versions exist)"
+
+
 # ------------------------------------------------------------- the whole story (slow)
 
 
@@ -256,3 +270,8 @@ def test_champion_moves_only_to_a_better_challenger(tmp_path):
             assert _aliases(uri)[m] == {"champion": new}
             assert MlflowClient(uri).get_model_version(f"aevae-{m}", new).tags["aevae.decision"] == "promoted"
         assert better["fingerprint"]["data_sha256"] != first["fingerprint"]["data_sha256"]
+
+        # 6. The champion alias is gone (its version deleted, say) while versions remain: not a "first version".
+        MlflowClient(uri, registry_uri=uri).delete_registered_model_alias("aevae-ae", "champion")
+        out = _retrain(root, uri, "--force")
+        assert "(no champion was set; earlier versions exist)" in out.stdout and "(first version)" not in out.stdout

@@ -17,7 +17,7 @@ import torch
 from aevae.config import ModelParams, RunSpec, TrainParams
 from aevae.data.sources import from_bundled
 from aevae.models import as_images
-from aevae.training import CHECKPOINT, METRICS, NonFiniteLoss, spec_digest, train_model
+from aevae.training import CHECKPOINT, METRICS, Diverged, spec_digest, train_model
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -244,7 +244,7 @@ def test_same_seed_same_run_other_seed_other_weights(digits):
 def test_divergence_raises_non_finite_loss(kind, recon, digits, tmp_path):
     # two hidden layers: with one, lr 1e6 gives losses ~1e30 that are still finite
     s = spec(name=f"boom-{kind}", model={"kind": kind, "recon": recon, "hidden": [64, 32]}, train={"lr": 1e6, "epochs": 3})
-    with pytest.raises(NonFiniteLoss) as info:
+    with pytest.raises(Diverged) as info:
         train_model(s, digits["small"], digits["small_val"], checkpoint_dir=tmp_path)
     message = str(info.value)
     assert f"boom-{kind}" in message

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -66,8 +67,25 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode())
 
 
+def strict(obj: Any) -> Any:
+    """`obj` with every NaN and ±inf float (at any depth) replaced by None.
+
+    Strict JSON (RFC 8259) has no such numbers: Python writes them as bare NaN / Infinity, which
+    jq, JavaScript and most other readers reject. A writer that needs to say why a value is null
+    records the reason beside it.
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    return obj
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    """The one writer of the project's JSON: strict (non-finite floats become null), sorted keys, atomic."""
+    write_text(path, json.dumps(strict(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def read_json(path: str | os.PathLike, stage: str) -> Any:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aevae import atomic
+from aevae.data import N_CLASSES
 from aevae.errors import UserError
 from aevae.models import as_images
 
@@ -37,7 +38,7 @@ EVAL_BATCH = 1024
 class ClassifierConfig:
     channels: tuple[int, int] = (32, 64)  # two conv + max-pool blocks: 28 -> 14 -> 7
     hidden: int = 128  # size of the penultimate layer: the classifier-FID feature size
-    n_classes: int = 10
+    n_classes: int = N_CLASSES  # the labels prepare lets through
     dropout: float = 0.25
 
 

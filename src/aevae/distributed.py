@@ -13,9 +13,13 @@ storage on a multi-node cluster).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -41,25 +45,43 @@ class ModelOutcome:
     error: str | None = None
 
 
-def _check_reachable(address: str) -> None:
-    """Fail within seconds on an address nobody listens at, instead of Ray's long retries."""
+# An HTTP/2 client preface and an empty SETTINGS frame: a Ray GCS (a gRPC server) answers with its own
+# SETTINGS frame (frame type 0x4 in the 4th byte); a web server, or anything else, does not.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_H2_SETTINGS = 0x04
+
+
+def check_address() -> None:
+    """RAY_ADDRESS, when set, must lead to a Ray cluster: a UserError within seconds otherwise.
+
+    Ray itself retries an address for minutes. Here a refused port, an unknown host, a port that
+    accepts and never answers, and a server that is not a gRPC endpoint (a Ray GCS or Ray Client
+    server), e.g. a web server, each end in one line. "auto" and friends are Ray's to resolve,
+    and a cluster with TLS (RAY_USE_TLS) cannot be probed in plain text.
+    """
+    address = os.environ.get("RAY_ADDRESS", "").strip()
     host, sep, port = address.removeprefix("ray://").rpartition(":")
-    if not sep:  # "auto" and friends: Ray resolves those itself
+    if not sep or os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
         return
+    fix = "start one (ray start --head) or unset RAY_ADDRESS to train on a local instance"
     try:
-        socket.create_connection((host, int(port)), timeout=_CONNECT_TIMEOUT_S).close()
-    except (OSError, ValueError):
-        raise UserError(
-            f"no Ray cluster answers at RAY_ADDRESS={address}; start one (ray start --head) or unset RAY_ADDRESS"
-            " to train on a local instance"
-        ) from None
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=_CONNECT_TIMEOUT_S) as conn:  # [::1]
+            conn.settimeout(_CONNECT_TIMEOUT_S)
+            conn.sendall(_H2_PREFACE)
+            answer = conn.recv(9)
+    except (OSError, ValueError) as exc:  # refused, unknown host, bad port, or no answer in time
+        reason = "no answer" if isinstance(exc, TimeoutError) else getattr(exc, "strerror", None) or exc
+        raise UserError(f"no Ray cluster answers at RAY_ADDRESS={address} ({reason}); {fix}") from None
+    if len(answer) < 4 or answer[3] != _H2_SETTINGS:
+        raise UserError(f"something answers at RAY_ADDRESS={address}, but it is not a Ray cluster (no gRPC);"
+                        f" check the port (a head's GCS is 6379, Ray Client's ray:// is 10001), or {fix}")
 
 
 def connect() -> tuple[bool, str]:
     """Attach to RAY_ADDRESS or start a local instance; returns (started_locally, gcs address)."""
     address = os.environ.get("RAY_ADDRESS", "").strip()
     if address:
-        _check_reachable(address)
+        check_address()
         # Since Ray 2.59 a head started with `ray start` requires token auth, but a driver attaching by
         # address only sends its token when told to: do so whenever this user has a token. Ray reads
         # this when it is imported, so it is set first.
@@ -68,7 +90,14 @@ def connect() -> tuple[bool, str]:
     import ray
 
     warnings.filterwarnings("ignore", category=FutureWarning)
+    _quiet_worker_deaths()
     quiet = dict(logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False)
+    with _keep_sigterm_handler():
+        return _init(ray, address, quiet)
+
+
+def _init(ray, address: str, quiet: dict) -> tuple[bool, str]:
+    """ray.init on the cluster at `address`, or on a new local instance when it is empty."""
     if address:
         import aevae
 
@@ -83,6 +112,43 @@ def connect() -> tuple[bool, str]:
         return False, ray.get_runtime_context().gcs_address
     ray.init(address="local", num_cpus=os.cpu_count(), **quiet)
     return True, ray.get_runtime_context().gcs_address
+
+
+@contextlib.contextmanager
+def _keep_sigterm_handler():
+    """ray.init replaces the driver's SIGTERM handler with sys.exit: keep the stage's own (see errors.run_cli)."""
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if handler is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, handler)
+
+
+def _quiet_worker_deaths() -> None:
+    """One line per Ray error message instead of Ray's multi-line "(raylet) A worker died ..." dump.
+
+    log_to_driver=False silences the workers' output, but not the error messages Ray's driver thread
+    prints through ray._private.worker.print_to_stdstream; wrapping that function is the only hook.
+    The task is retried (ray.max_retries) and a final failure is reported by the stage itself.
+    """
+    from ray._private import worker
+
+    if getattr(worker.print_to_stdstream, "aevae_quiet", False):
+        return
+    original = worker.print_to_stdstream
+
+    def one_line(data, ignore_prefix: bool) -> None:
+        if data.get("pid") != "raylet":
+            return original(data, ignore_prefix)
+        for message in data.get("lines", []):
+            text = " ".join(str(message).split())
+            if "worker died" in text.lower() or "was killed" in text.lower():
+                text = "a Ray worker died; its model is retried from its last checkpoint (ray.max_retries)"
+            print(f"warning: {text[:200]}", file=sys.stderr, flush=True)
+
+    one_line.aevae_quiet = True
+    worker.print_to_stdstream = one_line
 
 
 def _use_gpu(setting: bool | str) -> bool:
@@ -119,7 +185,7 @@ def _train_one(spec: RunSpec, train_images, val_images, ckpt_dir: str, data_sha2
     import ray
     import torch
 
-    from aevae.training import NonFiniteLoss, train_model
+    from aevae.training import Diverged, train_model
 
     torch.set_num_threads(max(1, int(cpus)))
     device = "cuda" if ray.get_gpu_ids() else "cpu"
@@ -129,7 +195,7 @@ def _train_one(spec: RunSpec, train_images, val_images, ckpt_dir: str, data_sha2
             spec, train_images, val_images, device=device, checkpoint_dir=Path(ckpt_dir),
             on_epoch=lambda rec: board.report.remote(spec.name, rec), data_sha256=data_sha256,
         )
-    except NonFiniteLoss as exc:
+    except Diverged as exc:
         return ModelOutcome(spec, None, [], 0, device, time.perf_counter() - t0, error=str(exc))
     state = {k: v.cpu() for k, v in result.model.state_dict().items()}
     return ModelOutcome(spec, state, result.history, result.epochs_run, device, time.perf_counter() - t0)

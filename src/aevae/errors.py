@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 
@@ -16,8 +17,13 @@ class UserError(Exception):
     """
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM (kill, a scheduler's timeout) unwinds like Ctrl-C: open runs end as KILLED
+
+
 def run_cli(main: Callable[[], None]) -> None:
-    """Run a stage's main(); turn UserError into one line on stderr and exit 2."""
+    """Run a stage's main(); turn UserError into one line on stderr and exit 2, a signal into exit 130."""
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         main()
     except UserError as exc:

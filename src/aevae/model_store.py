@@ -40,9 +40,9 @@ def save(root: Path, spec: RunSpec, state_dict: dict, history: list[dict], facts
     metrics["epochs"] = last["epoch"]
     with atomic.atomic_dir(Path(root) / spec.name) as tmp:
         (tmp / "model.pt").write_bytes(atomic.torch_bytes(state_dict))
-        (tmp / "config.json").write_text(json.dumps({**spec.model_dump(), **facts}, indent=2, sort_keys=True) + "\n")
+        atomic.write_json(tmp / "config.json", {**spec.model_dump(), **facts})
         (tmp / "history.csv").write_text(_history_csv(history))
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        atomic.write_json(tmp / "metrics.json", metrics)
     return Path(root) / spec.name
 
 

@@ -259,7 +259,8 @@ def reconstructions(info: ModelInfo, originals: np.ndarray, recons: np.ndarray, 
     ax.imshow(grid, interpolation="nearest")
     tile = 30  # 28 pixels + 2 of padding
     ax.set_yticks([tile * (i + 0.5) + 1 for i in range(2 * rows)], ["input", "recon"] * rows)
-    ax.set_xticks([tile * (i + 0.5) + 1 for i in range(per_row)], [str(int(c)) for c in labels[:per_row]])
+    cols = min(per_row, n)  # a test split of few classes fills less than one row
+    ax.set_xticks([tile * (i + 0.5) + 1 for i in range(cols)], [str(int(c)) for c in labels[:cols]])
     ax.tick_params(length=0)
     ax.set_xlabel("digit (label of the input)")
     for spine in ax.spines.values():

@@ -124,12 +124,8 @@ class Check:
 
     def as_dict(self) -> dict:
         return {"metric": self.metric, "goal": self.goal, "min_improvement": self.min_improvement,
-                "challenger": _finite(self.challenger), "champion": _finite(self.champion),
-                "improvement": _finite(self.improvement), "passed": self.passed}
-
-
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None  # NaN / inf are not JSON
+                "challenger": self.challenger, "champion": self.champion,  # NaN / inf: null (atomic.write_json)
+                "improvement": self.improvement, "passed": self.passed}
 
 
 # ------------------------------------------------------------ fingerprint
@@ -248,6 +244,7 @@ class Decision:
     champion_before: str | None
     decision: str  # promoted | kept | unchanged
     checks: list[Check] = field(default_factory=list)
+    first: bool = False  # promoted without a champion: the model's first version (not a deleted champion's heir)
 
     @property
     def champion_after(self) -> str | None:
@@ -256,7 +253,8 @@ class Decision:
     def line(self) -> str:
         v, c = self.challenger, self.champion_before
         head = {
-            "promoted": f"v{v} is the new champion" + (f" (was v{c})" if c else " (first version)"),
+            "promoted": f"v{v} is the new champion" + (f" (was v{c})" if c else " (first version)" if self.first
+                                                         else " (no champion was set; earlier versions exist)"),
             "kept": f"champion v{c} stays; v{v} is the challenger",
             "unchanged": f"v{v} is already the champion; nothing new to compare",
         }[self.decision]
@@ -289,9 +287,9 @@ class Decision:
 
 def decide(mlflow_client, params: Params, rules: dict[str, list[Criterion]]) -> list[Decision]:
     """One decision per model of the sweep; reads the registry, changes nothing."""
-    run = tracking.pipeline_run()
+    run, why = tracking.recorded_run()
     if run is None:
-        raise UserError(f"{tracking.RUN_FILE} not found after the pipeline ran; run `dvc repro -f train` and retry")
+        raise UserError(f"{why}; then retry")
     scoring = Scoring(params)
     decisions = []
     with tempfile.TemporaryDirectory(prefix="aevae-retrain-") as tmp:
@@ -299,11 +297,9 @@ def decide(mlflow_client, params: Params, rules: dict[str, list[Criterion]]) -> 
             name, kind = spec.name, spec.model.kind
             run_id = run["children"].get(name)
             version = tracking.version_from_run(mlflow_client, name, run_id) if run_id else None
-            if version is None:
-                elsewhere = run.get("tracking_uri", tracking.tracking_uri()) != tracking.tracking_uri()
-                hint = f" (that run was tracked at {_safe_uri(run['tracking_uri'])})" if elsewhere else ""
+            if version is None:  # recorded_run already refused a run tracked in another store
                 raise UserError(f"model '{name}' of the last pipeline run has no registered version on"
-                                f" {_safe_uri(tracking.tracking_uri())}{hint}; run `dvc repro -f train` and retry")
+                                f" {_safe_uri(tracking.tracking_uri())}; run `dvc repro -f train` and retry")
             # The challenger is what models/<name> holds: the registered weights must be those on disk.
             mine = tracking.download_model_files(mlflow_client, name, version, Path(tmp) / f"{name}-v{version}")
             if _sha256(mine / "model.pt") != _sha256(Path("models") / name / "model.pt"):
@@ -311,7 +307,8 @@ def decide(mlflow_client, params: Params, rules: dict[str, list[Criterion]]) -> 
                                 f" {tracking.registered_name(name)}; run `dvc repro -f train` and retry")
             champion = tracking.model_aliases(mlflow_client, name).get(tracking.CHAMPION)
             if champion is None:
-                decisions.append(Decision(name, kind, version, None, "promoted"))
+                earlier = tracking.version_count(mlflow_client, name) > 1
+                decisions.append(Decision(name, kind, version, None, "promoted", first=not earlier))
                 continue
             if champion == version:
                 decisions.append(Decision(name, kind, version, champion, "unchanged"))

@@ -6,10 +6,13 @@ mlartifacts/. Only the stage's driver process talks to MLflow: Ray workers
 send their per-epoch records back to it, so workers on a cluster need no
 route to the tracking server and an outage is handled in one place.
 
-The train stage opens the parent run and records its id in logs/mlflow_run.json;
-later stages (evaluate, report) log into that same parent and its children.
-A stage restored from DVC's cache does not run, so it logs nothing twice; a
-train stage that runs again opens a new parent run.
+The train stage opens the parent run and, once every model is trained and
+tracked, records its id in logs/mlflow_run.json; later stages (evaluate,
+report) log into that same parent and its children, and only when the models
+in models/ are the ones it trained. A stage restored from DVC's cache does not
+run, so it logs nothing twice; a train stage that runs again opens a new
+parent run. A train stage that ends early (error, signal) ends its open runs
+as FAILED or KILLED and leaves no run file behind.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import platform
 import subprocess
@@ -57,21 +61,56 @@ def _configure() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
 
+# Schemes MLflow's tracking store accepts; anything else (a typo, "localhost:5000") fails here, not in MLflow.
+_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
+
+
 def check_reachable(uri: str) -> None:
-    """A remote server that does not answer is a clear error within seconds, before any work."""
-    if not uri.startswith(("http://", "https://")):
+    """MLFLOW_TRACKING_URI must lead to a working MLflow store: a clear UserError within seconds otherwise.
+
+    Checks the scheme, an SQLite file's folder, and that an http(s) server answers MLflow's REST API
+    (not merely that something listens: an ordinary web server, a proxy's error page or a port that
+    accepts and never answers all fail here). Raises UserError; returns None when the store will do.
+    """
+    scheme, sep, rest = uri.partition("://")
+    if not sep and ":" not in uri:
+        return  # a plain path: MLflow's file store
+    if not sep or scheme.split("+")[0] not in _SCHEMES:
+        raise UserError(f"MLFLOW_TRACKING_URI={uri} has no scheme MLflow knows (one of {', '.join(_SCHEMES)});"
+                        f" for a server write http://host:port, or unset it to track in the local mlflow.db")
+    if scheme == "sqlite":
+        path = rest[1:].split("?")[0]  # sqlite:///rel.db, sqlite:////abs.db: the slash after the empty host
+        if path and not Path(path).parent.is_dir():
+            raise UserError(f"the folder of the SQLite store in MLFLOW_TRACKING_URI={uri} does not exist;"
+                            " create it or fix the URI")
         return
+    if scheme in ("http", "https"):
+        _probe_server(uri)
+
+
+def _probe_server(uri: str) -> None:
+    fix = "start it, fix the URI, or unset it to track in the local mlflow.db"
+    probe = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?experiment_name={EXPERIMENT}"
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=_PROBE_TIMEOUT_S) as resp:
-            resp.read()
-    except urllib.error.HTTPError:
-        return  # it answered (an auth proxy's 401 still means the server is up)
-    except (urllib.error.URLError, OSError) as exc:
+        with urllib.request.urlopen(probe, timeout=_PROBE_TIMEOUT_S) as resp:
+            body = resp.read(65536)
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            return  # an auth proxy in front of MLflow: the client sends the credentials the probe lacks
+        body = exc.read(65536) if exc.code == 404 else b""  # MLflow's 404 for a missing experiment is JSON
+        if exc.code != 404:
+            raise UserError(f"the server at MLFLOW_TRACKING_URI={uri} answers HTTP {exc.code} to MLflow's API;"
+                            f" is it an MLflow server? {fix}") from None
+    except (urllib.error.URLError, OSError) as exc:  # refused, no such host, or a timeout
         reason = getattr(exc, "reason", exc)
-        raise UserError(
-            f"the MLflow server at MLFLOW_TRACKING_URI={uri} does not answer ({reason}); start it, fix the URI,"
-            " or unset it to track in the local mlflow.db"
-        ) from None
+        raise UserError(f"the MLflow server at MLFLOW_TRACKING_URI={uri} does not answer ({reason}); {fix}") from None
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict) or not ("experiment" in answer or "error_code" in answer):
+        raise UserError(f"the server at MLFLOW_TRACKING_URI={uri} answers, but not as an MLflow tracking server"
+                        f" (no MLflow JSON at /api/2.0/mlflow); {fix}")
 
 
 def client():
@@ -143,8 +182,38 @@ def _log_params(mlflow_client, run_id: str, values: dict[str, str]) -> None:
         mlflow_client.log_batch(run_id, params=items[i : i + 100])
 
 
+def _metrics(values: dict[str, float], step: int) -> tuple[list, dict[str, str]]:
+    """MLflow Metric records, and a tag per value that is not a finite number.
+
+    MLflow stores +inf as 1.8e308, a number that looks real: such a value is logged as NaN
+    (shown as NaN, and every child keeps the same metric keys) and its tag says what it was.
+    """
+    from mlflow.entities import Metric
+
+    now, metrics, tags = int(time.time() * 1000), [], {}
+    for key, value in values.items():
+        value = float("nan") if value is None else float(value)
+        if math.isinf(value):
+            tags[f"aevae.nonfinite.{key}"] = f"{value} (logged as NaN)"
+            value = float("nan")
+        metrics.append(Metric(key, value, now, step))
+    return metrics, tags
+
+
+def _log_metrics(mlflow_client, run_id: str, values: dict[str, float], step: int) -> None:
+    from mlflow.entities import RunTag
+
+    metrics, tags = _metrics(values, step)
+    mlflow_client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
+
+
 class SweepTracker:
     """The train stage's view of MLflow: a parent run, a child per model, live epoch metrics.
+
+    Use it as a context manager: whatever ends the stage early (an error, Ctrl-C, SIGTERM) ends the
+    parent and every open child as FAILED (an error) or KILLED (a signal), so no run stays RUNNING.
+    The run file (logs/mlflow_run.json) is removed when the stage starts and written only when
+    the parent ends FINISHED, so it never points at an aborted run.
 
     The first tracking error (e.g. the server stops) is kept and tracking stops,
     so training goes on and its outputs are written; the stage reports it at the end.
@@ -152,25 +221,43 @@ class SweepTracker:
 
     def __init__(self, params: Params, specs: list[RunSpec], manifest: dict, params_file: Path,
                  example_images=None):
-        self.params, self.manifest, self.error = params, manifest, None
+        self.params, self.manifest, self.error, self.status = params, manifest, None, None
         self.example_images = example_images  # (k, 28, 28) uint8: the registered versions' input example
         self.client = client()
+        RUN_FILE.unlink(missing_ok=True)  # models/ is about to change: the old run no longer describes it
+        self.parent_id, self.children, self.open = None, {}, set()
+        try:
+            self._open_runs(specs, manifest, params_file)
+        except BaseException as exc:
+            self._end(_status_for(exc))
+            if isinstance(exc, OSError) or type(exc).__module__.startswith("mlflow"):
+                raise UserError(f"MLflow failed while opening the pipeline run ({type(exc).__name__}:"
+                                f" {_first_line(exc)}); check the server at {tracking_uri()} and rerun") from None
+            raise
+        self.logged_epochs = {spec.name: set() for spec in specs}
+        self.model_sha256: dict[str, str] = {}
+
+    def _open_runs(self, specs: list[RunSpec], manifest: dict, params_file: Path) -> None:
         self.exp = experiment_id(self.client)
-        tags = repro_tags(manifest, params, "train")
+        tags = repro_tags(manifest, self.params, "train")
         parent = self.client.create_run(self.exp, run_name=f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}",
                                         tags={**tags, "aevae.role": "pipeline"})
         self.parent_id = parent.info.run_id
         self.client.log_artifact(self.parent_id, str(params_file))
-        self.children = {}
         for spec in specs:
             run = self.client.create_run(self.exp, run_name=spec.name, tags={
                 **tags, "mlflow.parentRunId": self.parent_id, "aevae.role": "model", "model.kind": spec.model.kind})
             self.children[spec.name] = run.info.run_id
-            _log_params(self.client, run.info.run_id, flat_params(spec, params))
+            self.open.add(spec.name)
+            _log_params(self.client, run.info.run_id, flat_params(spec, self.params))
             log_dataset(self.client, run.info.run_id, manifest)
-        self.logged_epochs = {spec.name: set() for spec in specs}
-        self.model_sha256: dict[str, str] = {}
-        self._write_run_file()
+
+    def __enter__(self) -> SweepTracker:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None:
+            self._end(_status_for(exc))
 
     def _write_run_file(self) -> None:
         atomic.write_json(RUN_FILE, {"tracking_uri": tracking_uri(), "parent_run_id": self.parent_id,
@@ -183,19 +270,16 @@ class SweepTracker:
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # keep training; report once at the end
-            self.error = f"MLflow tracking failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            self.error = f"MLflow tracking failed ({type(exc).__name__}: {_first_line(exc)[:200]})"
             return None
 
     def epoch(self, name: str, record: dict) -> None:
         self._safely(self._log_epoch, name, record)
 
     def _log_epoch(self, name: str, record: dict) -> None:
-        from mlflow.entities import Metric
-
-        step, now = record["epoch"], int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, step) for k, v in record.items() if k != "epoch"]
-        self.client.log_batch(self.children[name], metrics=metrics)
-        self.logged_epochs[name].add(step)
+        _log_metrics(self.client, self.children[name], {k: v for k, v in record.items() if k != "epoch"},
+                     record["epoch"])
+        self.logged_epochs[name].add(record["epoch"])
 
     def model_done(self, spec: RunSpec, history: list[dict], model_dir: Path) -> None:
         self._safely(self._finish_model, spec, history, model_dir)
@@ -209,15 +293,46 @@ class SweepTracker:
         description = model_card.describe(spec, self.params, self.manifest, run_id, history[-1])
         register_model(self.client, run_id, model_dir, spec, description, self.example_images)
         self.client.set_terminated(run_id, "FINISHED")
+        self.open.discard(spec.name)
         self.model_sha256[spec.name] = _sha256(model_dir / "model.pt")
-        self._write_run_file()
 
     def model_failed(self, name: str, error: str) -> None:
         self._safely(self.client.set_tag, self.children[name], "aevae.error", error[:500])
         self._safely(self.client.set_terminated, self.children[name], "FAILED")
+        self.open.discard(name)
 
     def close(self, ok: bool) -> None:
-        self._safely(self.client.set_terminated, self.parent_id, "FINISHED" if ok else "FAILED")
+        """End the parent: FINISHED (and write the run file for the later stages) or FAILED."""
+        if ok and not self.error:
+            self._safely(self.client.set_terminated, self.parent_id, "FINISHED")
+            if not self.error:
+                self.status = "FINISHED"
+                self._write_run_file()
+                return
+        self._end("FAILED")
+
+    def _end(self, status: str) -> None:
+        """Best effort: end the open children and the parent as `status`; the server may be the reason we end."""
+        if self.status is not None:
+            return
+        self.status = status
+        runs = [self.children[name] for name in sorted(self.open)] + ([self.parent_id] if self.parent_id else [])
+        self.open.clear()
+        for run_id in runs:
+            try:
+                self.client.set_terminated(run_id, status)
+            except Exception:  # the server is gone: do not wait on it once per run
+                return
+
+
+def _status_for(exc: BaseException) -> str:
+    """KILLED for a signal (Ctrl-C, SIGTERM, Ray's sys.exit on SIGTERM), FAILED for anything else."""
+    return "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def registered_name(model_name: str) -> str:
@@ -282,42 +397,68 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def pipeline_run(models_dir: Path = Path("models")) -> dict | None:
-    """The parent run the train stage opened, for the stages after it; None if none is recorded.
+def recorded_run(models_dir: Path = Path("models")) -> tuple[dict | None, str]:
+    """(the parent run the train stage recorded, "") or (None, why no stage may log into it).
 
-    Only children whose model file is the one now in models/ are kept: when DVC restores the train
-    stage from its cache, the recorded run is the one that trained those exact weights or none.
+    The run's "children" keep only models whose model.pt in `models_dir` is the file that run trained,
+    and "complete" says whether every model in `models_dir` is one of them. When DVC restores the
+    train stage from its cache (params A, then B, then A again), models/ holds A's weights while the
+    run file names B's run: no model matches and nothing may be logged into B.
     """
     if not RUN_FILE.is_file():
-        return None
-    run = json.loads(RUN_FILE.read_text())
+        return None, f"no finished MLflow pipeline run is recorded ({RUN_FILE} is missing; rerun: dvc repro -f train)"
+    try:
+        run = json.loads(RUN_FILE.read_text())
+        recorded = dict(run["children"])
+    except (ValueError, KeyError, TypeError):
+        return None, f"{RUN_FILE} is corrupt; rerun the train stage (dvc repro -f train)"
+    if run.get("tracking_uri") != tracking_uri():
+        return None, (f"the pipeline run was recorded in another MLflow store, not {tracking_uri()}; set"
+                      " MLFLOW_TRACKING_URI as the train stage had it")
     shas = run.get("model_sha256", {})
-    run["children"] = {name: run_id for name, run_id in run["children"].items()
-                       if (models_dir / name / "model.pt").is_file()
-                       and shas.get(name) == _sha256(models_dir / name / "model.pt")}
+    on_disk = {p.parent.name: p for p in Path(models_dir).glob("*/model.pt")}
+    run["children"] = {name: run_id for name, run_id in recorded.items()
+                       if name in on_disk and shas.get(name) == _sha256(on_disk[name])}
+    if not run["children"]:
+        return None, (f"no model in {models_dir}/ was trained by the recorded MLflow run {run['parent_run_id']}"
+                      " (DVC restored them from its cache?); to track them, retrain: dvc repro -f train")
+    run["complete"] = set(run["children"]) == set(on_disk)
+    return run, ""
+
+
+def pipeline_run(models_dir: Path = Path("models")) -> dict | None:
+    """The recorded parent run with the children that trained models/ (see recorded_run); None if none."""
+    return recorded_run(models_dir)[0]
+
+
+def _run_to_log_into(what: str) -> dict | None:
+    """The recorded run, or None after one warning line saying why `what` is not tracked."""
+    run, why = recorded_run()
+    if run is None:
+        print(f"warning: {why}; {what} not tracked", file=sys.stderr)
+    elif not run["complete"]:
+        print(f"warning: only {', '.join(sorted(run['children']))} of models/ were trained by the recorded MLflow"
+              f" run; {what} of the others, and the pipeline-wide files, not tracked", file=sys.stderr)
     return run
 
 
 def log_evaluation(results: dict[str, dict[str, float]], summary_file: Path = Path("metrics/summary.json")) -> None:
-    """The evaluate stage's metrics, same keys for every model, into the children of the pipeline run."""
-    run = pipeline_run()
-    if run is None:
-        print("warning: no MLflow run recorded by the train stage (logs/mlflow_run.json); metrics not tracked",
-              file=sys.stderr)
-        return
-    from mlflow.entities import Metric
+    """The evaluate stage's metrics, same keys for every model, into the children of the pipeline run.
 
+    Only into children that trained the weights now in models/ (see recorded_run); summary.json goes
+    to the parent only when every model is one of them. Non-finite values are logged as NaN with a tag.
+    """
+    run = _run_to_log_into("metrics")
+    if run is None:
+        return
     mlflow_client = client()
-    now = int(time.time() * 1000)
-    for name, values in results.items():
-        run_id = run["children"].get(name)
-        if run_id is None:
-            continue
-        metrics = [Metric(k, float(v), now, 0) for k, v in values.items()]
-        mlflow_client.log_batch(run_id, metrics=metrics)
-        _describe_test_metrics(mlflow_client, name, run_id, values)
-    if summary_file.is_file():
-        mlflow_client.log_artifact(run["parent_run_id"], str(summary_file))
+    with server_errors("logging the evaluation", "the metrics files are written"):
+        for name, values in results.items():
+            if name in run["children"]:
+                _log_metrics(mlflow_client, run["children"][name], values, 0)
+                _describe_test_metrics(mlflow_client, name, run["children"][name], values)
+        if run["complete"] and summary_file.is_file():
+            mlflow_client.log_artifact(run["parent_run_id"], str(summary_file))
 
 
 def _describe_test_metrics(mlflow_client, model_name: str, run_id: str, values: dict[str, float]) -> None:
@@ -337,15 +478,14 @@ FINGERPRINT_TAG = "aevae.retrain.fingerprint"  # on the registered model: what t
 
 
 @contextlib.contextmanager
-def server_errors(doing: str):
+def server_errors(doing: str, outcome: str = "no alias was changed"):
     """An MLflow call that fails (server down, HTTP error) becomes one UserError line; bugs still raise."""
     from mlflow.exceptions import MlflowException
 
     try:
         yield
     except (MlflowException, OSError) as exc:  # requests' errors are OSErrors
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"MLflow failed while {doing} ({type(exc).__name__}: {reason}); no alias was changed;"
+        raise UserError(f"MLflow failed while {doing} ({type(exc).__name__}: {_first_line(exc)[:200]}); {outcome};"
                         f" check the server at {tracking_uri()} and rerun") from None
 
 
@@ -377,6 +517,11 @@ def version_from_run(mlflow_client, model_name: str, run_id: str) -> str | None:
     name = registered_name(model_name)
     versions = mlflow_client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
     return max((str(v.version) for v in versions), key=int, default=None)
+
+
+def version_count(mlflow_client, model_name: str) -> int:
+    """How many versions aevae-<model> has in the registry (0 when it is not registered)."""
+    return len(mlflow_client.search_model_versions(f"name='{registered_name(model_name)}'"))
 
 
 def download_model_files(mlflow_client, model_name: str, version: str, dst: Path) -> Path:
@@ -446,25 +591,19 @@ def _restore_alias(mlflow_client, name: str, alias: str, version: str | None):
 
 
 def log_report(report_dir: Path, figures_by_model: dict[str, list[Path]]) -> None:
-    """The report stage's outputs: index.html and summary.md to the parent run, each model's figures to its child."""
-    run = pipeline_run()
+    """The report stage's outputs: index.html and summary.md to the parent run, each model's figures to its child.
+
+    Same guard as log_evaluation: only runs that trained the weights now in models/.
+    """
+    run = _run_to_log_into("the report")
     if run is None:
-        print("warning: no MLflow run recorded by the train stage (logs/mlflow_run.json); report not tracked",
-              file=sys.stderr)
-        return
-    if run.get("tracking_uri") and run["tracking_uri"] != tracking_uri():
-        print(f"warning: the pipeline run was recorded in {run['tracking_uri']}, not the current store "
-              f"{tracking_uri()}; report not tracked (set MLFLOW_TRACKING_URI as the train stage had it)",
-              file=sys.stderr)
         return
     mlflow_client = client()
-    for name in ("index.html", "summary.md"):
-        path = Path(report_dir) / name
-        if path.is_file():
-            mlflow_client.log_artifact(run["parent_run_id"], str(path), artifact_path="report")
-    for name, files in figures_by_model.items():
-        run_id = run["children"].get(name)
-        if run_id is None:  # a model trained outside this pipeline run
-            continue
-        for path in files:
-            mlflow_client.log_artifact(run_id, str(path), artifact_path="figures")
+    with server_errors("logging the report", "the report files are written"):
+        for name in ("index.html", "summary.md") if run["complete"] else ():
+            path = Path(report_dir) / name
+            if path.is_file():
+                mlflow_client.log_artifact(run["parent_run_id"], str(path), artifact_path="report")
+        for name, files in figures_by_model.items():
+            for path in files if name in run["children"] else ():
+                mlflow_client.log_artifact(run["children"][name], str(path), artifact_path="figures")

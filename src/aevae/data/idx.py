@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aevae.data import N_CLASSES
 from aevae.errors import UserError
 
 _UBYTE = 0x08  # the only element type MNIST-style datasets use
@@ -39,6 +40,9 @@ def _check_header(path: Path, data: bytes, ndim: int) -> tuple[int, ...]:
     if len(data) < header:
         raise UserError(f"{path}: truncated header; download the file again")
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if dims[0] == 0:  # torchvision's parser fails on it with an opaque ValueError
+        raise UserError(f"{path}: holds no {'images' if ndim == 3 else 'labels'} (its header says 0);"
+                        " is this the right file?")
     expected = header + math.prod(dims)  # Python ints: a bogus header cannot overflow
     if len(data) != expected:
         raise UserError(
@@ -70,4 +74,8 @@ def read_split(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.nda
             f"{images_path.name} has {len(images)} images but {labels_path.name} has {len(labels)} labels;"
             " the files do not belong together"
         )
+    bad = np.flatnonzero(labels >= N_CLASSES)
+    if len(bad):
+        raise UserError(f"{labels_path}: label {int(labels[bad[0]])} (item {int(bad[0])}, one of {len(bad)} such) is"
+                        f" not a class 0-{N_CLASSES - 1} of an MNIST-style dataset; fix or drop those items")
     return images, labels

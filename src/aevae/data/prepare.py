@@ -14,6 +14,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from aevae import atomic
+from aevae.data import N_CLASSES
 from aevae.data.sources import RawData
 from aevae.errors import UserError
 
@@ -28,11 +29,26 @@ def _check(raw: RawData) -> None:
             raise UserError(
                 f"{name} images have shape {images.shape[1:]}, expected 28x28 (MNIST format); resize them first"
             )
-    classes, counts = np.unique(raw.train_labels, return_counts=True)
-    if len(classes) == 0:
-        raise UserError("the training data holds no images; check the source files")
-    if len(classes) < 2:
-        raise UserError(f"the training data holds one class only ({classes.tolist()}); a dataset needs at least two")
+    for name, labels in (("train", raw.train_labels), ("test", raw.test_labels)):
+        if labels is None:
+            continue
+        if len(labels) and labels.max() >= N_CLASSES:
+            raise UserError(f"the {name} labels of {raw.origin} include {int(labels.max())}, not a class"
+                            f" 0-{N_CLASSES - 1} of an MNIST-style dataset; fix or drop those items")
+        classes = np.unique(labels)
+        if len(classes) == 0:
+            raise UserError(f"the {name} data holds no images; check the source files")
+        if len(classes) < 2:
+            raise UserError(f"the {name} data holds one class only ({classes.tolist()}); every split needs at least"
+                            " two classes to be evaluated (latent clusters, interpolation between classes)")
+
+
+def _check_test(labels: np.ndarray) -> None:
+    """The evaluate stage scores the test split per class: each class present needs 2+ images."""
+    classes, counts = np.unique(labels, return_counts=True)
+    if counts.min() < 2:
+        raise UserError(f"the test split has a single image of class(es) {classes[counts < 2].tolist()}; evaluation"
+                        " needs at least 2 per class present: add test images or drop those")
 
 
 def _check_stratifiable(labels: np.ndarray, fraction: float, what: str) -> None:
@@ -62,6 +78,7 @@ def split(raw: RawData, val_fraction: float, test_fraction: float, seed: int) ->
         out["test"] = (test_x, test_y)
     else:
         out["test"] = (raw.test_images, raw.test_labels)
+    _check_test(out["test"][1])
     _check_stratifiable(labels, val_fraction, "val")
     train_x, val_x, train_y, val_y = train_test_split(
         images, labels, test_size=val_fraction, stratify=labels, random_state=seed
