@@ -42,7 +42,7 @@ SWEEP = ("latent-all", "rate-distortion", *(f"metrics-{g[0]}" for g in report.GR
 FAST = M.EvalSettings(n_prior_samples=200, iw_samples=4, interp_pairs=4, interp_steps=6)
 PARAMS = {
     "data": {"source": "bundled", "val_fraction": 0.1, "test_fraction": 0.2, "seed": 0},
-    "model": {"hidden": [64], "latent_dim": 2},
+    "model": {"hidden": [64]},
     "train": {"epochs": 2, "batch_size": 128, "lr": 0.002, "seed": 0},
     "sweep": {"latent_dims": [2], "models": [{"name": n, "model": m} for n, m in MODELS.items()]},
     "evaluate": {"seed": 0, "n_prior_samples": FAST.n_prior_samples, "iw_samples": FAST.iw_samples,

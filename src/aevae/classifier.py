@@ -28,9 +28,8 @@ from torch import nn
 
 from aevae import atomic
 from aevae.errors import UserError
-from aevae.models import as_images
-
-EVAL_BATCH = 1024
+from aevae.models import EVAL_BATCH, IMAGE_SHAPE, as_images
+from aevae.rng import epoch_generator
 
 
 @dataclass(frozen=True)
@@ -135,7 +134,7 @@ def train(
     for epoch in range(epochs):
         t0 = time.perf_counter()
         model.train()
-        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)  # batch order and shifts: f(seed, epoch)
+        gen = epoch_generator(seed, epoch)  # batch order and shifts
         order = torch.randperm(len(x), generator=gen).to(device)
         loss_sum = torch.zeros((), device=device)
         for start in range(0, len(x), batch_size):

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import hashlib
 import json
 import math
@@ -40,9 +39,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import filelock
+
 from aevae import atomic, tracking
 from aevae.config import Criterion, Params, load_params, resolve_sweep
 from aevae.errors import UserError, run_cli
+from aevae.provenance import git_state, sha256_file
 
 LOCK_FILE = Path("logs/retrain.lock")
 RECORDS_DIR = Path("reports/retrain")
@@ -57,26 +59,29 @@ UNDEFINED_FOR_AE = ("test/kl_nats_per_image", "test/neg_elbo_nats_per_image", "t
 
 @contextlib.contextmanager
 def exclusive(path: Path = LOCK_FILE) -> Iterator[None]:
-    """Hold an flock on `path` for the whole run; a second run fails at once, naming the holder's pid.
+    """Hold a file lock on `path` for the whole run; a second run fails at once, naming the holder's pid.
 
-    The kernel drops the lock when the holder exits, however it exits, so a killed run never
-    leaves a stale lock behind. The descriptor is not inherited by `dvc repro`.
+    An flock (filelock): the kernel drops it when the holder exits, however it exits, so a killed run
+    never leaves a stale lock behind. The file keeps the holder's pid for the message.
+    Raises: UserError when another run holds the lock.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = filelock.FileLock(path, blocking=False, preserve_lock_file=True, on_acquired=_write_pid)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
+        lock.acquire()
+    except filelock.Timeout:
+        holder = path.read_text(errors="replace").strip() or "unknown"
         raise UserError(f"another retrain is running (pid {holder}); let it finish and run again"
                         f" (the lock on {path} is released when that process exits)") from None
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
-        os.close(fd)
+        lock.release()
+
+
+def _write_pid(fd: int) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
 
 
 # ---------------------------------------------------------------- policy
@@ -133,14 +138,6 @@ def _finite(x: float) -> float | None:
 
 
 # ------------------------------------------------------------ fingerprint
-
-
-def _git_commit() -> str:
-    try:
-        proc = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return proc.stdout.strip() if proc.returncode == 0 and proc.stdout.strip() else "unknown"
 
 
 def code_digest(paths: tuple[str, ...] = CODE_PATHS) -> str:
@@ -233,10 +230,6 @@ def _challenger_metrics(name: str) -> dict[str, float]:
     return {k: float("nan") if v is None else float(v) for k, v in values.items()}
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 # ------------------------------------------------------------------ decide
 
 
@@ -306,7 +299,7 @@ def decide(mlflow_client, params: Params, rules: dict[str, list[Criterion]]) -> 
                                 f" {_safe_uri(tracking.tracking_uri())}{hint}; run `dvc repro -f train` and retry")
             # The challenger is what models/<name> holds: the registered weights must be those on disk.
             mine = tracking.download_model_files(mlflow_client, name, version, Path(tmp) / f"{name}-v{version}")
-            if _sha256(mine / "model.pt") != _sha256(Path("models") / name / "model.pt"):
+            if sha256_file(mine / "model.pt") != sha256_file(Path("models") / name / "model.pt"):
                 raise UserError(f"models/{name} is not the model registered as version {version} of"
                                 f" {tracking.registered_name(name)}; run `dvc repro -f train` and retry")
             champion = tracking.model_aliases(mlflow_client, name).get(tracking.CHAMPION)
@@ -377,7 +370,7 @@ def retrain(force: bool = False) -> None:
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "forced": force,
         "fingerprint": fp,
-        "git_commit": _git_commit(),  # for the reader; the fingerprint hashes the code itself
+        "git_commit": git_state()["commit"],  # for the reader; the fingerprint hashes the code itself
         "tracking_uri": _safe_uri(tracking.tracking_uri()),
         "pipeline_run_id": run.get("parent_run_id"),
         "models": {d.model: d.as_dict() for d in decisions},

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import io
 import json
 import logging
 import os
 import platform
-import subprocess
 import sys
 import time
 import urllib.error
@@ -34,6 +32,7 @@ from typing import Any
 from aevae import atomic
 from aevae.config import Params, RunSpec
 from aevae.errors import UserError
+from aevae.provenance import git_state, sha256_file
 
 EXPERIMENT = "aevae"
 RUN_FILE = Path("logs/mlflow_run.json")
@@ -92,13 +91,6 @@ def experiment_id(mlflow_client) -> str:
     return mlflow_client.create_experiment(EXPERIMENT, artifact_location=artifacts)
 
 
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-
-
 def _versions() -> dict[str, str]:
     out = {}
     for pkg in _PACKAGES:
@@ -112,10 +104,10 @@ def _versions() -> dict[str, str]:
 
 def repro_tags(manifest: dict, params: Params, stage: str) -> dict[str, str]:
     """What it takes to reproduce a run: code, data, seed, versions. Never the environment's secrets."""
-    commit = _git("rev-parse", "HEAD")
+    git = git_state()
     return {
-        "git.commit": commit or "unknown",
-        "git.dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower() if commit else "unknown",
+        "git.commit": git["commit"],
+        "git.dirty": "unknown" if git["dirty"] is None else str(git["dirty"]).lower(),
         "data.sha256": manifest["data_sha256"],
         "data.source": manifest["source"],
         "data.dataset": manifest["dataset"],
@@ -204,7 +196,7 @@ class SweepTracker:
         self.client.log_artifacts(run_id, str(model_dir), artifact_path="model_files")
         register_model(run_id, model, spec.name)
         self.client.set_terminated(run_id, "FINISHED")
-        self.model_sha256[spec.name] = _sha256(model_dir / "model.pt")
+        self.model_sha256[spec.name] = sha256_file(model_dir / "model.pt")
         self._write_run_file()
 
     def model_failed(self, name: str, error: str) -> None:
@@ -240,10 +232,6 @@ def register_model(run_id: str, model, model_name: str) -> str:
     return str(info.registered_model_version)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def pipeline_run(models_dir: Path = Path("models")) -> dict | None:
     """The parent run the train stage opened, for the stages after it; None if none is recorded.
 
@@ -256,7 +244,7 @@ def pipeline_run(models_dir: Path = Path("models")) -> dict | None:
     shas = run.get("model_sha256", {})
     run["children"] = {name: run_id for name, run_id in run["children"].items()
                        if (models_dir / name / "model.pt").is_file()
-                       and shas.get(name) == _sha256(models_dir / name / "model.pt")}
+                       and shas.get(name) == sha256_file(models_dir / name / "model.pt")}
     return run
 
 

@@ -16,6 +16,7 @@ from sklearn.model_selection import train_test_split
 from aevae import atomic
 from aevae.data.sources import RawData
 from aevae.errors import UserError
+from aevae.provenance import sha256_file
 
 SPLITS = ("train", "val", "test")
 
@@ -70,10 +71,6 @@ def split(raw: RawData, val_fraction: float, test_fraction: float, seed: int) ->
     return {s: out[s] for s in SPLITS}
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def write_prepared(out_dir: Path, splits: dict, raw: RawData, dataset: str) -> dict:
     """Write arrays + manifest into a temp folder, then swap it in atomically."""
     with atomic.atomic_dir(out_dir) as tmp:
@@ -91,7 +88,7 @@ def write_prepared(out_dir: Path, splits: dict, raw: RawData, dataset: str) -> d
                 name: {"total": int(len(y)), "per_class": {str(int(c)): int(n) for c, n in zip(*np.unique(y, return_counts=True))}}
                 for name, (_, y) in splits.items()
             },
-            "sha256": {p.name: _sha256(p) for p in sorted(tmp.glob("*.npy"))},
+            "sha256": {p.name: sha256_file(p) for p in sorted(tmp.glob("*.npy"))},
         }
         # A digest of the data files alone: one tag that says "same data" for tracking and retraining.
         manifest["data_sha256"] = hashlib.sha256("".join(manifest["sha256"].values()).encode()).hexdigest()
