@@ -27,13 +27,13 @@ from PIL import Image
 from threadpoolctl import threadpool_limits
 
 from aevae import atomic, model_store, plots, report
-from aevae import classifier as clf_lib
 from aevae import metrics as M
 from aevae.config import ModelParams, RunSpec, TrainParams
 from aevae.data.prepare import split, write_prepared
 from aevae.data.prepared import load_split
 from aevae.data.sources import from_bundled
 from aevae.training import train_model
+from conftest import cached_classifier
 from project import make_project
 
 MODELS = {"ae": {"kind": "ae"}, "vae-beta1": {"kind": "vae", "beta": 1.0}}
@@ -68,7 +68,7 @@ def _json_safe(values: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, _one_thread):
+def run(tmp_path_factory, _one_thread, request):
     """A project holding everything the report stage reads, and the stage's finished run in it."""
     root = make_project(tmp_path_factory.mktemp("report") / "p", PARAMS, git=False)
     raw = from_bundled()
@@ -80,7 +80,7 @@ def run(tmp_path_factory, _one_thread):
         result = train_model(spec, train.images, val.images)
         model_store.save(root / "models", spec, result.model.state_dict(), result.history,
                          {"data_sha256": manifest["data_sha256"]})
-    scorer = clf_lib.train(train.images, train.labels, epochs=1, seed=0).model
+    scorer = cached_classifier(request.config, train.images, train.labels, epochs=1, seed=0)
     accuracy = scorer.accuracy(test.images, test.labels)
     atomic.write_json(root / "metrics" / "classifier.json", {"test/accuracy": accuracy})
     summary = {}

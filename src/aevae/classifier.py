@@ -47,11 +47,12 @@ class DigitClassifier(nn.Module):
         super().__init__()
         self.cfg = cfg
         c1, c2 = cfg.channels
+        side = IMAGE_SHAPE[-1] // 4  # two 2x poolings: 28 -> 7
         self.body = nn.Sequential(
-            nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, c1, 14, 14)
+            nn.Conv2d(IMAGE_SHAPE[0], c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, c1, 14, 14)
             nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, c2, 7, 7)
             nn.Flatten(),
-            nn.Linear(c2 * 7 * 7, cfg.hidden), nn.ReLU(),  # (B, hidden): the features
+            nn.Linear(c2 * side * side, cfg.hidden), nn.ReLU(),  # (B, hidden): the features
         )
         self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, cfg.n_classes))
 

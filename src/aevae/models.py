@@ -7,17 +7,15 @@ MODEL_KINDS is the registry of model kinds: build_model and the tests read it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from aevae.config import ModelParams
+from aevae.data import IMAGE_SHAPE, PIXELS
 from aevae.losses import LossTerms, kl_per_dim, recon_per_image
 
-IMAGE_SHAPE = (1, 28, 28)  # (channels, height, width) of every image the pipeline handles
-PIXELS = math.prod(IMAGE_SHAPE)  # 784
 EVAL_BATCH = 1024  # images per forward pass outside training (evaluation, scoring): bounds memory
 
 _ACTIVATIONS = {

@@ -114,20 +114,24 @@ class Check:
     champion: float
 
     @property
-    def improvement(self) -> float:  # > 0 means the challenger is better, whatever the goal
+    def improvement(self) -> float:
+        """How much better the challenger is, in the metric's unit: > 0 is better whatever the goal; NaN if undefined."""
         diff = self.champion - self.challenger
         return diff if self.goal == "min" else -diff
 
     @property
     def passed(self) -> bool:
+        """True when the improvement is defined and at least min_improvement."""
         return not math.isnan(self.improvement) and self.improvement >= self.min_improvement
 
     def line(self) -> str:
+        """One human-readable line: both values, the goal, the improvement, pass or fail."""
         mark = "pass" if self.passed else "fail"
         return (f"{self.metric} {self.challenger:.6g} vs {self.champion:.6g} ({self.goal}; improved"
                 f" {self.improvement:+.4g}, needs >= {self.min_improvement:g}: {mark})")
 
     def as_dict(self) -> dict:
+        """The check as JSON-safe values (NaN and inf become None)."""
         return {"metric": self.metric, "goal": self.goal, "min_improvement": self.min_improvement,
                 "challenger": _finite(self.challenger), "champion": _finite(self.champion),
                 "improvement": _finite(self.improvement), "passed": self.passed}
@@ -244,9 +248,11 @@ class Decision:
 
     @property
     def champion_after(self) -> str | None:
+        """The version holding `champion` once this decision is applied (None: no champion yet)."""
         return self.challenger if self.decision == "promoted" else self.champion_before
 
     def line(self) -> str:
+        """One line for the log: what happened to the aliases, and each check."""
         v, c = self.challenger, self.champion_before
         head = {
             "promoted": f"v{v} is the new champion" + (f" (was v{c})" if c else " (first version)"),
@@ -275,6 +281,7 @@ class Decision:
         return change
 
     def as_dict(self) -> dict:
+        """The decision for reports/retrain/<time>.json."""
         return {"kind": self.kind, "challenger_version": self.challenger, "champion_before": self.champion_before,
                 "champion_after": self.champion_after, "decision": self.decision,
                 "criteria": [ch.as_dict() for ch in self.checks]}
@@ -339,6 +346,11 @@ def _field(fp_text: str | None, key: str) -> str | None:
 
 
 def retrain(force: bool = False) -> None:
+    """One scheduled retrain, steps 2 to 6 of this module's docstring (the caller holds the lock).
+
+    Raises: UserError for a bad params.yaml, an unreachable tracking server, a failed `dvc repro` or a
+    registry that does not match models/; every alias is then as it was.
+    """
     params = load_params()
     rules = policy(params)
     names = [s.name for s in resolve_sweep(params)]
@@ -386,6 +398,7 @@ def retrain(force: bool = False) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """`python -m aevae.retrain [--force]`: take the lock, then retrain. Raises: UserError (exit 2 via run_cli)."""
     parser = argparse.ArgumentParser(prog="python -m aevae.retrain", description=__doc__.splitlines()[0])
     parser.add_argument("--force", action="store_true", help="run even if data, code and params are unchanged")
     args = parser.parse_args(argv)

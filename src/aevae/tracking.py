@@ -41,6 +41,7 @@ _PACKAGES = ("aevae", "torch", "torchvision", "ray", "mlflow", "dvc", "scikit-le
 
 
 def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI when set, else the project's SQLite store (mlflow.db, by absolute path). Never raises."""
     uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     return uri or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
 
@@ -73,6 +74,10 @@ def check_reachable(uri: str) -> None:
 
 
 def client():
+    """An MlflowClient on tracking_uri() for tracking and the registry.
+
+    Raises: UserError (one line, within seconds) when a remote server does not answer.
+    """
     from mlflow import MlflowClient
 
     _configure()
@@ -82,6 +87,7 @@ def client():
 
 
 def experiment_id(mlflow_client) -> str:
+    """Id of the "aevae" experiment, created on first use (local artifacts go to mlartifacts/)."""
     exp = mlflow_client.get_experiment_by_name(EXPERIMENT)
     if exp is not None:
         return exp.experiment_id
@@ -175,6 +181,7 @@ class SweepTracker:
             return None
 
     def epoch(self, name: str, record: dict) -> None:
+        """Log one epoch's record (train/, val/ metrics; loss in nats per image for BCE) to model `name`'s run."""
         self._safely(self._log_epoch, name, record)
 
     def _log_epoch(self, name: str, record: dict) -> None:
@@ -186,6 +193,7 @@ class SweepTracker:
         self.logged_epochs[name].add(step)
 
     def model_done(self, spec: RunSpec, model, history: list[dict], model_dir: Path) -> None:
+        """Finish a model's child run: missed epochs, its files, its registered version, the run file."""
         self._safely(self._finish_model, spec, model, history, model_dir)
 
     def _finish_model(self, spec: RunSpec, model, history: list[dict], model_dir: Path) -> None:
@@ -200,14 +208,17 @@ class SweepTracker:
         self._write_run_file()
 
     def model_failed(self, name: str, error: str) -> None:
+        """Mark model `name`'s child run FAILED with the error as a tag."""
         self._safely(self.client.set_tag, self.children[name], "aevae.error", error[:500])
         self._safely(self.client.set_terminated, self.children[name], "FAILED")
 
     def close(self, ok: bool) -> None:
+        """End the parent run, FINISHED or FAILED. A tracking error is kept in self.error, never raised."""
         self._safely(self.client.set_terminated, self.parent_id, "FINISHED" if ok else "FAILED")
 
 
 def registered_name(model_name: str) -> str:
+    """The Model Registry name of a sweep member: aevae-<name>."""
     return f"aevae-{model_name}"
 
 

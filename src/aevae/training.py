@@ -76,6 +76,7 @@ class LossOf(torch.nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor, kl_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The model's loss terms as a tuple (DDP and torch.compile want tensors, not a dataclass)."""
         terms = self.model.loss(x, kl_weight)
         return terms.total, terms.recon, terms.kl
 

@@ -14,6 +14,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from aevae import atomic
+from aevae.data import IMAGE_SHAPE
 from aevae.data.sources import RawData
 from aevae.errors import UserError
 from aevae.provenance import sha256_file
@@ -25,9 +26,9 @@ def _check(raw: RawData) -> None:
     for name, images in (("train", raw.train_images), ("test", raw.test_images)):
         if images is None:
             continue
-        if images.ndim != 3 or images.shape[1:] != (28, 28):
+        if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE[1:]:
             raise UserError(
-                f"{name} images have shape {images.shape[1:]}, expected 28x28 (MNIST format); resize them first"
+                f"{name} images have shape {images.shape[1:]}, expected {IMAGE_SHAPE[1]}x{IMAGE_SHAPE[2]} (MNIST format); resize them first"
             )
     classes, counts = np.unique(raw.train_labels, return_counts=True)
     if len(classes) == 0:

@@ -21,11 +21,16 @@ class Split:
 
 
 def load_manifest(root: Path = PREPARED_DIR) -> dict:
+    """data/prepared/manifest.json. Raises: UserError when missing or corrupt (rerun the prepare stage)."""
     return read_json(Path(root) / "manifest.json", "prepare")
 
 
 def load_split(name: str, root: Path = PREPARED_DIR, verify: bool = True) -> Split:
-    """Load one split; with verify, its files must match the manifest's sha256."""
+    """Load one split: images (N, 28, 28) uint8, labels (N,) uint8; with verify, its files must match the
+    manifest's sha256.
+
+    Raises: UserError when a file is missing or does not match its hash (rerun the prepare stage).
+    """
     root = Path(root)
     manifest = load_manifest(root)
     arrays = []
