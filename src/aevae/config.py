@@ -235,9 +235,9 @@ def resolve_sweep(params: Params, source: str = PARAMS_FILE) -> list[RunSpec]:
     """Expand the sweep: every member at every latent size, defaults + overrides.
 
     This is where each RunSpec.model.latent_dim is set, from sweep.latent_dims.
-    Raises: UserError for a member's override that is invalid or sets latent_dim.
     With one latent size the names are the members' names; with several each
     name gets a `-z<size>` suffix so every model has its own folder and run.
+    Raises: UserError for a member's override that is invalid or sets latent_dim.
     """
     specs = []
     many = len(params.sweep.latent_dims) > 1
