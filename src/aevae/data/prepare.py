@@ -11,7 +11,6 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from aevae import atomic
 from aevae.data import IMAGE_SHAPE
@@ -52,7 +51,14 @@ def _check_stratifiable(labels: np.ndarray, fraction: float, what: str) -> None:
 
 
 def split(raw: RawData, val_fraction: float, test_fraction: float, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Stratified, seeded train/val (and test when the source has no official one)."""
+    """Stratified, seeded train/val (and test when the source has no official one): {split: (images (N, 28, 28)
+    uint8, labels (N,))}.
+
+    Raises: UserError for images that are not 28x28 or a class too small to stratify.
+    """
+    # sklearn takes seconds to import: a stage that stops on bad params or bad data should not pay for it.
+    from sklearn.model_selection import train_test_split
+
     _check(raw)
     images, labels = raw.train_images, raw.train_labels
     out = {}
