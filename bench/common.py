@@ -25,6 +25,8 @@ DEFAULT_OUT = BENCH / "RESULTS.md"
 
 @dataclass(frozen=True)
 class Settings:
+    """Sizes of one benchmark run: FULL (`make bench`) or QUICK (`--quick`, the smoke test)."""
+
     name: str
     # 1. speed
     n_train: int
@@ -50,11 +52,14 @@ QUICK = Settings("quick", n_train=600, n_test=200, baseline_epochs=2, rounds=1, 
                  sweep_epochs=1, sweep_train_cap=600, pipeline_quick=True, pipeline_timeout_s=300,
                  sizes=(1_000, 2_000), scaling_epochs=1)
 
+
 def log(msg: str) -> None:
+    """A timestamped progress line on stderr (the results go to the Markdown file)."""
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def venv_bin() -> Path:
+    """The folder holding python and dvc: the project's .venv/bin, else this interpreter's."""
     candidate = REPO / ".venv" / "bin"
     return candidate if (candidate / "python").exists() else Path(sys.executable).parent
 
@@ -63,6 +68,7 @@ def venv_bin() -> Path:
 
 
 def machine_info(threads: int) -> list[str]:
+    """Markdown bullet lines: CPU, GPU, versions, and the torch threads used in-process."""
     import psutil
     import ray
     import torch
@@ -99,6 +105,7 @@ def machine_info(threads: int) -> list[str]:
 
 
 def loadavg() -> str:
+    """The 1/5/15-minute load averages as "a/b/c" ("?" where unavailable)."""
     try:
         return "/".join(f"{x:.1f}" for x in os.getloadavg())
     except OSError:
@@ -108,10 +115,12 @@ def loadavg() -> str:
 
 
 def fmt_s(x: float | None) -> str:
+    """Seconds for a table cell: 2 decimals below 100 s, "—" for None."""
     return "—" if x is None else (f"{x:.2f}" if x < 100 else f"{x:.0f}")
 
 
 def table(header: list[str], rows: list[list]) -> list[str]:
+    """A Markdown table, one line per row."""
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return out
@@ -135,6 +144,7 @@ def patched_adam(**kwargs):
 
 
 def bundled_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 bundled MNIST digits: images (N, 28, 28) uint8, labels (N,)."""
     from aevae.data.sources import from_bundled
 
     raw = from_bundled()
@@ -142,6 +152,8 @@ def bundled_digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 class SectionFailed(Exception):
+    """A section that failed but has lines to show (e.g. the failing command's output)."""
+
     def __init__(self, lines: list[str], reason: str):
         super().__init__(reason)
         self.lines = lines

@@ -181,6 +181,7 @@ def _run_variant(variant: str, data: Path, epochs: int | None, deadline_s: float
 
 
 def section(cfg: Settings, threads: int, pool: bool) -> tuple[list[str], dict]:
+    """Benchmark 2: (Markdown lines, {"ratio", ...}); ratio is Ray's wall time / the faster in-process variant."""
     cores = os.cpu_count() or 1
     specs, params = _sweep_specs(cfg.sweep_epochs)
     slots = min(cores, len(specs))

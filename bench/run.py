@@ -32,7 +32,6 @@ costs) are reported, and single-threaded work also reports CPU time, which
 other load on the machine barely moves.
 """
 
-
 from __future__ import annotations
 
 import argparse

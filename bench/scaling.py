@@ -32,6 +32,7 @@ def synthesize(n: int, seed: int = 0) -> np.ndarray:
 
 
 def section(cfg: Settings) -> tuple[list[str], dict]:
+    """Benchmark 4: (Markdown lines, {"per_k", "worst"}); worst is the largest growth of CPU s per 1,000 images."""
     import torch
 
     from aevae.config import RunSpec, load_params

@@ -52,6 +52,7 @@ def ours_time_to_target(x_train, x_test, target: float | None, max_epochs: int, 
 
 
 def run_baseline(x_train, y_train, x_test, y_test, epochs: int) -> dict:
+    """bench/baseline_vae.py for `epochs` epochs: its result plus CPU seconds and seconds per epoch."""
     import baseline_vae
 
     with tempfile.TemporaryDirectory(prefix="aevae-bench-results-") as results:
@@ -91,6 +92,7 @@ def _profile(fn) -> tuple[float, dict[str, float], list[tuple[str, float, int]]]
 
 
 def section(cfg: Settings, threads: int) -> tuple[list[str], dict]:
+    """Benchmark 1: (Markdown lines, {"ratio", "cpu_ratio", ...}); ratio is baseline time / ours to its loss."""
     import torch
 
     torch.set_num_threads(threads)

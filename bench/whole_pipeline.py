@@ -74,6 +74,7 @@ def _proc_label(p) -> str:
 
 
 def section(cfg: Settings, targets_override: list[str] | None = None) -> tuple[list[str], dict]:
+    """Benchmark 3: (Markdown lines, {"wall_s", "peak_rss", ...}). Raises SectionFailed when dvc repro fails."""
     import psutil
     import yaml
 
