@@ -6,7 +6,7 @@ PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: setup repro test ui serve retrain bench lock
+.PHONY: setup repro test test-fast ui serve retrain bench lock
 
 setup: $(STAMP)
 
@@ -20,8 +20,13 @@ $(STAMP): requirements.lock pyproject.toml
 repro: setup
 	dvc repro
 
+# Every test, the end-to-end runs included (CI runs this): ~10 min on a quiet 2-core machine.
 test: setup
 	$(PY) -m pytest -q
+
+# The fast tier for development: unit tests only (no dvc repro, Ray cluster or MLflow server), <= 2 min.
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
 
 # Open the MLflow UI on the local store, bound to this machine only.
 ui: setup

@@ -153,6 +153,12 @@ def assert_one_line(message: str) -> None:
     assert "\n" not in text, f"error message is not one line:\n{text}"
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tell tests/project.py which tier runs now: its end-to-end helpers refuse a test not marked slow."""
+    os.environ["AEVAE_TEST_TIER"] = "slow" if item.get_closest_marker("slow") else "fast"
+
+
 @pytest.fixture
 def idx_dataset(tmp_path):
     """A tiny gzipped IDX dataset: 10 classes x 12 train, 10 x 3 test, 28x28."""
@@ -161,10 +167,44 @@ def idx_dataset(tmp_path):
 
 @pytest.fixture(scope="module")
 def one_torch_thread():
-    """One torch thread for a module of tiny models (two spin-wait on a busy 2-core machine); restored after."""
+    """One thread for a module of tiny models: torch, BLAS and OpenMP pools (two threads spin-wait on a busy
+    2-core machine: the reference classifier trains in 39 s on one, 117 s on two). Restored after the module."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with threadpool_limits(limits=1):
+        yield
     torch.set_num_threads(before)
+
+
+# Source files whose change can change a trained classifier's weights: part of its cache key.
+_CLASSIFIER_SOURCES = ("classifier.py", "models.py", "rng.py", "data/__init__.py")
+
+
+def cached_classifier(config: pytest.Config, images: np.ndarray, labels: np.ndarray, **train_kwargs):
+    """aevae.classifier.train(images, labels, **train_kwargs).model, trained once per code version and data.
+
+    Training is seeded and deterministic, so the weights are a function of the code, torch's version, the
+    data and the settings: they are kept in pytest's cache (.pytest_cache) under a sha256 of those and
+    reloaded (weights_only) by later sessions. Without the cache plugin (-p no:cacheprovider) it trains.
+    """
+    import torch
+
+    from aevae import classifier as clf_lib
+
+    cache = getattr(config, "cache", None)
+    if cache is None:
+        return clf_lib.train(images, labels, **train_kwargs).model
+    key = hashlib.sha256(f"{torch.__version__} {sorted(train_kwargs.items())}".encode())
+    src = REPO / "src" / "aevae"
+    for name in _CLASSIFIER_SOURCES:
+        key.update((src / name).read_bytes())
+    key.update(np.ascontiguousarray(images).tobytes() + np.ascontiguousarray(labels).tobytes())
+    path = cache.mkdir("aevae-classifiers") / f"{key.hexdigest()[:16]}.pt"
+    if path.is_file():
+        return clf_lib.load(path)[0]
+    model = clf_lib.train(images, labels, **train_kwargs).model
+    clf_lib.save(path, model)
+    return model

@@ -22,7 +22,7 @@ BIN = Path(sys.executable).parent  # the venv's bin: python, dvc, ray, mlflow
 
 SMALL_PARAMS = {
     "data": {"source": "bundled", "val_fraction": 0.1, "test_fraction": 0.2, "seed": 0},
-    "model": {"hidden": [64], "latent_dim": 2},
+    "model": {"hidden": [64]},
     "train": {"epochs": 3, "batch_size": 128, "lr": 0.002, "seed": 0},
     "sweep": {
         "latent_dims": [2],
@@ -76,16 +76,31 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 600, **e
     return proc
 
 
+def _end_to_end() -> None:
+    """Under pytest an end-to-end run belongs to a test marked slow, so `pytest -m "not slow"` stays fast.
+
+    conftest.py sets AEVAE_TEST_TIER for each test; outside pytest it is unset and nothing is checked.
+    """
+    if os.environ.get("AEVAE_TEST_TIER") == "fast":
+        raise AssertionError("an end-to-end run (dvc, a stage script or a pipeline process) in a test not marked"
+                             " @pytest.mark.slow: mark the test slow to keep the fast tier fast")
+
+
 def stage(script: str, cwd: Path, **kw) -> subprocess.CompletedProcess:
+    """Run pipeline/<script>.py in the project, as dvc would (end to end: slow tests only)."""
+    _end_to_end()
     return run([sys.executable, f"pipeline/{script}.py"], cwd, **kw)
 
 
 def dvc(args: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
+    """Run the venv's dvc in the project (end to end: slow tests only)."""
+    _end_to_end()
     return run([str(BIN / "dvc"), *args], cwd, **kw)
 
 
 def start(cmd: list[str], cwd: Path, log: Path, **env_extra: str) -> subprocess.Popen:
-    """Start a process in its own session, so a test can kill it and all its children."""
+    """Start a process in its own session, so a test can kill it and all its children (slow tests only)."""
+    _end_to_end()
     return subprocess.Popen(cmd, cwd=cwd, env=env(**env_extra), stdout=log.open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 

@@ -68,6 +68,7 @@ BAD_PARAMS = [
     ("fractional-epochs", _set("train", "epochs", 2.5), ["train.epochs", "2.5"]),
     ("latent-dim-zero", lambda p: p["sweep"].update(latent_dims=[0]), ["sweep.latent_dims", "= 0", "greater than 0"]),
     ("member-latent-dim-zero", _set_member("ae", "latent_dim", 0), ["sweep.models.0.model.latent_dim", "= 0"]),
+    ("retired-model-latent-dim", _set("model", "latent_dim", 8), ["model.latent_dim", "= 8", "sweep.latent_dims"]),
     ("negative-beta-in-member", _set_member("vae-beta1", "beta", -0.5), ["sweep.models.3.model.beta", "-0.5"]),
     ("negative-default-beta", _set("model", "beta", -2.0), ["model.beta", "-2.0"]),
     ("val-fraction-too-big", _set("data", "val_fraction", 0.7), ["data.val_fraction", "0.7", "less than 0.5"]),

@@ -19,6 +19,9 @@ from aevae.errors import UserError
 from aevae.losses import recon_per_image
 from aevae.models import as_images
 from aevae.training import train_model
+from conftest import cached_classifier
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 VAE_ONLY = ("test/kl_nats_per_image", "test/neg_elbo_nats_per_image", "test/iw_nll_nats_per_image")
 FAST = M.EvalSettings(n_prior_samples=400, iw_samples=16, interp_pairs=6, interp_steps=8)
@@ -39,8 +42,9 @@ def digits() -> dict:
 
 
 @pytest.fixture(scope="module")
-def classifier(digits) -> clf_lib.DigitClassifier:
-    return clf_lib.train(digits["train_images"], digits["train_labels"], epochs=5, seed=0).model
+def classifier(digits, request) -> clf_lib.DigitClassifier:
+    """The reference classifier, 5 epochs on the 2,000 digits: trained once, then reloaded from pytest's cache."""
+    return cached_classifier(request.config, digits["train_images"], digits["train_labels"], epochs=5, seed=0)
 
 
 def _tiny(kind: str, digits: dict):

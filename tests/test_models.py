@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from aevae.config import ModelParams
-from aevae.losses import kl_per_dim, kl_weight, recon_per_image
-from aevae.models import PIXELS, AutoEncoder, Posterior, build_model
+from aevae.losses import kl_per_dim, recon_per_image
+from aevae.models import IMAGE_SHAPE, MODEL_KINDS, PIXELS, AutoEncoder, Posterior, build_model
+from aevae.training import kl_weight
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -31,7 +32,7 @@ ARCHS = {
     "conv2-stride": dict(arch="conv", channels=[4, 8], pooling=False),
     "conv2-pool": dict(arch="conv", channels=[4, 8], pooling=True),
 }
-KINDS = ("ae", "vae")
+KINDS = tuple(MODEL_KINDS)  # every registered model kind, as timm's tests run over its model list
 
 
 def make(kind: str, arch: str, seed: int = 0, **overrides) -> AutoEncoder:
@@ -43,7 +44,7 @@ def make(kind: str, arch: str, seed: int = 0, **overrides) -> AutoEncoder:
 def images(n: int = BATCH, seed: int = 0) -> torch.Tensor:
     """(n, 1, 28, 28) floats in [0, 1], some pixels exactly 0 or 1 like real digits."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 1, 28, 28, generator=g)
+    x = torch.rand(n, *IMAGE_SHAPE, generator=g)
     x[x < 0.3] = 0.0
     x[x > 0.9] = 1.0
     return x
@@ -73,7 +74,7 @@ def test_forward_shapes_and_finite(kind, arch, mode):
     x = images()
     logits, post = model(x)
     assert isinstance(post, Posterior)
-    assert logits.shape == (BATCH, 1, 28, 28)
+    assert logits.shape == (BATCH, *IMAGE_SHAPE)
     assert post.mu.shape == (BATCH, LATENT)
     assert torch.isfinite(logits).all() and torch.isfinite(post.mu).all()
     if kind == "vae":
@@ -88,14 +89,14 @@ def test_encode_decode_shapes(kind, arch):
     model = make(kind, arch).eval()
     post = model.encode(images())
     assert post.mu.shape == (BATCH, LATENT)
-    assert model.decode(post.mu).shape == (BATCH, 1, 28, 28)
+    assert model.decode(post.mu).shape == (BATCH, *IMAGE_SHAPE)
 
 
 @every_model
 def test_sample_shape_and_range(kind, arch):
     model = make(kind, arch).eval()
     out = model.sample(7, generator=torch.Generator().manual_seed(1))
-    assert out.shape == (7, 1, 28, 28)
+    assert out.shape == (7, *IMAGE_SHAPE)
     assert torch.isfinite(out).all()
     assert out.min() >= 0.0 and out.max() <= 1.0
     again = model.sample(7, generator=torch.Generator().manual_seed(1))
@@ -308,7 +309,7 @@ def test_vae_loss_applies_the_warmup_weight():
     model = make("vae", "mlp", beta=2.0, kl_warmup_epochs=4)
     x = images()
     for epoch, weight in [(0, 0.0), (2, 1.0), (4, 2.0), (10, 2.0)]:
-        terms = model.loss(x, epoch)
+        terms = model.loss(x, kl_weight(2.0, epoch, 4))
         torch.testing.assert_close(terms.total, terms.recon + weight * terms.kl)
 
 
@@ -367,3 +368,32 @@ def test_free_bits_partial_floor():
     terms = model.loss(x)
     torch.testing.assert_close(terms.total - terms.recon, dims.clamp(min=lam).sum(), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(terms.kl, dims.sum())
+
+
+# ------------------------------------------------------------------ registry
+
+
+def test_the_registry_holds_every_kind_the_config_allows():
+    from typing import get_args
+
+    assert set(MODEL_KINDS) == set(get_args(ModelParams.model_fields["kind"].annotation))
+    assert all(build_model(ModelParams(kind=k)).kind == k for k in MODEL_KINDS)
+
+
+@every_model
+def test_the_decoder_first_layer_takes_the_latent_size(kind, arch):
+    """latent_dim reaches the decoder's first layer (the walk from params.yaml ends here)."""
+    model = make(kind, arch)
+    assert linears(model.decoder)[0].in_features == LATENT
+
+
+def test_one_reparameterization_serves_the_model_and_the_metrics():
+    """VAE.reparameterize is models.reparameterize with fresh N(0, I) noise."""
+    from aevae.models import reparameterize
+
+    model = make("vae", "mlp")
+    post = model.encode(images())
+    torch.manual_seed(7)
+    z = model.reparameterize(post)
+    torch.manual_seed(7)
+    torch.testing.assert_close(z, reparameterize(post.mu, post.logvar, torch.randn_like(post.mu)), rtol=0, atol=0)

@@ -27,13 +27,13 @@ from PIL import Image
 from threadpoolctl import threadpool_limits
 
 from aevae import atomic, model_store, plots, report
-from aevae import classifier as clf_lib
 from aevae import metrics as M
 from aevae.config import ModelParams, RunSpec, TrainParams
 from aevae.data.prepare import split, write_prepared
 from aevae.data.prepared import load_split
 from aevae.data.sources import from_bundled
 from aevae.training import train_model
+from conftest import cached_classifier
 from project import make_project
 
 MODELS = {"ae": {"kind": "ae"}, "vae-beta1": {"kind": "vae", "beta": 1.0}}
@@ -42,7 +42,7 @@ SWEEP = ("latent-all", "rate-distortion", *(f"metrics-{g[0]}" for g in report.GR
 FAST = M.EvalSettings(n_prior_samples=200, iw_samples=4, interp_pairs=4, interp_steps=6)
 PARAMS = {
     "data": {"source": "bundled", "val_fraction": 0.1, "test_fraction": 0.2, "seed": 0},
-    "model": {"hidden": [64], "latent_dim": 2},
+    "model": {"hidden": [64]},
     "train": {"epochs": 2, "batch_size": 128, "lr": 0.002, "seed": 0},
     "sweep": {"latent_dims": [2], "models": [{"name": n, "model": m} for n, m in MODELS.items()]},
     "evaluate": {"seed": 0, "n_prior_samples": FAST.n_prior_samples, "iw_samples": FAST.iw_samples,
@@ -68,7 +68,7 @@ def _json_safe(values: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, _one_thread):
+def run(tmp_path_factory, _one_thread, request):
     """A project holding everything the report stage reads, and the stage's finished run in it."""
     root = make_project(tmp_path_factory.mktemp("report") / "p", PARAMS, git=False)
     raw = from_bundled()
@@ -80,7 +80,7 @@ def run(tmp_path_factory, _one_thread):
         result = train_model(spec, train.images, val.images)
         model_store.save(root / "models", spec, result.model.state_dict(), result.history,
                          {"data_sha256": manifest["data_sha256"]})
-    scorer = clf_lib.train(train.images, train.labels, epochs=1, seed=0).model
+    scorer = cached_classifier(request.config, train.images, train.labels, epochs=1, seed=0)
     accuracy = scorer.accuracy(test.images, test.labels)
     atomic.write_json(root / "metrics" / "classifier.json", {"test/accuracy": accuracy})
     summary = {}

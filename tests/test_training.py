@@ -16,7 +16,7 @@ import torch
 
 from aevae.config import ModelParams, RunSpec, TrainParams
 from aevae.data.sources import from_bundled
-from aevae.models import as_images
+from aevae.models import MODEL_KINDS, as_images
 from aevae.training import CHECKPOINT, METRICS, Diverged, spec_digest, train_model
 
 
@@ -93,7 +93,7 @@ def test_history_records(digits):
 # ------------------------------------------------------------------ learning
 
 
-@pytest.mark.parametrize("kind", ["ae", "vae"])
+@pytest.mark.parametrize("kind", list(MODEL_KINDS))
 def test_loss_falls_on_real_digits(kind, digits):
     s = spec(
         kind,

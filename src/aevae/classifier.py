@@ -29,9 +29,8 @@ from torch import nn
 from aevae import atomic
 from aevae.data import N_CLASSES
 from aevae.errors import UserError
-from aevae.models import as_images
-
-EVAL_BATCH = 1024
+from aevae.models import EVAL_BATCH, IMAGE_SHAPE, as_images
+from aevae.rng import epoch_generator
 
 
 @dataclass(frozen=True)
@@ -49,11 +48,12 @@ class DigitClassifier(nn.Module):
         super().__init__()
         self.cfg = cfg
         c1, c2 = cfg.channels
+        side = IMAGE_SHAPE[-1] // 4  # two 2x poolings: 28 -> 7
         self.body = nn.Sequential(
-            nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, c1, 14, 14)
+            nn.Conv2d(IMAGE_SHAPE[0], c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, c1, 14, 14)
             nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, c2, 7, 7)
             nn.Flatten(),
-            nn.Linear(c2 * 7 * 7, cfg.hidden), nn.ReLU(),  # (B, hidden): the features
+            nn.Linear(c2 * side * side, cfg.hidden), nn.ReLU(),  # (B, hidden): the features
         )
         self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, cfg.n_classes))
 
@@ -136,7 +136,7 @@ def train(
     for epoch in range(epochs):
         t0 = time.perf_counter()
         model.train()
-        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)  # batch order and shifts: f(seed, epoch)
+        gen = epoch_generator(seed, epoch)  # batch order and shifts
         order = torch.randperm(len(x), generator=gen).to(device)
         loss_sum = torch.zeros((), device=device)
         for start in range(0, len(x), batch_size):

@@ -44,13 +44,16 @@ class DataParams(_Strict):
 
 
 class ModelParams(_Strict):
+    """One model's architecture and loss. params.yaml `model:` gives the defaults; resolve_sweep adds a
+    member's overrides and its latent size."""
+
     kind: Literal["ae", "vae"] = "ae"
     arch: Literal["mlp", "conv"] = "mlp"
     hidden: list[PositiveInt] = Field(default_factory=lambda: [512, 256], min_length=0)
     channels: list[PositiveInt] = Field(default_factory=lambda: [32, 64], min_length=1, max_length=2)
     pooling: bool = False
     activation: Literal["relu", "leaky_relu", "gelu", "elu", "tanh", "linear"] = "relu"
-    latent_dim: PositiveInt = 2
+    latent_dim: PositiveInt = 2  # set per run from sweep.latent_dims; params.yaml's model section may not set it
     recon: Literal["bce", "mse"] = "bce"
     beta: NonNegativeFloat = 1.0
     kl_warmup_epochs: NonNegativeInt = 0
@@ -197,15 +200,28 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
-    """Read and validate params.yaml, including every sweep member's overrides."""
+    """Read and validate params.yaml, including every sweep member's overrides.
+
+    Raises: UserError (one line: the key, the value, what is allowed) for a missing or unreadable
+    file, a YAML syntax error, an unknown or retired key (model.latent_dim), a wrong type or range.
+    """
     path = Path(path)
     raw = _read_yaml(path)
+    _reject_model_latent_dim(raw, str(path))
     try:
         params = Params.model_validate(raw)
     except ValidationError as exc:
         raise UserError(_format_error(exc, str(path))) from None
     resolve_sweep(params, source=str(path))  # validates overrides now, before any work
     return params
+
+
+def _reject_model_latent_dim(raw: dict[str, Any], source: str) -> None:
+    """model.latent_dim was dead (always overridden by sweep.latent_dims): an old file gets the fix."""
+    model = raw.get("model")
+    if isinstance(model, dict) and "latent_dim" in model:
+        raise UserError(f"{source}: model.latent_dim = {model['latent_dim']!r} is no longer read: latent sizes come"
+                        " from sweep.latent_dims (every member trains at each); put the value there and remove the key")
 
 
 def _merge(base: BaseModel, overrides: dict[str, Any], cls: type[BaseModel], where: str, source: str) -> Any:
@@ -218,8 +234,10 @@ def _merge(base: BaseModel, overrides: dict[str, Any], cls: type[BaseModel], whe
 def resolve_sweep(params: Params, source: str = PARAMS_FILE) -> list[RunSpec]:
     """Expand the sweep: every member at every latent size, defaults + overrides.
 
+    This is where each RunSpec.model.latent_dim is set, from sweep.latent_dims.
     With one latent size the names are the members' names; with several each
     name gets a `-z<size>` suffix so every model has its own folder and run.
+    Raises: UserError for a member's override that is invalid or sets latent_dim.
     """
     specs = []
     many = len(params.sweep.latent_dims) > 1

@@ -1,8 +1,10 @@
 """Loss terms with stated units.
 
-Reconstruction is summed over the 784 pixels of an image (BCE: nats under a
-Bernoulli decoder; MSE: squared error) and averaged over the batch. KL to
-N(0, I) is analytic, in nats per image.
+Reconstruction is summed over the PIXELS (784) pixels of an image (BCE: nats
+under a Bernoulli decoder; MSE: squared error) and averaged over the batch. KL
+to N(0, I) is analytic, in nats per image: the one place the formula is written
+(the model's loss and metrics.kl_to_prior both call kl_per_dim). The KL weight
+and its warm-up schedule belong to the training loop (training.kl_weight).
 """
 
 from __future__ import annotations
@@ -21,7 +23,12 @@ class LossTerms:
 
 
 def recon_per_image(logits: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
-    """(B,) reconstruction error of each image, summed over pixels."""
+    """(B,) reconstruction error of each image, summed over pixels; float32 at least.
+
+    logits (B, 1, 28, 28) from the decoder, x (B, 1, 28, 28) in [0, 1]. kind "bce": Bernoulli
+    cross-entropy in nats per image; "mse": squared error of sigmoid(logits) per image. Never raises
+    for matching shapes.
+    """
     logits = logits.float()  # sums over 784 pixels lose precision in bf16
     if kind == "bce":
         err = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
@@ -31,13 +38,12 @@ def recon_per_image(logits: torch.Tensor, x: torch.Tensor, kind: str) -> torch.T
 
 
 def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """(B, latent) KL(N(mu, sigma^2) || N(0, 1)) per dimension, nats."""
-    mu, logvar = mu.float(), logvar.float()
+    """(B, latent) KL(N(mu, sigma^2) || N(0, 1)) of each latent dimension, nats; sum over dims for per image.
+
+    mu, logvar (B, latent). Computed in float32, or in the inputs' precision when higher (float64 for
+    metrics). Source: Kingma & Welling 2014, Auto-Encoding Variational Bayes, appendix B:
+    -KL = 1/2 sum_j (1 + log sigma_j^2 - mu_j^2 - sigma_j^2).
+    """
+    dtype = torch.promote_types(mu.dtype, torch.float32)  # bf16 under autocast loses the small terms
+    mu, logvar = mu.to(dtype), logvar.to(dtype)
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
-
-
-def kl_weight(beta: float, epoch: int, warmup_epochs: int) -> float:
-    """Linear warm-up: 0 at epoch 0, beta from epoch `warmup_epochs` on."""
-    if warmup_epochs <= 0:
-        return beta
-    return beta * min(1.0, epoch / warmup_epochs)

@@ -37,9 +37,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from aevae.classifier import DigitClassifier
-from aevae.models import PIXELS, AutoEncoder, as_images
+from aevae.losses import kl_per_dim
+from aevae.models import EVAL_BATCH, PIXELS, AutoEncoder, as_images, reparameterize
+from aevae.rng import purpose_generator
 
-EVAL_BATCH = 1024
 LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -60,11 +61,6 @@ class EvalSettings:
 
 
 # ----------------------------------------------------------------- helpers
-
-
-def _seeded(seed: int, purpose: int) -> torch.Generator:
-    # One stream per purpose: changing n_prior_samples does not move the IW-NLL samples.
-    return torch.Generator().manual_seed(seed * 1_000_003 + purpose)
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -152,9 +148,8 @@ def pca_baseline(train_images, test_images, latent_dim: int, seed: int = 0, eps:
 
 
 def kl_to_prior(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """(N,) analytic KL(N(mu, sigma²) || N(0, I)) per image, nats."""
-    mu, logvar = mu.double(), logvar.double()
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
+    """(N,) analytic KL(N(mu, sigma²) || N(0, I)) per image, nats, in float64 (losses.kl_per_dim's formula)."""
+    return kl_per_dim(mu.double(), logvar.double()).sum(1)
 
 
 @torch.no_grad()
@@ -175,14 +170,14 @@ def vae_terms(model: AutoEncoder, images, k: int = 64, seed: int = 0, batch_rows
         return {"kl_nats_per_image": nan, "neg_elbo_nats_per_image": nan, "iw_nll_nats_per_image": nan}
     device = _device(model)
     x_all = as_images(images, device)
-    gen = _seeded(seed, 1)
+    gen = purpose_generator(seed, 1)
     chunk = max(1, batch_rows // k)
     recon_sum = iw_sum = 0.0
     for i in range(0, len(x_all), chunk):
         x, mu, logvar = x_all[i : i + chunk], mu_all[i : i + chunk], logvar_all[i : i + chunk]
         b, d = mu.shape
         eps = torch.randn(k, b, d, generator=gen).to(device)  # (k, B, latent)
-        z = mu + torch.exp(0.5 * logvar) * eps  # (k, B, latent)
+        z = reparameterize(mu, logvar, eps)  # (k, B, latent)
         logits = model.decode(z.reshape(k * b, d)).float().reshape(k, b, PIXELS)
         log_px = -F.binary_cross_entropy_with_logits(logits, x.reshape(1, b, PIXELS).expand(k, b, PIXELS),
                                                      reduction="none").sum(2).double()  # (k, B)
@@ -320,7 +315,7 @@ def gaussian_fit_samples(codes, n: int, seed: int = 0) -> np.ndarray:
 
 def prior_samples(model: AutoEncoder, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(z (n, latent) ~ N(0, I), decoded images (n, 1, 28, 28) in [0, 1]); the same for AE and VAE."""
-    z = torch.randn(n, model.cfg.latent_dim, generator=_seeded(seed, 2))
+    z = torch.randn(n, model.cfg.latent_dim, generator=purpose_generator(seed, 2))
     return z, decode(model, z)
 
 

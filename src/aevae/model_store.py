@@ -47,6 +47,10 @@ def save(root: Path, spec: RunSpec, state_dict: dict, history: list[dict], facts
 
 
 def load(name: str, root: Path = MODELS_DIR, device: str = "cpu") -> tuple[AutoEncoder, RunSpec]:
+    """(trained model in eval mode on `device`, its spec) from root/<name>/, weights loaded weights_only.
+
+    Raises: UserError when the model is missing (run the train stage) or its file cannot be loaded safely.
+    """
     folder = Path(root) / name
     if not (folder / "model.pt").is_file():
         raise UserError(f"model '{name}' not found in {root}; run the train stage first (dvc repro train)")
@@ -67,4 +71,5 @@ def build(spec: RunSpec, state_dict: dict) -> AutoEncoder:
 
 
 def trained_names(root: Path = MODELS_DIR) -> list[str]:
+    """Sorted names of the models under root that have a model.pt."""
     return sorted(p.parent.name for p in Path(root).glob("*/model.pt"))

@@ -18,7 +18,6 @@ import csv
 import html
 import math
 import re
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from aevae.data.prepared import load_manifest, load_split
 from aevae.errors import UserError
 from aevae.models import as_images
 from aevae.plots import Metric, ModelInfo
+from aevae.provenance import git_state
 
 TITLE = "AutoEncoder vs Variational AutoEncoder: the comparison report"
 DEFAULT_TEST_SPLIT = "the source's own test set"
@@ -300,27 +300,6 @@ def sweep_figures(infos: list[ModelInfo], codes: dict[str, np.ndarray], labels: 
         fig = plots.metric_bars(title, [METRICS[k] for k in keys], infos, values)
         figs.append(Figure(f"metrics-{slug}", title, caption, plots.png(fig), None, claims))
     return figs
-
-
-# ----------------------------------------------------------- provenance
-
-
-def git_state(cwd: Path | None = None) -> dict:
-    """{"commit": sha or "unknown", "dirty": bool | None, "changed": [paths]} of the working tree."""
-
-    def git(*args: str) -> str | None:
-        try:
-            proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return proc.stdout if proc.returncode == 0 else None
-
-    commit = (git("rev-parse", "HEAD") or "").strip()
-    if not commit:
-        return {"commit": "unknown", "dirty": None, "changed": []}
-    status = git("status", "--porcelain", "--untracked-files=no") or ""
-    changed = [line[3:] for line in status.splitlines() if line.strip()]
-    return {"commit": commit, "dirty": bool(changed), "changed": changed}
 
 
 # ---------------------------------------------------------------- tables

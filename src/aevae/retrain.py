@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import hashlib
 import json
 import math
@@ -40,9 +39,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import filelock
+
 from aevae import atomic, tracking
 from aevae.config import Criterion, Params, load_params, resolve_sweep
 from aevae.errors import UserError, run_cli
+from aevae.provenance import git_state, sha256_file
 
 LOCK_FILE = Path("logs/retrain.lock")
 RECORDS_DIR = Path("reports/retrain")
@@ -57,26 +59,29 @@ UNDEFINED_FOR_AE = ("test/kl_nats_per_image", "test/neg_elbo_nats_per_image", "t
 
 @contextlib.contextmanager
 def exclusive(path: Path = LOCK_FILE) -> Iterator[None]:
-    """Hold an flock on `path` for the whole run; a second run fails at once, naming the holder's pid.
+    """Hold a file lock on `path` for the whole run; a second run fails at once, naming the holder's pid.
 
-    The kernel drops the lock when the holder exits, however it exits, so a killed run never
-    leaves a stale lock behind. The descriptor is not inherited by `dvc repro`.
+    An flock (filelock): the kernel drops it when the holder exits, however it exits, so a killed run
+    never leaves a stale lock behind. The file keeps the holder's pid for the message.
+    Raises: UserError when another run holds the lock.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = filelock.FileLock(path, blocking=False, preserve_lock_file=True, on_acquired=_write_pid)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
+        lock.acquire()
+    except filelock.Timeout:
+        holder = path.read_text(errors="replace").strip() or "unknown"
         raise UserError(f"another retrain is running (pid {holder}); let it finish and run again"
                         f" (the lock on {path} is released when that process exits)") from None
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
-        os.close(fd)
+        lock.release()
+
+
+def _write_pid(fd: int) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
 
 
 # ---------------------------------------------------------------- policy
@@ -109,34 +114,30 @@ class Check:
     champion: float
 
     @property
-    def improvement(self) -> float:  # > 0 means the challenger is better, whatever the goal
+    def improvement(self) -> float:
+        """How much better the challenger is, in the metric's unit: > 0 is better whatever the goal; NaN if undefined."""
         diff = self.champion - self.challenger
         return diff if self.goal == "min" else -diff
 
     @property
     def passed(self) -> bool:
+        """True when the improvement is defined and at least min_improvement."""
         return not math.isnan(self.improvement) and self.improvement >= self.min_improvement
 
     def line(self) -> str:
+        """One human-readable line: both values, the goal, the improvement, pass or fail."""
         mark = "pass" if self.passed else "fail"
         return (f"{self.metric} {self.challenger:.6g} vs {self.champion:.6g} ({self.goal}; improved"
                 f" {self.improvement:+.4g}, needs >= {self.min_improvement:g}: {mark})")
 
     def as_dict(self) -> dict:
+        """The check as JSON-safe values (NaN and inf become None)."""
         return {"metric": self.metric, "goal": self.goal, "min_improvement": self.min_improvement,
                 "challenger": self.challenger, "champion": self.champion,  # NaN / inf: null (atomic.write_json)
                 "improvement": self.improvement, "passed": self.passed}
 
 
 # ------------------------------------------------------------ fingerprint
-
-
-def _git_commit() -> str:
-    try:
-        proc = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return proc.stdout.strip() if proc.returncode == 0 and proc.stdout.strip() else "unknown"
 
 
 def code_digest(paths: tuple[str, ...] = CODE_PATHS) -> str:
@@ -229,10 +230,6 @@ def _challenger_metrics(name: str) -> dict[str, float]:
     return {k: float("nan") if v is None else float(v) for k, v in values.items()}
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 # ------------------------------------------------------------------ decide
 
 
@@ -248,9 +245,11 @@ class Decision:
 
     @property
     def champion_after(self) -> str | None:
+        """The version holding `champion` once this decision is applied (None: no champion yet)."""
         return self.challenger if self.decision == "promoted" else self.champion_before
 
     def line(self) -> str:
+        """One line for the log: what happened to the aliases, and each check."""
         v, c = self.challenger, self.champion_before
         head = {
             "promoted": f"v{v} is the new champion" + (f" (was v{c})" if c else " (first version)" if self.first
@@ -280,6 +279,7 @@ class Decision:
         return change
 
     def as_dict(self) -> dict:
+        """The decision for reports/retrain/<time>.json."""
         return {"kind": self.kind, "challenger_version": self.challenger, "champion_before": self.champion_before,
                 "champion_after": self.champion_after, "decision": self.decision,
                 "criteria": [ch.as_dict() for ch in self.checks]}
@@ -302,7 +302,7 @@ def decide(mlflow_client, params: Params, rules: dict[str, list[Criterion]]) -> 
                                 f" {_safe_uri(tracking.tracking_uri())}; run `dvc repro -f train` and retry")
             # The challenger is what models/<name> holds: the registered weights must be those on disk.
             mine = tracking.download_model_files(mlflow_client, name, version, Path(tmp) / f"{name}-v{version}")
-            if _sha256(mine / "model.pt") != _sha256(Path("models") / name / "model.pt"):
+            if sha256_file(mine / "model.pt") != sha256_file(Path("models") / name / "model.pt"):
                 raise UserError(f"models/{name} is not the model registered as version {version} of"
                                 f" {tracking.registered_name(name)}; run `dvc repro -f train` and retry")
             champion = tracking.model_aliases(mlflow_client, name).get(tracking.CHAMPION)
@@ -343,6 +343,11 @@ def _field(fp_text: str | None, key: str) -> str | None:
 
 
 def retrain(force: bool = False) -> None:
+    """One scheduled retrain, steps 2 to 6 of this module's docstring (the caller holds the lock).
+
+    Raises: UserError for a bad params.yaml, an unreachable tracking server, a failed `dvc repro` or a
+    registry that does not match models/; every alias is then as it was.
+    """
     params = load_params()
     rules = policy(params)
     names = [s.name for s in resolve_sweep(params)]
@@ -374,7 +379,7 @@ def retrain(force: bool = False) -> None:
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "forced": force,
         "fingerprint": fp,
-        "git_commit": _git_commit(),  # for the reader; the fingerprint hashes the code itself
+        "git_commit": git_state()["commit"],  # for the reader; the fingerprint hashes the code itself
         "tracking_uri": _safe_uri(tracking.tracking_uri()),
         "pipeline_run_id": run.get("parent_run_id"),
         "models": {d.model: d.as_dict() for d in decisions},
@@ -390,6 +395,7 @@ def retrain(force: bool = False) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """`python -m aevae.retrain [--force]`: take the lock, then retrain. Raises: UserError (exit 2 via run_cli)."""
     parser = argparse.ArgumentParser(prog="python -m aevae.retrain", description=__doc__.splitlines()[0])
     parser.add_argument("--force", action="store_true", help="run even if data, code and params are unchanged")
     args = parser.parse_args(argv)

@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import io
 import json
 import logging
 import math
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +37,7 @@ from typing import Any
 from aevae import atomic, model_card
 from aevae.config import Params, RunSpec
 from aevae.errors import UserError
+from aevae.provenance import git_state, sha256_file
 
 EXPERIMENT = "aevae"
 RUN_FILE = Path("logs/mlflow_run.json")
@@ -47,6 +46,7 @@ _PACKAGES = ("aevae", "torch", "torchvision", "ray", "mlflow", "dvc", "scikit-le
 
 
 def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI when set, else the project's SQLite store (mlflow.db, by absolute path). Never raises."""
     uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     return uri or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
 
@@ -114,6 +114,10 @@ def _probe_server(uri: str) -> None:
 
 
 def client():
+    """An MlflowClient on tracking_uri() for tracking and the registry.
+
+    Raises: UserError (one line, within seconds) when a remote server does not answer.
+    """
     from mlflow import MlflowClient
 
     _configure()
@@ -123,6 +127,7 @@ def client():
 
 
 def experiment_id(mlflow_client) -> str:
+    """Id of the "aevae" experiment, created on first use (local artifacts go to mlartifacts/)."""
     exp = mlflow_client.get_experiment_by_name(EXPERIMENT)
     if exp is not None:
         return exp.experiment_id
@@ -130,13 +135,6 @@ def experiment_id(mlflow_client) -> str:
     if tracking_uri().startswith("sqlite:///"):  # keep local artifacts in the project, by absolute path
         artifacts = (Path.cwd().resolve() / "mlartifacts").as_uri()
     return mlflow_client.create_experiment(EXPERIMENT, artifact_location=artifacts)
-
-
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
 
 
 def _versions() -> dict[str, str]:
@@ -152,10 +150,10 @@ def _versions() -> dict[str, str]:
 
 def repro_tags(manifest: dict, params: Params, stage: str) -> dict[str, str]:
     """What it takes to reproduce a run: code, data, seed, versions. Never the environment's secrets."""
-    commit = _git("rev-parse", "HEAD")
+    git = git_state()
     return {
-        "git.commit": commit or "unknown",
-        "git.dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower() if commit else "unknown",
+        "git.commit": git["commit"],
+        "git.dirty": "unknown" if git["dirty"] is None else str(git["dirty"]).lower(),
         "data.sha256": manifest["data_sha256"],
         "data.source": manifest["source"],
         "data.dataset": manifest["dataset"],
@@ -274,6 +272,7 @@ class SweepTracker:
             return None
 
     def epoch(self, name: str, record: dict) -> None:
+        """Log one epoch's record (train/, val/ metrics; loss in nats per image for BCE) to model `name`'s run."""
         self._safely(self._log_epoch, name, record)
 
     def _log_epoch(self, name: str, record: dict) -> None:
@@ -294,9 +293,10 @@ class SweepTracker:
         register_model(self.client, run_id, model_dir, spec, description, self.example_images)
         self.client.set_terminated(run_id, "FINISHED")
         self.open.discard(spec.name)
-        self.model_sha256[spec.name] = _sha256(model_dir / "model.pt")
+        self.model_sha256[spec.name] = sha256_file(model_dir / "model.pt")
 
     def model_failed(self, name: str, error: str) -> None:
+        """Mark model `name`'s child run FAILED with the error as a tag."""
         self._safely(self.client.set_tag, self.children[name], "aevae.error", error[:500])
         self._safely(self.client.set_terminated, self.children[name], "FAILED")
         self.open.discard(name)
@@ -336,6 +336,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def registered_name(model_name: str) -> str:
+    """The Model Registry name of a sweep member: aevae-<name>."""
     return f"aevae-{model_name}"
 
 
@@ -393,10 +394,6 @@ def log_dataset(mlflow_client, run_id: str, manifest: dict) -> None:
     mlflow_client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])])
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def recorded_run(models_dir: Path = Path("models")) -> tuple[dict | None, str]:
     """(the parent run the train stage recorded, "") or (None, why no stage may log into it).
 
@@ -418,7 +415,7 @@ def recorded_run(models_dir: Path = Path("models")) -> tuple[dict | None, str]:
     shas = run.get("model_sha256", {})
     on_disk = {p.parent.name: p for p in Path(models_dir).glob("*/model.pt")}
     run["children"] = {name: run_id for name, run_id in recorded.items()
-                       if name in on_disk and shas.get(name) == _sha256(on_disk[name])}
+                       if name in on_disk and shas.get(name) == sha256_file(on_disk[name])}
     if not run["children"]:
         return None, (f"no model in {models_dir}/ was trained by the recorded MLflow run {run['parent_run_id']}"
                       " (DVC restored them from its cache?); to track them, retrain: dvc repro -f train")

@@ -21,11 +21,11 @@ import torch
 
 from aevae import atomic
 from aevae.config import RunSpec
-from aevae.losses import kl_weight, recon_per_image
-from aevae.models import AutoEncoder, as_images, build_model
+from aevae.losses import recon_per_image
+from aevae.models import EVAL_BATCH, AutoEncoder, as_images, build_model
+from aevae.rng import epoch_generator
 
 CHECKPOINT = "last.pt"
-EVAL_BATCH = 1024
 METRICS = ("loss_per_image", "recon_per_image", "kl_nats_per_image")
 
 
@@ -58,13 +58,26 @@ class TrainResult:
 
 
 def spec_digest(spec: RunSpec, data_sha256: str = "") -> str:
-    """Identifies what a checkpoint was trained for: resume only onto the same spec and data."""
+    """12 hex digits identifying what a checkpoint was trained for: resume only onto the same spec and data."""
     return hashlib.sha256((spec.model_dump_json() + data_sha256).encode()).hexdigest()[:12]
 
 
-def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    # A generator per epoch makes the batch order a pure function of (seed, epoch): resume needs no state for it.
-    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+def kl_weight(beta: float, epoch: int, warmup_epochs: int) -> float:
+    """The KL term's weight at `epoch` (from 0): linear warm-up from 0 to beta over `warmup_epochs`, then beta.
+
+    The schedule lives in the loop, as nanoGPT keeps get_lr in its training script; the model's loss
+    takes the value. Sources: beta-VAE (Higgins et al. 2017); KL warm-up (Bowman et al. 2016,
+    Sønderby et al. 2016). Never raises.
+    """
+    if warmup_epochs <= 0:
+        return beta
+    return beta * min(1.0, epoch / warmup_epochs)
+
+
+def _epoch_kl_weight(spec: RunSpec, epoch: int) -> float:
+    """This epoch's KL weight; 0 for an AE, which has no KL term."""
+    m = spec.model
+    return kl_weight(m.beta, epoch, m.kl_warmup_epochs) if m.kind == "vae" else 0.0
 
 
 def _autocast(device: torch.device, precision: str):
@@ -74,29 +87,32 @@ def _autocast(device: torch.device, precision: str):
 
 
 class LossOf(torch.nn.Module):
-    """forward(x, epoch) -> (total, recon, kl): the module that DDP or torch.compile wraps."""
+    """forward(x (B, 1, 28, 28), kl_weight) -> (total, recon, kl) scalars: the module that DDP or torch.compile wraps."""
 
     def __init__(self, model: AutoEncoder):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        terms = self.model.loss(x, epoch)
+    def forward(self, x: torch.Tensor, kl_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The model's loss terms as a tuple (DDP and torch.compile want tensors, not a dataclass)."""
+        terms = self.model.loss(x, kl_weight)
         return terms.total, terms.recon, terms.kl
 
 
-def _run_epoch(step: torch.nn.Module, opt, x: torch.Tensor, spec: RunSpec, epoch: int, shard: tuple[int, int]) -> torch.Tensor:
-    """One pass over x; returns (3,) device tensor of per-image means of [total, recon, kl]."""
+def _run_epoch(step: torch.nn.Module, opt, x: torch.Tensor, spec: RunSpec, epoch: int, weight: float,
+               shard: tuple[int, int]) -> torch.Tensor:
+    """One pass over x (N, 1, 28, 28) with KL weight `weight`; returns (3,) device tensor of per-image means of
+    [total, recon, kl]."""
     step.train()
     rank, world = shard
-    order = torch.randperm(len(x), generator=_epoch_generator(spec.train.seed, epoch)).to(x.device)
+    order = torch.randperm(len(x), generator=epoch_generator(spec.train.seed, epoch)).to(x.device)
     order = order[rank::world]  # data-parallel: each worker takes its own share
     sums = torch.zeros(3, device=x.device)
     bs = spec.train.batch_size
     for start in range(0, len(order), bs):
         batch = x[order[start : start + bs]]
         with _autocast(x.device, spec.train.precision):
-            total, recon, kl = step(batch, epoch)
+            total, recon, kl = step(batch, weight)
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
@@ -105,24 +121,26 @@ def _run_epoch(step: torch.nn.Module, opt, x: torch.Tensor, spec: RunSpec, epoch
 
 
 @torch.no_grad()
-def evaluate_loss(model: AutoEncoder, x: torch.Tensor, epoch: int, precision: str = "fp32") -> torch.Tensor:
-    """(3,) per-image means of [total, recon, kl] over x, in eval mode."""
+def evaluate_loss(model: AutoEncoder, x: torch.Tensor, kl_weight: float | None = None, precision: str = "fp32") -> torch.Tensor:
+    """(3,) per-image means of [total, recon, kl] over x (N, 1, 28, 28), in eval mode, batched.
+
+    Units as AutoEncoder.loss (nats per image for BCE and KL); kl_weight as there (None: cfg.beta).
+    """
     model.eval()
     sums = torch.zeros(3, device=x.device)
     for start in range(0, len(x), EVAL_BATCH):
         batch = x[start : start + EVAL_BATCH]
         with _autocast(x.device, precision):
-            terms = model.loss(batch, epoch)
+            terms = model.loss(batch, kl_weight)
         sums += torch.stack([terms.total, terms.recon, terms.kl]).float() * len(batch)
     return sums / len(x)
 
 
-def _record(epoch: int, train: list[float], val: list[float], spec: RunSpec, seconds: float) -> dict:
+def _record(epoch: int, train: list[float], val: list[float], weight: float, seconds: float) -> dict:
     rec: dict = {"epoch": epoch + 1}
     rec.update({f"train/{k}": v for k, v in zip(METRICS, train)})
     rec.update({f"val/{k}": v for k, v in zip(METRICS, val)})
-    is_vae = spec.model.kind == "vae"
-    rec["kl_weight"] = kl_weight(spec.model.beta, epoch, spec.model.kl_warmup_epochs) if is_vae else 0.0
+    rec["kl_weight"] = weight
     rec["seconds"] = seconds
     return rec
 
@@ -216,10 +234,11 @@ def train_model(
         if stop_after is not None and result.epochs_run >= stop_after:
             break
         t0 = time.perf_counter()
-        train = _run_epoch(step, opt, x_train, spec, epoch, shard).tolist()  # the one sync per epoch
-        val = evaluate_loss(model, x_val, epoch, spec.train.precision).tolist()
+        weight = _epoch_kl_weight(spec, epoch)  # computed once, passed to the loss (train and val alike)
+        train = _run_epoch(step, opt, x_train, spec, epoch, weight, shard).tolist()  # the one sync per epoch
+        val = evaluate_loss(model, x_val, weight, spec.train.precision).tolist()
         _check_diverged(spec, epoch, train, val, baseline)
-        record = _record(epoch, train, val, spec, time.perf_counter() - t0)
+        record = _record(epoch, train, val, weight, time.perf_counter() - t0)
         history.append(record)
         result.epochs_run += 1
         if ckpt and shard[0] == 0:

@@ -11,12 +11,12 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from aevae import atomic
-from aevae.data import N_CLASSES
+from aevae.data import IMAGE_SHAPE, N_CLASSES
 from aevae.data.sources import RawData
 from aevae.errors import UserError
+from aevae.provenance import sha256_file
 
 SPLITS = ("train", "val", "test")
 
@@ -25,9 +25,9 @@ def _check(raw: RawData) -> None:
     for name, images in (("train", raw.train_images), ("test", raw.test_images)):
         if images is None:
             continue
-        if images.ndim != 3 or images.shape[1:] != (28, 28):
+        if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE[1:]:
             raise UserError(
-                f"{name} images have shape {images.shape[1:]}, expected 28x28 (MNIST format); resize them first"
+                f"{name} images have shape {images.shape[1:]}, expected {IMAGE_SHAPE[1]}x{IMAGE_SHAPE[2]} (MNIST format); resize them first"
             )
     for name, labels in (("train", raw.train_labels), ("test", raw.test_labels)):
         if labels is None:
@@ -66,7 +66,14 @@ def _check_stratifiable(labels: np.ndarray, fraction: float, what: str) -> None:
 
 
 def split(raw: RawData, val_fraction: float, test_fraction: float, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Stratified, seeded train/val (and test when the source has no official one)."""
+    """Stratified, seeded train/val (and test when the source has no official one): {split: (images (N, 28, 28)
+    uint8, labels (N,))}.
+
+    Raises: UserError for images that are not 28x28 or a class too small to stratify.
+    """
+    # sklearn takes seconds to import: a stage that stops on bad params or bad data should not pay for it.
+    from sklearn.model_selection import train_test_split
+
     _check(raw)
     images, labels = raw.train_images, raw.train_labels
     out = {}
@@ -87,10 +94,6 @@ def split(raw: RawData, val_fraction: float, test_fraction: float, seed: int) ->
     return {s: out[s] for s in SPLITS}
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def write_prepared(out_dir: Path, splits: dict, raw: RawData, dataset: str) -> dict:
     """Write arrays + manifest into a temp folder, then swap it in atomically."""
     with atomic.atomic_dir(out_dir) as tmp:
@@ -108,7 +111,7 @@ def write_prepared(out_dir: Path, splits: dict, raw: RawData, dataset: str) -> d
                 name: {"total": int(len(y)), "per_class": {str(int(c)): int(n) for c, n in zip(*np.unique(y, return_counts=True))}}
                 for name, (_, y) in splits.items()
             },
-            "sha256": {p.name: _sha256(p) for p in sorted(tmp.glob("*.npy"))},
+            "sha256": {p.name: sha256_file(p) for p in sorted(tmp.glob("*.npy"))},
         }
         # A digest of the data files alone: one tag that says "same data" for tracking and retraining.
         manifest["data_sha256"] = hashlib.sha256("".join(manifest["sha256"].values()).encode()).hexdigest()

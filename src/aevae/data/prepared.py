@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 
 from aevae.atomic import read_json
 from aevae.errors import UserError
+from aevae.provenance import sha256_file
 
 PREPARED_DIR = Path("data/prepared")
 
@@ -21,11 +21,16 @@ class Split:
 
 
 def load_manifest(root: Path = PREPARED_DIR) -> dict:
+    """data/prepared/manifest.json. Raises: UserError when missing or corrupt (rerun the prepare stage)."""
     return read_json(Path(root) / "manifest.json", "prepare")
 
 
 def load_split(name: str, root: Path = PREPARED_DIR, verify: bool = True) -> Split:
-    """Load one split; with verify, its files must match the manifest's sha256."""
+    """Load one split: images (N, 28, 28) uint8, labels (N,) uint8; with verify, its files must match the
+    manifest's sha256.
+
+    Raises: UserError when a file is missing or does not match its hash (rerun the prepare stage).
+    """
     root = Path(root)
     manifest = load_manifest(root)
     arrays = []
@@ -33,7 +38,7 @@ def load_split(name: str, root: Path = PREPARED_DIR, verify: bool = True) -> Spl
         path = root / f"{name}_{kind}.npy"
         if not path.is_file():
             raise UserError(f"{path} not found; rerun the prepare stage (dvc repro -f prepare)")
-        if verify and hashlib.sha256(path.read_bytes()).hexdigest() != manifest["sha256"].get(path.name):
+        if verify and sha256_file(path) != manifest["sha256"].get(path.name):
             raise UserError(f"{path} does not match its sha256 in the manifest; rerun the prepare stage (dvc repro -f prepare)")
         arrays.append(np.load(path, allow_pickle=False))
     return Split(*arrays)

