@@ -130,15 +130,17 @@ def _imports(path: Path) -> set[str]:
 def test_the_shipped_code_is_self_contained_and_its_imports_are_pinned(tmp_path):
     """Every aevae module the pyfunc file reaches is shipped; every third-party import is a requirement."""
     shipped = pyfunc_model.code_dir(tmp_path)
-    assert sorted(p.stem for p in shipped.glob("*.py")) == sorted(pyfunc_model.SHIPPED_MODULES)
+    assert sorted(str(p.relative_to(shipped).with_suffix("")) for p in shipped.rglob("*.py")) == sorted(
+        pyfunc_model.SHIPPED_MODULES)
     allowed = set(pyfunc_model.REQUIREMENTS.values()) | {"mlflow"}  # MLflow pins itself
-    files = [Path(pyfunc_model.__file__), *shipped.glob("*.py")]
+    files = [Path(pyfunc_model.__file__), *shipped.rglob("*.py")]
     for path in files:
         for name in _imports(path):
             top = name.split(".")[0]
             if top == "aevae":
-                module = name.split(".")[1] if "." in name else "__init__"
-                assert module in pyfunc_model.SHIPPED_MODULES, f"{path.name} imports aevae.{module}, not shipped"
+                module = "/".join(name.split(".")[1:]) or "__init__"
+                assert module in pyfunc_model.SHIPPED_MODULES or f"{module}/__init__" in pyfunc_model.SHIPPED_MODULES, \
+                    f"{path.name} imports aevae.{module}, not shipped"
             elif top not in sys.stdlib_module_names and top != "__future__":
                 assert top in allowed, f"{path.name} imports {top}, which is not in the requirements"
     reqs = pyfunc_model.pip_requirements()

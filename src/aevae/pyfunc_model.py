@@ -31,7 +31,8 @@ from aevae.models import PIXELS
 
 ARTIFACT = "model_files"  # the artifact holding model.pt (weights only) and config.json
 # What this file imports of aevae, and what those import: shipped with the model as code_paths.
-SHIPPED_MODULES = ("__init__", "atomic", "config", "errors", "inference", "losses", "model_store", "models")
+SHIPPED_MODULES = ("__init__", "atomic", "config", "data/__init__", "errors", "inference", "losses", "model_store",
+                   "models")
 # Third-party imports of the shipped modules: distribution -> import name. Pinned to the installed versions.
 REQUIREMENTS = {"torch": "torch", "numpy": "numpy", "pydantic": "pydantic", "pyyaml": "yaml"}
 
@@ -82,7 +83,8 @@ def code_dir(dst: Path) -> Path:
     src = Path(__file__).resolve().parent
     pkg = Path(dst) / "aevae"
     pkg.mkdir(parents=True)
-    for name in SHIPPED_MODULES:
+    for name in SHIPPED_MODULES:  # "data/__init__": a subpackage's own file, not its other modules
+        (pkg / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src / f"{name}.py", pkg / f"{name}.py")
     return pkg
 
