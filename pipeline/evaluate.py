@@ -1,6 +1,8 @@
 """Stage `evaluate`: every claim of the article as numbers -> metrics/models/<model>.json, metrics/summary.json.
 
-The same keys go to each model's MLflow child run.
+The same keys (aevae.metric_registry) go to each model's MLflow child run. The arrays the
+report's figures need (test codes, prior samples, interpolation strips) go to
+metrics/arrays/<model>.npz, so the report does not run the models again for them.
 """
 
 import math
@@ -8,7 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from aevae import atomic, classifier, metrics, model_store
+from aevae import atomic, classifier, metric_registry, metrics, model_store
 from aevae.config import load_params
 from aevae.data.prepared import load_split
 from aevae.errors import run_cli
@@ -26,31 +28,30 @@ def _json_safe(values: dict) -> dict:
 def main() -> None:
     params = load_params()
     p = params.evaluate
-    settings = metrics.EvalSettings(n_prior_samples=p.n_prior_samples, iw_samples=p.iw_samples,
-                                    interp_pairs=p.interp_pairs, interp_steps=p.interp_steps,
-                                    confidence_threshold=p.confidence_threshold)
     train, test = load_split("train"), load_split("test")
     scorer, _ = classifier.load(Path("classifier/model.pt"))
     reference = scorer.features(as_images(test.images))  # once for all models
     names = model_store.trained_names()
     results, pca = {}, {}
-    for name in tqdm(names, desc="evaluate", unit="model", ncols=80):
-        model, spec = model_store.load(name)
-        values = metrics.evaluate_model(model, train.images, train.labels, test.images, test.labels,
-                                        scorer, seed=p.seed, settings=settings, reference_features=reference)
-        dim = spec.model.latent_dim
-        if dim not in pca:
-            pca[dim] = metrics.pca_baseline(train.images, test.images, dim, seed=p.seed)
-        values.update(pca[dim])
-        results[name] = values
-        atomic.write_json(OUT / "models" / f"{name}.json", _json_safe(values))
+    with atomic.atomic_dir(OUT / "arrays") as arrays:  # all models' arrays appear together, or none
+        for name in tqdm(names, desc="evaluate", unit="model", ncols=80):
+            model, spec = model_store.load(name)
+            evaluation = metrics.evaluate(model, train.images, train.labels, test.images, test.labels,
+                                          scorer, p, reference_features=reference)
+            metrics.save_arrays(arrays / f"{name}.npz", evaluation)
+            values = evaluation.metrics
+            dim = spec.model.latent_dim
+            if dim not in pca:
+                pca[dim] = metrics.pca_baseline(train.images, test.images, dim, seed=p.seed)
+            values.update(pca[dim])
+            results[name] = values
+            atomic.write_json(OUT / "models" / f"{name}.json", _json_safe(values))
     atomic.write_json(OUT / "summary.json", {name: _json_safe(v) for name, v in results.items()})
     log_evaluation(results)
     width = max(map(len, names))
+    shown = [m for m in metric_registry.METRICS if m.console]
     for name, v in results.items():
-        print(f"{name:<{width}}  recon mse/px {v['test/recon_mse_per_pixel']:.4f}  "
-              f"holes {v['test/holes_fraction_own_gaussian']:.2f}  classifier-FID {v['prior/classifier_fid']:8.2f}  "
-              f"kNN acc {v['test/knn_accuracy']:.3f}")
+        print(f"{name:<{width}}  " + "  ".join(f"{m.header} {format(v[m.key], m.fmt)}" for m in shown))
 
 
 if __name__ == "__main__":
