@@ -155,5 +155,10 @@ def markdown_table() -> str:
     for m in METRICS + BASELINES:
         only = "" if m.kinds == BOTH else f" ({', '.join(k.upper() for k in m.kinds)} only)"
         up = " ↑" if m.direction == "max" else ""
-        lines.append(f"| `{m.key}`{up} | {m.unit} | {m.description}{only} |")
+        neither = "; no better direction" if m.direction is None else ""
+        lines.append(f"| `{m.key}`{up} | {m.unit} | {m.description}{only}{neither} |")
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # `python -m aevae.metric_registry` prints the README's table
+    print(markdown_table(), end="")
