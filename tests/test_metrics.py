@@ -285,3 +285,6 @@ def test_evaluation_arrays_round_trip_and_are_what_figures_need(evaluated, tiny_
     for key, value in evaluation.arrays().items():
         np.testing.assert_array_equal(arrays[key], value)
     assert [p.name for p in tmp_path.iterdir()] == ["vae.npz"]  # atomic: no temp file left
+    first = (tmp_path / "vae.npz").read_bytes()
+    M.save_arrays(tmp_path / "vae.npz", evaluation)
+    assert (tmp_path / "vae.npz").read_bytes() == first  # reproducible bytes: dvc.lock's hash is stable

@@ -43,6 +43,7 @@ class Metric:
     console: bool = False  # printed per model by the evaluate stage
     evidence: str | None = None  # the report claim whose "Measured" line quotes it (report_text.yaml ids)
     figure: str | None = None  # the figure role that quotes or draws it: see `for_figure`
+    judges: tuple[str, ...] = ()  # model kinds whose default retrain criterion it is (config.RetrainParams)
 
     @property
     def arrow(self) -> str:
@@ -53,19 +54,29 @@ class Metric:
         return kind in self.kinds
 
 
+# The linear baseline (metrics.pca_baseline), one per latent size, merged into every model's numbers.
+PCA_MSE = Metric("pca/recon_mse_per_pixel", "squared error per pixel, [0,1] scale", "min",
+                 "PCA recon MSE per pixel", "PCA with as many components as the latent size (linear AE ≈ PCA)")
+PCA_BCE = Metric("pca/recon_bce_nats_per_pixel", "nats per pixel", "min", "PCA recon BCE (nats per pixel)",
+                 "the same, as Bernoulli NLL (reconstruction clipped into (1e-4, 1 - 1e-4))")
+BASELINES: tuple[Metric, ...] = (PCA_MSE, PCA_BCE)
+
+
 METRICS: tuple[Metric, ...] = (
     Metric("test/recon_mse_per_pixel", "squared error per pixel, [0,1] scale", "min", "recon MSE per pixel",
            "reconstruction, mean code (compression)", "MSE per pixel", summary="reconstruction",
-           chart="compression", fmt=".4f", reference="pca/recon_mse_per_pixel", console=True, evidence="compress", figure="reconstructions"),
+           chart="compression", fmt=".4f", reference=PCA_MSE.key, console=True, evidence="compress",
+           figure="reconstructions"),
     Metric("test/recon_bce_nats_per_pixel", "nats per pixel", "min", "recon BCE (nats per pixel)",
            "reconstruction as Bernoulli NLL (compression)", "BCE nats / pixel", summary="reconstruction",
-           chart="compression", fmt=".4f", reference="pca/recon_bce_nats_per_pixel", evidence="pca", figure="distortion"),
+           chart="compression", fmt=".4f", reference=PCA_BCE.key, evidence="pca", figure="distortion",
+           judges=("ae",)),
     Metric("test/kl_nats_per_image", "nats per image", None, "KL to N(0, I) (nats per image)",
            "KL(q(z\\|x) ‖ N(0, I)) (VAE loss term)", "KL nats / image", kinds=("vae",), summary="VAE objective",
            chart="objective", fmt=".2f", evidence="loss", figure="rate"),
     Metric("test/neg_elbo_nats_per_image", "nats per image", "min", "−ELBO (nats per image)",
            "BCE reconstruction + KL: the VAE objective", "−ELBO nats / image", kinds=("vae",),
-           summary="VAE objective", chart="objective", fmt=".1f"),
+           summary="VAE objective", chart="objective", fmt=".1f", judges=("vae",)),
     Metric("test/iw_nll_nats_per_image", "nats per image", "min", "IW-NLL bound (nats per image)",
            "importance-weighted NLL estimate, k = `evaluate.iw_samples`", "IW-NLL nats / image", kinds=("vae",),
            summary="VAE objective", chart="objective", fmt=".1f"),
@@ -78,7 +89,8 @@ METRICS: tuple[Metric, ...] = (
            "KL from a Gaussian fit of the codes to N(0, I)", chart="regularity", log=True, evidence="beta0"),
     Metric("prior/holes_fraction", "share in [0, 1]", "min", "holes (share of prior samples)",
            "prior samples whose nearest code is farther than the codes' own 99th-percentile nearest-neighbour"
-           " distance (gaps)", "holes (share)", summary="prior samples z ~ N(0, I)", chart="generation", fmt=".3f", evidence="holes"),
+           " distance (gaps)", "holes (share)", summary="prior samples z ~ N(0, I)", chart="generation", fmt=".3f",
+           evidence="holes"),
     Metric("test/holes_fraction_own_gaussian", "share in [0, 1]", "min", "holes in the codes' own range (share)",
            "the same, for samples from a Gaussian fit to the codes themselves: gaps within the region the model"
            " uses, whatever its scale (N(0, I) suits only a VAE)", "holes in own range (share)",
@@ -91,7 +103,8 @@ METRICS: tuple[Metric, ...] = (
            "reference classifier's top-class probability on decoded prior samples"),
     Metric("prior/confident_fraction", "share", "max", "confident share",
            "prior samples classified with confidence > `evaluate.confidence_threshold`", "confident (share)",
-           summary="prior samples z ~ N(0, I)", chart="generation", fmt=".3f", evidence="holes", figure="prior-samples"),
+           summary="prior samples z ~ N(0, I)", chart="generation", fmt=".3f", evidence="holes",
+           figure="prior-samples"),
     Metric("prior/class_coverage", "share of classes", "max", "class coverage (share of 10)",
            "classes among the confident prior samples", "classes covered (share)",
            summary="prior samples z ~ N(0, I)", chart="generation", fmt=".2f"),
@@ -109,14 +122,6 @@ METRICS: tuple[Metric, ...] = (
     Metric("interp/mean_confidence", "probability", "max", "classifier confidence on paths",
            "classifier confidence along those paths (are the in-between images digits?)", "confidence",
            summary="interpolation", chart="interpolation", fmt=".3f"),
-)
-
-# The linear baseline (metrics.pca_baseline), one per latent size, merged into every model's numbers.
-BASELINES: tuple[Metric, ...] = (
-    Metric("pca/recon_mse_per_pixel", "squared error per pixel, [0,1] scale", "min", "PCA recon MSE per pixel",
-           "PCA with as many components as the latent size (linear AE ≈ PCA)"),
-    Metric("pca/recon_bce_nats_per_pixel", "nats per pixel", "min", "PCA recon BCE (nats per pixel)",
-           "the same, as Bernoulli NLL (reconstruction clipped into (1e-4, 1 - 1e-4))"),
 )
 
 KEYS: tuple[str, ...] = tuple(m.key for m in METRICS)  # what metrics.evaluate returns, in this order
@@ -142,6 +147,11 @@ def for_figure(role: str) -> Metric:
     """The metric a figure quotes or draws: "reconstructions", "prior-samples", "interpolation" (captions),
     "rate" and "distortion" (the rate–distortion plot's axes). KeyError for any other role."""
     return {m.figure: m for m in METRICS if m.figure}[role]
+
+
+def judging(kind: str) -> str:
+    """The key of the default champion/challenger criterion of a model kind ("ae" or "vae")."""
+    return next(m.key for m in METRICS if kind in m.judges)
 
 
 def evidence(claim: str) -> tuple[Metric, ...]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -371,6 +372,8 @@ def latent_structure(train_codes, train_labels, test_codes, test_labels, k: int 
 
 @dataclass
 class Interpolation:
+    """Decoded straight latent paths between test pairs (see `interpolate`)."""
+
     strips: np.ndarray  # (pairs, steps, 28, 28) float32 decoded images in [0, 1], for figures
     pairs: np.ndarray  # (pairs, 2) indices into the test images
     pair_labels: np.ndarray  # (pairs, 2) their labels
@@ -387,7 +390,12 @@ def different_class_pairs(labels, n_pairs: int, seed: int = 0) -> np.ndarray:
 
 @torch.no_grad()
 def interpolate(model: AutoEncoder, images, labels, n_pairs: int = 32, steps: int = 10, seed: int = 0) -> Interpolation:
-    """Decode the straight line between the mean codes of test pairs of different classes."""
+    """Decode the straight line between the mean codes of test pairs of different classes.
+
+    images (N, 28, 28) uint8 or (N, 1, 28, 28) floats, labels (N,); pairs from
+    `different_class_pairs` (seeded). Strips: (n_pairs, steps, 28, 28) in [0, 1], endpoints
+    included (t = 0 and 1 decode the two codes themselves).
+    """
     pairs = different_class_pairs(labels, n_pairs, seed)
     mu, _ = encode(model, as_images(images)[torch.from_numpy(pairs.reshape(-1))])
     mu = mu.reshape(n_pairs, 2, -1)  # (P, 2, latent)
@@ -422,6 +430,8 @@ def path_confidence(strips, classifier: DigitClassifier) -> float:
 
 @dataclass
 class Evaluation:
+    """One model's evaluation: its metrics and the arrays the report's figures draw (`arrays`)."""
+
     metrics: dict[str, float]  # metric_registry.KEYS -> value, NaN where the metric does not apply
     interpolation: Interpolation
     prior_images: np.ndarray  # (n, 28, 28) decoded prior samples in [0, 1], for figures
@@ -436,9 +446,17 @@ class Evaluation:
 
 
 def save_arrays(path, evaluation: Evaluation) -> None:
-    """Write `evaluation.arrays()` to a compressed .npz, atomically (the evaluate stage's metrics/arrays/<m>.npz)."""
-    with atomic.atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, **evaluation.arrays())
+    """Write `evaluation.arrays()` to a compressed .npz, atomically (the evaluate stage's metrics/arrays/<m>.npz).
+
+    Byte-for-byte reproducible, unlike np.savez_compressed (which stamps each member with the
+    current time): the same arrays give the same file, so dvc.lock's hash of it is stable.
+    """
+    with atomic.atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w") as npz:
+        for name, array in evaluation.arrays().items():
+            member = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            member.compress_type = zipfile.ZIP_DEFLATED
+            with npz.open(member, "w") as fh:
+                np.lib.format.write_array(fh, np.ascontiguousarray(array), allow_pickle=False)
 
 
 def load_arrays(path) -> dict[str, np.ndarray]:

@@ -7,7 +7,9 @@ One look across every figure:
 - axes say their units; titles say what a reader should notice.
 
 Each function returns a Figure; `png(fig)` renders it (and closes it). Inputs are
-plain arrays: codes (N, latent), labels (N,), images (N, 28, 28) in [0, 1].
+plain arrays: codes (N, latent), labels (N,), images (N, 28, 28) in [0, 1]; a model
+is described by its resolved config.RunSpec (name, kind, beta, latent size, recon loss),
+a metric by its aevae.metric_registry record. Nothing here raises on user input.
 """
 
 from __future__ import annotations
@@ -82,7 +84,8 @@ def label(spec: RunSpec) -> str:
 def model_colors(models: Sequence[RunSpec]) -> dict[str, tuple]:
     """AEs in greys, VAEs from light to dark along a colour ramp as beta grows; never tab10."""
     aes = [m for m in models if m.model.kind != "vae"]
-    vaes = sorted((m for m in models if m.model.kind == "vae"), key=lambda m: (m.model.beta, m.model.latent_dim, m.name))
+    vaes = sorted((m for m in models if m.model.kind == "vae"),
+                  key=lambda m: (m.model.beta, m.model.latent_dim, m.name))
     grey = plt.get_cmap("Greys")
     ramp = plt.get_cmap("plasma")
     out = {m.name: grey(0.85 - 0.4 * i / max(1, len(aes) - 1)) for i, m in enumerate(aes)}
@@ -402,7 +405,11 @@ def latent_side_by_side(infos: Sequence[RunSpec], codes: Sequence[np.ndarray], l
 
 @styled
 def rate_distortion(infos: Sequence[RunSpec], metrics: dict[str, dict[str, float]]) -> Figure:
-    """One point per VAE (x: KL nats per image, y: recon nats per image), labelled with beta; AEs as lines."""
+    """One point per VAE (x: KL nats per image, y: recon nats per image), labelled with beta; AEs as lines.
+
+    The axes' metrics are the registry's "rate" and "distortion" roles; the distortion is per pixel
+    in metrics and drawn per image (x PIXELS). metrics: model name -> {key: value}.
+    """
     colors = model_colors(infos)
     fig, ax = plt.subplots(figsize=(7.6, 5.2))
 
@@ -454,7 +461,11 @@ def _finite(v) -> bool:
 @styled
 def metric_bars(title: str, metrics_list: Sequence[Metric], infos: Sequence[RunSpec],
                 metrics: dict[str, dict[str, float]]) -> Figure:
-    """One small bar chart per metric, one bar per model (model colours), values written on the bars."""
+    """One small bar chart per metric, one bar per model (model colours), values written on the bars.
+
+    metrics: model name -> {key: value}; NaN or missing draws an "n/a" stub. A metric with a
+    `reference` (a PCA baseline key) gets it as a dashed line; `log` metrics a log axis.
+    """
     colors = model_colors(infos)
     n = len(metrics_list)
     cols = n if n <= 3 else -(-n // 2)  # at most 3 across, so the figure is not shrunk on the page

@@ -210,7 +210,7 @@ def model_figures(spec: RunSpec, model, arrays: dict[str, np.ndarray], test_imag
 
 def sweep_figures(specs: list[RunSpec], codes: dict[str, np.ndarray], labels: np.ndarray,
                   values: dict[str, dict[str, float]], scatter_idx: np.ndarray) -> list[Figure]:
-    """The figures across the sweep: latent spaces side by side, rate–distortion (VAEs only), one bar chart per group."""
+    """The figures across the sweep: latent spaces side by side, rate–distortion (VAEs only), a bar chart per group."""
     figs = []
     fig = plots.latent_side_by_side(specs, [codes[s.name][scatter_idx] for s in specs], labels[scatter_idx])
     figs.append(Figure("latent-all", "Latent spaces side by side", "latent-all", plots.png(fig), None,
