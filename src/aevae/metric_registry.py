@@ -51,6 +51,7 @@ class Metric:
         return {"min": " ↓", "max": " ↑", None: ""}[self.direction]
 
     def applies(self, kind: str) -> bool:
+        """Whether a model of `kind` ("ae" | "vae") has this metric; evaluate gives the others NaN."""
         return kind in self.kinds
 
 

@@ -85,6 +85,7 @@ class Chart(NamedTuple):
 
 
 def _text() -> dict:
+    # Package data: found wherever aevae is installed or imported from.
     return yaml.safe_load((importlib.resources.files("aevae") / TEMPLATES / "report.yaml").read_text())
 
 
@@ -118,12 +119,15 @@ class Figure:
 
 @dataclass
 class Report:
+    """The rendered report, nothing written yet (`write_report` writes it)."""
+
     figures: list[Figure]
     html: str
     markdown: str
     curves: dict[str, str] = field(default_factory=dict)  # model -> history.csv text
 
     def figures_by_model(self, figures_dir: Path) -> dict[str, list[Path]]:
+        """model name -> its figure files under figures_dir (for tracking.log_report)."""
         out: dict[str, list[Path]] = {}
         for f in self.figures:
             if f.model is not None:
