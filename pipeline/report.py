@@ -15,7 +15,7 @@ OUT = Path("reports")
 
 def main() -> None:
     p = load_params().evaluate
-    settings = report.ReportSettings(seed=p.seed, interp_steps=p.interp_steps)
+    settings = report.ReportSettings(seed=p.seed)
     result = report.make_report(report.ReportPaths(out=OUT), settings, evaluate_params=p.model_dump())
     figures_by_model = report.write_report(result, OUT)
     log_report(OUT, figures_by_model)

@@ -14,7 +14,8 @@ from sklearn.model_selection import train_test_split
 
 from aevae import classifier as clf_lib
 from aevae import metrics as M
-from aevae.config import ModelParams, RunSpec, TrainParams
+from aevae.config import EvaluateParams, ModelParams, RunSpec, TrainParams
+from aevae.metric_registry import METRICS
 from aevae.errors import UserError
 from aevae.losses import recon_per_image
 from aevae.models import as_images
@@ -23,8 +24,7 @@ from conftest import cached_classifier
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-VAE_ONLY = ("test/kl_nats_per_image", "test/neg_elbo_nats_per_image", "test/iw_nll_nats_per_image")
-FAST = M.EvalSettings(n_prior_samples=400, iw_samples=16, interp_pairs=6, interp_steps=8)
+FAST = EvaluateParams(seed=0, n_prior_samples=400, iw_samples=16, interp_pairs=6, interp_steps=8)
 
 
 # ----------------------------------------------------------------- fixtures
@@ -242,15 +242,27 @@ def test_recon_error_uses_the_mean_code_and_agrees_with_the_training_loss(digits
 # ------------------------------------------------------------ the real run
 
 
-def test_evaluate_model_on_tiny_ae_and_vae(digits, classifier, tiny_ae, tiny_vae):
+@pytest.fixture(scope="module")
+def evaluated(digits, classifier, tiny_ae, tiny_vae) -> dict:
+    """evaluate_model of the tiny AE and VAE (the classifier's reference features computed once)."""
     args = (digits["train_images"], digits["train_labels"], digits["test_images"], digits["test_labels"], classifier)
     ref = classifier.features(digits["test_images"])
-    ae = M.evaluate_model(tiny_ae, *args, seed=0, settings=FAST, reference_features=ref)
-    vae = M.evaluate_model(tiny_vae, *args, seed=0, settings=FAST, reference_features=ref)
-    assert list(ae) == list(vae) == list(M.METRIC_KEYS)
-    for key in M.METRIC_KEYS:
-        assert math.isfinite(vae[key]), key
-        assert math.isnan(ae[key]) if key in VAE_ONLY else math.isfinite(ae[key]), key
+    return {"args": args, "ae": M.evaluate_model(tiny_ae, *args, FAST, reference_features=ref),
+            "vae": M.evaluate_model(tiny_vae, *args, FAST, reference_features=ref)}
+
+
+@pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.key)
+def test_every_registered_metric_is_finite_exactly_where_it_applies(evaluated, metric):
+    assert list(evaluated["ae"]) == list(evaluated["vae"]) == [m.key for m in METRICS]  # the registry's order
+    for kind in ("ae", "vae"):
+        value = evaluated[kind][metric.key]
+        assert math.isfinite(value) if metric.applies(kind) else math.isnan(value), (kind, value)
+
+
+def test_evaluate_model_on_tiny_ae_and_vae(evaluated, tiny_vae):
+    ae, vae = evaluated["ae"], evaluated["vae"]
+    vae_only = {m.key for m in METRICS if not m.applies("ae")}
+    assert vae_only == {"test/kl_nats_per_image", "test/neg_elbo_nats_per_image", "test/iw_nll_nats_per_image"}
     for m in (ae, vae):
         for key in ("prior/mean_confidence", "prior/confident_fraction", "prior/class_coverage", "prior/holes_fraction",
                     "test/knn_accuracy", "test/linear_probe_accuracy", "interp/mean_confidence"):
@@ -261,5 +273,22 @@ def test_evaluate_model_on_tiny_ae_and_vae(digits, classifier, tiny_ae, tiny_vae
     # the KL term pulls the VAE's codes towards N(0, I); the AE's are free
     assert vae["test/moment_kl_to_prior_nats"] < ae["test/moment_kl_to_prior_nats"]
     # seeded: a second run gives the very same numbers (without the cached reference features too)
-    again = M.evaluate_model(tiny_vae, *args, seed=0, settings=FAST)
+    again = M.evaluate_model(tiny_vae, *evaluated["args"], FAST)
     assert again == vae
+
+
+def test_evaluation_arrays_round_trip_and_are_what_figures_need(evaluated, tiny_vae, tmp_path):
+    evaluation = M.evaluate(tiny_vae, *evaluated["args"], FAST)
+    M.save_arrays(tmp_path / "vae.npz", evaluation)
+    arrays = M.load_arrays(tmp_path / "vae.npz")
+    n_test = len(evaluated["args"][2])
+    assert arrays["test_codes"].shape == (n_test, 2)
+    assert arrays["prior_images"].shape == (FAST.n_prior_samples, 28, 28)
+    assert arrays["interp_strips"].shape == (FAST.interp_pairs, FAST.interp_steps, 28, 28)
+    assert arrays["interp_pairs"].shape == arrays["interp_pair_labels"].shape == (FAST.interp_pairs, 2)
+    for key, value in evaluation.arrays().items():
+        np.testing.assert_array_equal(arrays[key], value)
+    assert [p.name for p in tmp_path.iterdir()] == ["vae.npz"]  # atomic: no temp file left
+    first = (tmp_path / "vae.npz").read_bytes()
+    M.save_arrays(tmp_path / "vae.npz", evaluation)
+    assert (tmp_path / "vae.npz").read_bytes() == first  # reproducible bytes: dvc.lock's hash is stable

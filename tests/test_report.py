@@ -28,7 +28,7 @@ from threadpoolctl import threadpool_limits
 
 from aevae import atomic, model_store, plots, report
 from aevae import metrics as M
-from aevae.config import ModelParams, RunSpec, TrainParams
+from aevae.config import EvaluateParams, ModelParams, RunSpec, TrainParams
 from aevae.data.prepare import split, write_prepared
 from aevae.data.prepared import load_split
 from aevae.data.sources import from_bundled
@@ -38,15 +38,14 @@ from project import make_project
 
 MODELS = {"ae": {"kind": "ae"}, "vae-beta1": {"kind": "vae", "beta": 1.0}}
 PER_MODEL = ("latent", "manifold", "reconstructions", "prior-samples", "interpolation", "training")
-SWEEP = ("latent-all", "rate-distortion", *(f"metrics-{g[0]}" for g in report.GROUPS))
-FAST = M.EvalSettings(n_prior_samples=200, iw_samples=4, interp_pairs=4, interp_steps=6)
+SWEEP = ("latent-all", "rate-distortion", *(f"metrics-{g.slug}" for g in report.GROUPS))
+FAST = EvaluateParams(seed=0, n_prior_samples=200, iw_samples=4, interp_pairs=4, interp_steps=6)
 PARAMS = {
     "data": {"source": "bundled", "val_fraction": 0.1, "test_fraction": 0.2, "seed": 0},
     "model": {"hidden": [64]},
     "train": {"epochs": 2, "batch_size": 128, "lr": 0.002, "seed": 0},
     "sweep": {"latent_dims": [2], "models": [{"name": n, "model": m} for n, m in MODELS.items()]},
-    "evaluate": {"seed": 0, "n_prior_samples": FAST.n_prior_samples, "iw_samples": FAST.iw_samples,
-                 "interp_pairs": FAST.interp_pairs, "interp_steps": FAST.interp_steps},
+    "evaluate": FAST.model_dump(),
 }
 
 
@@ -87,8 +86,9 @@ def run(tmp_path_factory, _one_thread, request):
     pca = M.pca_baseline(train.images, test.images, 2)
     for name in MODELS:
         model, _ = model_store.load(name, root / "models")
-        values = M.evaluate_model(model, train.images, train.labels, test.images, test.labels, scorer, settings=FAST)
-        summary[name] = _json_safe({**values, **pca})
+        evaluation = M.evaluate(model, train.images, train.labels, test.images, test.labels, scorer, FAST)
+        M.save_arrays(root / "metrics" / "arrays" / f"{name}.npz", evaluation)  # as the evaluate stage does
+        summary[name] = _json_safe({**evaluation.metrics, **pca})
     atomic.write_json(root / "metrics" / "summary.json", summary)
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(io.StringIO()) as stderr:
         mp.chdir(root)  # the stage reads and writes relative to the project root, as under `dvc repro`
@@ -161,30 +161,34 @@ def test_stage_writes_curves_for_dvc_plots_and_warns_without_a_run(run):
 # ------------------------------------------------------------ figure units
 
 
+def _spec(name: str, kind: str, latent_dim: int) -> RunSpec:
+    return RunSpec(name=name, model=ModelParams(kind=kind, beta=1.0, latent_dim=latent_dim), train=TrainParams())
+
+
 def test_latent_figures_for_codes_of_one_and_more_than_two_dimensions():
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(10), 30)
     codes = rng.standard_normal((300, 6)) + labels[:, None] * 0.5  # (N, 6)
-    info = plots.ModelInfo("vae-z6", "vae", 1.0, 6)
+    info = _spec("vae-z6", "vae", 6)
     width, _ = _png_ok(plots.png(plots.latent_scatter(info, codes, labels)))  # PCA beside t-SNE
     assert width > 900
-    ae2, vae1 = plots.ModelInfo("ae", "ae", 0.0, 2), plots.ModelInfo("vae-z1", "vae", 1.0, 1)
+    ae2, vae1 = _spec("ae", "ae", 2), _spec("vae-z1", "vae", 1)
     _png_ok(plots.png(plots.latent_scatter(vae1, codes[:, :1], labels)))
     _png_ok(plots.png(plots.latent_side_by_side([ae2, info, vae1], [codes[:, :2] * 5, codes, codes[:, :1]], labels)))
 
 
 def test_manifold_grid_uses_quantiles_for_the_vae_and_the_code_range_for_the_ae():
     codes = np.random.default_rng(0).uniform(-8, 3, size=(500, 2))
-    z1, z2, how = plots.manifold_grid(plots.ModelInfo("v", "vae", 1.0, 2), codes, n=11)
+    z1, z2, how = plots.manifold_grid(_spec("v", "vae", 2), codes, n=11)
     assert z1[5] == pytest.approx(0.0, abs=1e-12) and z1[-1] == pytest.approx(2.576, abs=1e-3) and "quantile" in how
-    z1, _, how = plots.manifold_grid(plots.ModelInfo("a", "ae", 0.0, 2), codes, n=11)
+    z1, _, how = plots.manifold_grid(_spec("a", "ae", 2), codes, n=11)
     assert -8 <= z1[0] < -7.8 and 2.8 < z1[-1] <= 3 and "percentile" in how
 
 
 def test_best_value_per_column_ignores_missing_values_and_direction_free_metrics():
     values = {"a": {"x": 1.0, "y": float("nan")}, "b": {"x": 2.0, "y": 3.0}, "c": {"x": 1.0, "y": 5.0}}
-    assert report._best(values, "x", "lower") == {"a", "c"}
-    assert report._best(values, "y", "higher") == {"c"}
+    assert report._best(values, "x", "min") == {"a", "c"}
+    assert report._best(values, "y", "max") == {"c"}
     assert report._best(values, "x", None) == set()
 
 

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from aevae import metric_registry
 from aevae.errors import UserError
 
 PARAMS_FILE = "params.yaml"
@@ -124,9 +125,9 @@ class Criterion(_Strict):
 class RetrainParams(_Strict):
     """Champion/challenger policy per model kind: the challenger must pass every criterion."""
 
-    ae: list[Criterion] = Field(default_factory=lambda: [Criterion(metric="test/recon_bce_nats_per_pixel")],
+    ae: list[Criterion] = Field(default_factory=lambda: [Criterion(metric=metric_registry.judging("ae"))],
                                 min_length=1)
-    vae: list[Criterion] = Field(default_factory=lambda: [Criterion(metric="test/neg_elbo_nats_per_image")],
+    vae: list[Criterion] = Field(default_factory=lambda: [Criterion(metric=metric_registry.judging("vae"))],
                                  min_length=1)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,7 +37,9 @@ from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from aevae import atomic, metric_registry
 from aevae.classifier import DigitClassifier
+from aevae.config import EvaluateParams
 from aevae.losses import kl_per_dim
 from aevae.models import EVAL_BATCH, PIXELS, AutoEncoder, as_images, reparameterize
 from aevae.rng import purpose_generator
@@ -44,20 +47,12 @@ from aevae.rng import purpose_generator
 LOG_2PI = math.log(2.0 * math.pi)
 
 
-@dataclass(frozen=True)
-class EvalSettings:
-    """The evaluate stage's knobs (proposed params.yaml `evaluate:` section)."""
-
-    n_prior_samples: int = 1000  # z ~ N(0, I) decoded for the generation metrics, holes and MMD
-    iw_samples: int = 64  # k of the importance-weighted NLL bound
-    iw_batch_rows: int = 16384  # decoder rows (images x samples) per IW batch: bounds memory
-    interp_pairs: int = 32  # test pairs of different classes
-    interp_steps: int = 10  # decoded images per path, endpoints included
-    knn_k: int = 5
-    silhouette_max_points: int = 2000
-    confidence_threshold: float = 0.9  # a sample is "confident" above this top-class probability
-    active_unit_threshold: float = 0.01  # Burda et al. (2016)
-    holes_percentile: float = 99.0
+# Internal knobs, not params: they bound memory or follow the papers, and no result claim depends on them.
+IW_BATCH_ROWS = 16384  # decoder rows (images x samples) per importance-weighted batch
+KNN_K = 5  # neighbours of the kNN probe
+SILHOUETTE_MAX_POINTS = 2000  # seeded sample for the silhouette (quadratic in points)
+ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2016), section 5.2
+HOLES_PERCENTILE = 99.0  # nearest-neighbour radius of the encoded data that counts as "inside"
 
 
 # ----------------------------------------------------------------- helpers
@@ -131,7 +126,7 @@ def pca_reconstruct(train_images, test_images, n_components: int, seed: int = 0)
 
 
 def pca_baseline(train_images, test_images, latent_dim: int, seed: int = 0, eps: float = 1e-4) -> dict[str, float]:
-    """The linear baseline at one latent size: {"pca/recon_mse_per_pixel", "pca/recon_bce_nats_per_pixel"}.
+    """The linear baseline at one latent size: metric_registry.BASELINES' keys -> (MSE, BCE) per pixel.
 
     MSE per pixel of the PCA reconstruction; BCE per pixel (nats) with the
     reconstruction clipped into (eps, 1 - eps), since PCA is not confined to [0, 1].
@@ -141,7 +136,8 @@ def pca_baseline(train_images, test_images, latent_dim: int, seed: int = 0, eps:
     recon = pca_reconstruct(train_images, test_images, latent_dim, seed)
     p = np.clip(recon, eps, 1.0 - eps)
     bce = -(x * np.log(p) + (1.0 - x) * np.log1p(-p))
-    return {"pca/recon_mse_per_pixel": float(((recon - x) ** 2).mean()), "pca/recon_bce_nats_per_pixel": float(bce.mean())}
+    mse, bce_nats = float(((recon - x) ** 2).mean()), float(bce.mean())
+    return dict(zip((m.key for m in metric_registry.BASELINES), (mse, bce_nats), strict=True))
 
 
 # --------------------------------------------------------------- VAE terms
@@ -371,6 +367,8 @@ def latent_structure(train_codes, train_labels, test_codes, test_labels, k: int 
 
 @dataclass
 class Interpolation:
+    """Decoded straight latent paths between test pairs (see `interpolate`)."""
+
     strips: np.ndarray  # (pairs, steps, 28, 28) float32 decoded images in [0, 1], for figures
     pairs: np.ndarray  # (pairs, 2) indices into the test images
     pair_labels: np.ndarray  # (pairs, 2) their labels
@@ -387,7 +385,12 @@ def different_class_pairs(labels, n_pairs: int, seed: int = 0) -> np.ndarray:
 
 @torch.no_grad()
 def interpolate(model: AutoEncoder, images, labels, n_pairs: int = 32, steps: int = 10, seed: int = 0) -> Interpolation:
-    """Decode the straight line between the mean codes of test pairs of different classes."""
+    """Decode the straight line between the mean codes of test pairs of different classes.
+
+    images (N, 28, 28) uint8 or (N, 1, 28, 28) floats, labels (N,); pairs from
+    `different_class_pairs` (seeded). Strips: (n_pairs, steps, 28, 28) in [0, 1], endpoints
+    included (t = 0 and 1 decode the two codes themselves).
+    """
     pairs = different_class_pairs(labels, n_pairs, seed)
     mu, _ = encode(model, as_images(images)[torch.from_numpy(pairs.reshape(-1))])
     mu = mu.reshape(n_pairs, 2, -1)  # (P, 2, latent)
@@ -422,41 +425,50 @@ def path_confidence(strips, classifier: DigitClassifier) -> float:
 
 @dataclass
 class Evaluation:
-    metrics: dict[str, float]
+    """One model's evaluation: its metrics and the arrays the report's figures draw (`arrays`)."""
+
+    metrics: dict[str, float]  # metric_registry.KEYS -> value, NaN where the metric does not apply
     interpolation: Interpolation
     prior_images: np.ndarray  # (n, 28, 28) decoded prior samples in [0, 1], for figures
     test_codes: np.ndarray  # (N, latent) posterior means of the test set, for scatter plots
     timings: dict[str, float] = field(default_factory=dict)  # seconds per part
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """What the report's figures need, as float32 arrays (`save_arrays` / `load_arrays`)."""
+        return {"test_codes": self.test_codes.astype(np.float32), "prior_images": self.prior_images.astype(np.float32),
+                "interp_strips": self.interpolation.strips.astype(np.float32),
+                "interp_pairs": self.interpolation.pairs, "interp_pair_labels": self.interpolation.pair_labels}
 
-METRIC_KEYS = (
-    "test/recon_mse_per_pixel",
-    "test/recon_bce_nats_per_pixel",
-    "test/kl_nats_per_image",
-    "test/neg_elbo_nats_per_image",
-    "test/iw_nll_nats_per_image",
-    "test/active_units",
-    "test/mmd_to_prior",
-    "test/moment_kl_to_prior_nats",
-    "prior/holes_fraction",
-    "test/holes_fraction_own_gaussian",
-    "prior/classifier_fid",
-    "prior/mean_confidence",
-    "prior/confident_fraction",
-    "prior/class_coverage",
-    "test/knn_accuracy",
-    "test/linear_probe_accuracy",
-    "test/silhouette",
-    "interp/smoothness_ratio",
-    "interp/mean_confidence",
-)
+
+def save_arrays(path, evaluation: Evaluation) -> None:
+    """Write `evaluation.arrays()` to a compressed .npz, atomically (the evaluate stage's metrics/arrays/<m>.npz).
+
+    Byte-for-byte reproducible, unlike np.savez_compressed (which stamps each member with the
+    current time): the same arrays give the same file, so dvc.lock's hash of it is stable.
+    """
+    with atomic.atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w") as npz:
+        for name, array in evaluation.arrays().items():
+            member = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            member.compress_type = zipfile.ZIP_DEFLATED
+            with npz.open(member, "w") as fh:
+                np.lib.format.write_array(fh, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def load_arrays(path) -> dict[str, np.ndarray]:
+    """The arrays `save_arrays` wrote: test_codes (N, latent), prior_images (n, 28, 28), interp_strips
+    (pairs, steps, 28, 28), interp_pairs and interp_pair_labels (pairs, 2). No pickles."""
+    with np.load(path, allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
 
 
 def evaluate(model: AutoEncoder, train_images, train_labels, test_images, test_labels,
-             classifier: DigitClassifier, seed: int = 0, settings: EvalSettings = EvalSettings(),
+             classifier: DigitClassifier, params: EvaluateParams = EvaluateParams(),
              reference_features: torch.Tensor | None = None) -> Evaluation:
-    """Every metric of one model, plus the arrays figures need. See `evaluate_model` for the keys."""
-    s = settings
+    """Every metric of one model, plus the arrays figures need. See `evaluate_model` for the keys.
+
+    params: params.yaml `evaluate:` (seed, sample sizes, confidence threshold).
+    """
+    p = params
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -470,52 +482,53 @@ def evaluate(model: AutoEncoder, train_images, train_labels, test_images, test_l
     model.eval()
     try:
         test_x = as_images(test_images)
-        m: dict[str, float] = {}
-        recon = reconstruction_error(model, test_x)
-        m["test/recon_mse_per_pixel"] = recon["mse_per_pixel"]
-        m["test/recon_bce_nats_per_pixel"] = recon["bce_nats_per_pixel"]
+        # Each part's names, prefixed by the data they are measured on, are the registry's keys.
+        test = {f"recon_{k}": v for k, v in reconstruction_error(model, test_x).items()}
         lap("recon")
 
-        vt = vae_terms(model, test_x, k=s.iw_samples, seed=seed, batch_rows=s.iw_batch_rows)
-        m.update({f"test/{k}": v for k, v in vt.items()})
+        test.update(vae_terms(model, test_x, k=p.iw_samples, seed=p.seed, batch_rows=IW_BATCH_ROWS))
         lap("vae_terms")
 
         test_codes = _np(encode(model, test_x)[0])
         train_codes = _np(encode(model, train_images)[0])
-        z, prior_images = prior_samples(model, s.n_prior_samples, seed)
-        m["test/active_units"] = float(active_units(test_codes, s.active_unit_threshold))
-        m["test/mmd_to_prior"] = mmd_rbf(test_codes, _np(z))
-        m["test/moment_kl_to_prior_nats"] = moment_kl_to_prior(test_codes)
-        m["prior/holes_fraction"] = holes_fraction(test_codes, _np(z), s.holes_percentile)
-        own = gaussian_fit_samples(test_codes, s.n_prior_samples, seed)
-        m["test/holes_fraction_own_gaussian"] = holes_fraction(test_codes, own, s.holes_percentile)
+        z, prior_images = prior_samples(model, p.n_prior_samples, p.seed)
+        own = gaussian_fit_samples(test_codes, p.n_prior_samples, p.seed)
+        test.update(active_units=float(active_units(test_codes, ACTIVE_UNIT_THRESHOLD)),
+                    mmd_to_prior=mmd_rbf(test_codes, _np(z)),
+                    moment_kl_to_prior_nats=moment_kl_to_prior(test_codes),
+                    holes_fraction_own_gaussian=holes_fraction(test_codes, own, HOLES_PERCENTILE))
+        prior = {"holes_fraction": holes_fraction(test_codes, _np(z), HOLES_PERCENTILE)}
         lap("regularity")
 
         if reference_features is None:
             reference_features = classifier.features(test_x)
-        gen = generation_metrics(prior_images, classifier, reference_features, s.confidence_threshold)
-        m.update({f"prior/{k}": v for k, v in gen.items()})
+        prior.update(generation_metrics(prior_images, classifier, reference_features, p.confidence_threshold))
         lap("generation")
 
-        structure = latent_structure(train_codes, train_labels, test_codes, test_labels,
-                                     s.knn_k, s.silhouette_max_points, seed)
-        m.update({f"test/{k}": v for k, v in structure.items()})
+        test.update(latent_structure(train_codes, train_labels, test_codes, test_labels,
+                                     KNN_K, SILHOUETTE_MAX_POINTS, p.seed))
         lap("structure")
 
-        interp = interpolate(model, test_x, test_labels, s.interp_pairs, s.interp_steps, seed)
-        m["interp/smoothness_ratio"] = smoothness_ratio(interp.strips)
-        m["interp/mean_confidence"] = path_confidence(interp.strips, classifier)
+        interp = interpolate(model, test_x, test_labels, p.interp_pairs, p.interp_steps, p.seed)
+        along = {"smoothness_ratio": smoothness_ratio(interp.strips),
+                 "mean_confidence": path_confidence(interp.strips, classifier)}
         lap("interpolation")
     finally:
         model.train(was_training)
-    metrics = {k: float(m[k]) for k in METRIC_KEYS}
+    measured = {f"{data}/{name}": v for data, part in (("test", test), ("prior", prior), ("interp", along))
+                for name, v in part.items()}
+    if set(measured) != set(metric_registry.KEYS):  # a part renamed without the registry: a bug, not a user error
+        raise RuntimeError(f"evaluate measured {sorted(set(measured) ^ set(metric_registry.KEYS))} "
+                           "not matching metric_registry.METRICS")
+    kind = model.cfg.kind
+    metrics = {m.key: float(measured[m.key]) if m.applies(kind) else float("nan") for m in metric_registry.METRICS}
     return Evaluation(metrics, interp, prior_images.reshape(-1, 28, 28).cpu().numpy(), test_codes, timings)
 
 
 def evaluate_model(model: AutoEncoder, train_images, train_labels, test_images, test_labels,
-                   classifier: DigitClassifier, seed: int = 0, settings: EvalSettings = EvalSettings(),
+                   classifier: DigitClassifier, params: EvaluateParams = EvaluateParams(),
                    reference_features: torch.Tensor | None = None) -> dict[str, float]:
-    """All metrics of one model as flat keys naming split and unit (METRIC_KEYS, same for every model).
+    """All metrics of one model: {key: value} for every metric_registry.METRICS key, in its order.
 
     test/*   on the test images: recon MSE / BCE per pixel (mean code), KL, negative ELBO and
              IW-NLL (nats per image), active units (count), MMD² and moment KL (nats) of the
@@ -525,12 +538,12 @@ def evaluate_model(model: AutoEncoder, train_images, train_labels, test_images, 
     interp/* along straight lines between test codes of different classes: smoothness ratio
              (1 = even), mean classifier confidence.
 
-    The AE gets NaN for test/kl_nats_per_image, test/neg_elbo_nats_per_image and
-    test/iw_nll_nats_per_image (it has no posterior, so no ELBO or likelihood);
-    every other key is defined for it, with its code standing in for the posterior
-    mean and its decoder fed the same prior samples as a VAE's.
+    A metric whose registry record excludes the model's kind is NaN: the AE gets NaN for the
+    KL, negative ELBO and IW-NLL (it has no posterior, so no ELBO or likelihood); every other
+    key is defined for it, with its code standing in for the posterior mean and its decoder
+    fed the same prior samples as a VAE's.
     `reference_features`: the classifier's features of the test images, to compute once
-    for many models. Deterministic for a given seed.
+    for many models. Deterministic for a given params.seed. Raises nothing a user can cause.
     """
-    return evaluate(model, train_images, train_labels, test_images, test_labels, classifier, seed,
-                    settings, reference_features).metrics
+    return evaluate(model, train_images, train_labels, test_images, test_labels, classifier, params,
+                    reference_features).metrics

@@ -7,7 +7,9 @@ One look across every figure:
 - axes say their units; titles say what a reader should notice.
 
 Each function returns a Figure; `png(fig)` renders it (and closes it). Inputs are
-plain arrays: codes (N, latent), labels (N,), images (N, 28, 28) in [0, 1].
+plain arrays: codes (N, latent), labels (N,), images (N, 28, 28) in [0, 1]; a model
+is described by its resolved config.RunSpec (name, kind, beta, latent size, recon loss),
+a metric by its aevae.metric_registry record. Nothing here raises on user input.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import functools
 import io
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import matplotlib
 
@@ -30,6 +31,11 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
+
+from aevae import metric_registry  # noqa: E402
+from aevae.config import RunSpec  # noqa: E402
+from aevae.metric_registry import Metric  # noqa: E402
+from aevae.models import PIXELS  # noqa: E402
 
 DPI = 110
 DIGIT_COLORS = plt.get_cmap("tab10").colors  # class c -> DIGIT_COLORS[c], in every figure
@@ -70,25 +76,16 @@ def png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """What a figure needs to know about a model besides its arrays."""
-
-    name: str
-    kind: str  # "ae" | "vae"
-    beta: float
-    latent_dim: int
-    recon: str = "bce"  # the training loss's reconstruction term: "bce" | "mse"
-
-    @property
-    def label(self) -> str:
-        return f"{self.name} (β={self.beta:g})" if self.kind == "vae" else self.name
+def label(spec: RunSpec) -> str:
+    """The model's name, with its KL weight for a VAE: "vae-beta1 (β=1)"."""
+    return f"{spec.name} (β={spec.model.beta:g})" if spec.model.kind == "vae" else spec.name
 
 
-def model_colors(models: Sequence[ModelInfo]) -> dict[str, tuple]:
+def model_colors(models: Sequence[RunSpec]) -> dict[str, tuple]:
     """AEs in greys, VAEs from light to dark along a colour ramp as beta grows; never tab10."""
-    aes = [m for m in models if m.kind != "vae"]
-    vaes = sorted((m for m in models if m.kind == "vae"), key=lambda m: (m.beta, m.latent_dim, m.name))
+    aes = [m for m in models if m.model.kind != "vae"]
+    vaes = sorted((m for m in models if m.model.kind == "vae"),
+                  key=lambda m: (m.model.beta, m.model.latent_dim, m.name))
     grey = plt.get_cmap("Greys")
     ramp = plt.get_cmap("plasma")
     out = {m.name: grey(0.85 - 0.4 * i / max(1, len(aes) - 1)) for i, m in enumerate(aes)}
@@ -158,22 +155,22 @@ def project_2d(codes: np.ndarray, method: str, seed: int = 0, max_points: int = 
 
 
 @styled
-def latent_scatter(info: ModelInfo, codes: np.ndarray, labels: np.ndarray, seed: int = 0) -> Figure:
+def latent_scatter(info: RunSpec, codes: np.ndarray, labels: np.ndarray, seed: int = 0) -> Figure:
     """The test codes coloured by digit: the plane itself for a 2-d code, else PCA and t-SNE side by side."""
     labels = np.asarray(labels)
-    if info.latent_dim == 1:
+    if info.model.latent_dim == 1:
         fig, ax = plt.subplots(figsize=(6.4, 5.0))
         _strip_codes(ax, codes, labels)
-        ax.set_title(f"{info.label}: the 1-d code of each test image, by digit\n"
+        ax.set_title(f"{label(info)}: the 1-d code of each test image, by digit\n"
                      "Look for digits that share a stretch of the line", fontsize=11)
         return fig
-    if info.latent_dim == 2:
+    if info.model.latent_dim == 2:
         fig, ax = plt.subplots(figsize=(6.4, 5.6))
         _scatter_codes(ax, codes, labels, prior_circle=True)
         ax.set_xlabel("z₁ (latent units)")
         ax.set_ylabel("z₂ (latent units)")
-        what = "the code z" if info.kind == "ae" else "the posterior mean μ(x)"
-        ax.set_title(f"{info.label}: {what} of each test image\n"
+        what = "the code z" if info.model.kind == "ae" else "the posterior mean μ(x)"
+        ax.set_title(f"{label(info)}: {what} of each test image\n"
                      "Look for gaps between digit clusters and how far they sit from N(0, I)", fontsize=11)
         _digit_legend(ax, labels, with_prior=True, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         return fig
@@ -184,17 +181,17 @@ def latent_scatter(info: ModelInfo, codes: np.ndarray, labels: np.ndarray, seed:
         if method == "tsne":
             ax.set_aspect("auto")  # t-SNE distances mean nothing: no need to keep them square
         name = "PCA" if method == "pca" else "t-SNE"
-        ax.set_title(f"{name} of the {info.latent_dim}-d code ({len(idx)} test images)", fontsize=11)
+        ax.set_title(f"{name} of the {info.model.latent_dim}-d code ({len(idx)} test images)", fontsize=11)
         unit = "(latent units)" if method == "pca" else "(no units: t-SNE keeps neighbours, not distances)"
         ax.set_xlabel(f"{name} 1 {unit}", fontsize=9 if method == "tsne" else None)
         ax.set_ylabel(f"{name} 2")
     _digit_legend(axes[1], labels, with_prior=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.suptitle(f"{info.label}: test codes coloured by digit — look for separated, gap-free clusters", x=0.02,
+    fig.suptitle(f"{label(info)}: test codes coloured by digit — look for separated, gap-free clusters", x=0.02,
                  ha="left")
     return fig
 
 
-def manifold_grid(info: ModelInfo, codes: np.ndarray, n: int = 20) -> tuple[np.ndarray, np.ndarray, str]:
+def manifold_grid(info: RunSpec, codes: np.ndarray, n: int = 20) -> tuple[np.ndarray, np.ndarray, str]:
     """(z1 values (n,), z2 values (n,), how they were chosen) for decoding a 2-d latent plane.
 
     VAE: Gaussian quantiles 0.5%..99.5% of N(0, 1) (about ±2.58), so the grid covers the prior
@@ -203,7 +200,7 @@ def manifold_grid(info: ModelInfo, codes: np.ndarray, n: int = 20) -> tuple[np.n
     """
     from scipy.stats import norm
 
-    if info.kind == "vae":
+    if info.model.kind == "vae":
         q = norm.ppf(np.linspace(0.005, 0.995, n))
         return q, q, f"Gaussian quantiles 0.5%–99.5% of N(0, 1) (±{q[-1]:.2f})"
     lo, hi = np.percentile(codes, [0.5, 99.5], axis=0)
@@ -212,7 +209,7 @@ def manifold_grid(info: ModelInfo, codes: np.ndarray, n: int = 20) -> tuple[np.n
 
 
 @styled
-def manifold(info: ModelInfo, decoded: np.ndarray, z1: np.ndarray, z2: np.ndarray, how: str) -> Figure:
+def manifold(info: RunSpec, decoded: np.ndarray, z1: np.ndarray, z2: np.ndarray, how: str) -> Figure:
     """decoded: (len(z2), len(z1), 28, 28), row 0 at the highest z2 (up in the picture is up in z).
 
     Evenly spaced grids (the AE's) get true latent axes; quantile grids (the VAE's) are even in
@@ -235,7 +232,7 @@ def manifold(info: ModelInfo, decoded: np.ndarray, z1: np.ndarray, z2: np.ndarra
         ax.set_yticks(ticks, [f"{z2[::-1][i]:.2f}" for i in ticks])
         ax.set_xlabel("z₁ (latent units; tiles evenly spaced in probability)")
         ax.set_ylabel("z₂ (latent units; tiles evenly spaced in probability)")
-    ax.set_title(f"{info.label}: the decoder over a {cols}×{rows} grid of the latent plane\n"
+    ax.set_title(f"{label(info)}: the decoder over a {cols}×{rows} grid of the latent plane\n"
                  "Look for smooth morphing between digits, and for tiles that decode to no digit", fontsize=11)
     ax.text(0.0, -0.13, f"Grid: {how}.", transform=ax.transAxes, fontsize=9.5, style="italic", ha="left",
             va="top")
@@ -245,7 +242,7 @@ def manifold(info: ModelInfo, decoded: np.ndarray, z1: np.ndarray, z2: np.ndarra
 
 
 @styled
-def reconstructions(info: ModelInfo, originals: np.ndarray, recons: np.ndarray, labels: np.ndarray,
+def reconstructions(info: RunSpec, originals: np.ndarray, recons: np.ndarray, labels: np.ndarray,
                     per_row: int = 10) -> Figure:
     """Rows alternate input / reconstruction: each reconstruction sits right under its input."""
     n = len(originals)
@@ -265,13 +262,13 @@ def reconstructions(info: ModelInfo, originals: np.ndarray, recons: np.ndarray, 
     ax.set_xlabel("digit (label of the input)")
     for spine in ax.spines.values():
         spine.set_visible(False)
-    ax.set_title(f"{info.label}: test inputs and their reconstructions from the mean code\n"
-                 f"Look for which details a {info.latent_dim}-number code keeps and which it blurs", fontsize=11)
+    ax.set_title(f"{label(info)}: test inputs and their reconstructions from the mean code\n"
+                 f"Look for which details a {info.model.latent_dim}-number code keeps and which it blurs", fontsize=11)
     return fig
 
 
 @styled
-def prior_samples(info: ModelInfo, images: np.ndarray, per_row: int = 10,
+def prior_samples(info: RunSpec, images: np.ndarray, per_row: int = 10,
                   confident: tuple[float, int, float] | None = None) -> Figure:
     """Decoded z ~ N(0, I); the same z for every model of the same latent size.
 
@@ -290,13 +287,13 @@ def prior_samples(info: ModelInfo, images: np.ndarray, per_row: int = 10,
         share, n, threshold = confident
         ax.set_xlabel(f"The reference classifier is confident (top-class p > {threshold:g})\n"
                       f"on {share:.0%} of the {n} prior samples the evaluate stage scored", fontsize=10.5)
-    ax.set_title(f"{info.label}: {len(images)} random codes z ~ N(0, I), decoded\n"
+    ax.set_title(f"{label(info)}: {len(images)} random codes z ~ N(0, I), decoded\n"
                  "Look for digits vs blurs: a blur is a code\nthat fell where no digit was encoded", fontsize=11)
     return fig
 
 
 @styled
-def interpolation_strips(info: ModelInfo, strips: np.ndarray, pair_labels: np.ndarray,
+def interpolation_strips(info: RunSpec, strips: np.ndarray, pair_labels: np.ndarray,
                          endpoints: np.ndarray | None = None) -> Figure:
     """strips: (pairs, steps, 28, 28) decoded along straight lines between the codes of two test images.
 
@@ -330,30 +327,30 @@ def interpolation_strips(info: ModelInfo, strips: np.ndarray, pair_labels: np.nd
         ax.tick_params(length=0)
         for spine in ax.spines.values():
             spine.set_visible(False)
-    fig.suptitle(f"{info.label}: straight lines between the codes of two test images x₁ and x₂\n"
+    fig.suptitle(f"{label(info)}: straight lines between the codes of two test images x₁ and x₂\n"
                  "Look for gradual morphing vs sudden jumps or non-digits mid-way", x=0.02, ha="left", fontsize=11)
     return fig
 
 
 @styled
-def training_curves(info: ModelInfo, history: list[dict]) -> Figure:
+def training_curves(info: RunSpec, history: list[dict]) -> Figure:
     """Train and validation loss per epoch from history.csv; a VAE also gets its KL term."""
     epochs = [int(float(r["epoch"])) for r in history]
 
     def col(key: str) -> list[float]:
         return [float(r[key]) for r in history]
 
-    unit = "nats per image" if info.recon == "bce" else "squared error summed over pixels, per image"
-    panels = 2 if info.kind == "vae" else 1
+    unit = "nats per image" if info.model.recon == "bce" else "squared error summed over pixels, per image"
+    panels = 2 if info.model.kind == "vae" else 1
     fig, axes = plt.subplots(1, panels, figsize=(4.9 * panels, 3.8), squeeze=False)
     ax = axes[0, 0]
     ax.plot(epochs, col("train/loss_per_image"), "-o", ms=3, color="#444444", label="train")
     ax.plot(epochs, col("val/loss_per_image"), "-o", ms=3, color="#d95f02", label="validation")
     ax.set_xlabel("epoch")
-    ax.set_ylabel(f"loss ({unit})" if info.kind == "ae" else f"loss = recon + β·KL\n({unit})")
+    ax.set_ylabel(f"loss ({unit})" if info.model.kind == "ae" else f"loss = recon + β·KL\n({unit})")
     ax.set_title("Total loss", fontsize=11)
     ax.legend(frameon=False)
-    if info.kind == "vae":
+    if info.model.kind == "vae":
         ax = axes[0, 1]
         ax.plot(epochs, col("train/kl_nats_per_image"), "-o", ms=3, color="#444444", label="train")
         ax.plot(epochs, col("val/kl_nats_per_image"), "-o", ms=3, color="#d95f02", label="validation")
@@ -364,7 +361,7 @@ def training_curves(info: ModelInfo, history: list[dict]) -> Figure:
     for a in axes[0]:
         a.xaxis.get_major_locator().set_params(integer=True)
         a.grid(alpha=0.3)
-    fig.suptitle(f"{info.label}: training curves — validation close to train means no overfitting",
+    fig.suptitle(f"{label(info)}: training curves — validation close to train means no overfitting",
                  x=0.02, ha="left", fontsize=12)
     fig.tight_layout()
     return fig
@@ -374,7 +371,7 @@ def training_curves(info: ModelInfo, history: list[dict]) -> Figure:
 
 
 @styled
-def latent_side_by_side(infos: Sequence[ModelInfo], codes: Sequence[np.ndarray], labels: np.ndarray,
+def latent_side_by_side(infos: Sequence[RunSpec], codes: Sequence[np.ndarray], labels: np.ndarray,
                         max_cols: int = 3) -> Figure:
     """Every model's test codes in one grid, same colour per digit; >2-d codes are shown by PCA."""
     n = len(infos)
@@ -382,23 +379,23 @@ def latent_side_by_side(infos: Sequence[ModelInfo], codes: Sequence[np.ndarray],
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.5 * cols + 1.3, 3.6 * rows + 0.6), squeeze=False)
     for ax, info, z in zip(axes.flat, infos, codes):
-        if info.latent_dim == 1:
+        if info.model.latent_dim == 1:
             _strip_codes(ax, z, labels, point_size=3)
-            ax.set_title(f"{info.label} (1-d code)", fontsize=11, loc="center")
-        elif info.latent_dim == 2:
+            ax.set_title(f"{label(info)} (1-d code)", fontsize=11, loc="center")
+        elif info.model.latent_dim == 2:
             _scatter_codes(ax, z, labels, prior_circle=True, point_size=3)
             ax.set_xlabel("z₁")
             ax.set_ylabel("z₂")
-            ax.set_title(info.label, fontsize=11, loc="center")
+            ax.set_title(label(info), fontsize=11, loc="center")
         else:
             points, _ = project_2d(z, "pca")
             _scatter_codes(ax, points, labels, prior_circle=False, point_size=3)
             ax.set_xlabel("PCA 1")
             ax.set_ylabel("PCA 2")
-            ax.set_title(f"{info.label}\nPCA of the {info.latent_dim}-d code", fontsize=11, loc="center")
+            ax.set_title(f"{label(info)}\nPCA of the {info.model.latent_dim}-d code", fontsize=11, loc="center")
     for ax in list(axes.flat)[n:]:
         ax.set_axis_off()
-    _digit_legend(axes[0, -1], labels, with_prior=any(i.latent_dim == 2 for i in infos),
+    _digit_legend(axes[0, -1], labels, with_prior=any(i.model.latent_dim == 2 for i in infos),
                   loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle("Test codes of every model, coloured by digit (latent units; each panel has its own scale)\n"
                  "Look for: AE clusters spread beyond the dashed N(0, I) circle with gaps between them;\n"
@@ -408,29 +405,35 @@ def latent_side_by_side(infos: Sequence[ModelInfo], codes: Sequence[np.ndarray],
 
 
 @styled
-def rate_distortion(infos: Sequence[ModelInfo], metrics: dict[str, dict[str, float]]) -> Figure:
-    """One point per VAE (x: KL nats per image, y: recon nats per image), labelled with beta; AEs as lines."""
+def rate_distortion(infos: Sequence[RunSpec], metrics: dict[str, dict[str, float]]) -> Figure:
+    """One point per VAE (x: KL nats per image, y: recon nats per image), labelled with beta; AEs as lines.
+
+    The axes' metrics are the registry's "rate" and "distortion" roles; the distortion is per pixel
+    in metrics and drawn per image (x PIXELS). metrics: model name -> {key: value}.
+    """
     colors = model_colors(infos)
     fig, ax = plt.subplots(figsize=(7.6, 5.2))
 
-    def distortion(name: str) -> float:
-        return metrics[name]["test/recon_bce_nats_per_pixel"] * 784
+    rate_key, distortion_key = metric_registry.for_figure("rate").key, metric_registry.for_figure("distortion").key
 
-    vaes = [i for i in infos if i.kind == "vae" and _finite(metrics[i.name].get("test/kl_nats_per_image"))]
-    dims = sorted({i.latent_dim for i in vaes})
+    def distortion(name: str) -> float:
+        return metrics[name][distortion_key] * PIXELS  # per pixel -> per image
+
+    vaes = [i for i in infos if i.model.kind == "vae" and _finite(metrics[i.name].get(rate_key))]
+    dims = sorted({i.model.latent_dim for i in vaes})
     markers = "osD^v<>"
     for k, dim in enumerate(dims):
-        series = sorted((i for i in vaes if i.latent_dim == dim), key=lambda i: i.beta)
-        x = [metrics[i.name]["test/kl_nats_per_image"] for i in series]
+        series = sorted((i for i in vaes if i.model.latent_dim == dim), key=lambda i: i.model.beta)
+        x = [metrics[i.name][rate_key] for i in series]
         y = [distortion(i.name) for i in series]
         ax.plot(x, y, "-", color="#999999", lw=1, zorder=1)
         for i, xi, yi in zip(series, x, y):
             ax.scatter([xi], [yi], s=70, marker=markers[k % len(markers)], color=colors[i.name], zorder=3,
                        edgecolors="black", linewidths=0.6)
-            ax.annotate(f"β={i.beta:g}", (xi, yi), textcoords="offset points", xytext=(7, 6), fontsize=10)
+            ax.annotate(f"β={i.model.beta:g}", (xi, yi), textcoords="offset points", xytext=(7, 6), fontsize=10)
         if len(dims) > 1:
             ax.scatter([], [], marker=markers[k % len(markers)], color="#777777", label=f"VAE, latent {dim}")
-    xs = [metrics[i.name]["test/kl_nats_per_image"] for i in vaes]
+    xs = [metrics[i.name][rate_key] for i in vaes]
     if xs and min(xs) > 0 and max(xs) / min(xs) > 10:
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
@@ -440,7 +443,7 @@ def rate_distortion(infos: Sequence[ModelInfo], metrics: dict[str, dict[str, flo
     else:
         ax.set_xlabel("rate: KL(q(z|x) ‖ N(0, I)) (nats per image)")
     for i in infos:
-        if i.kind != "vae":
+        if i.model.kind != "vae":
             ax.axhline(distortion(i.name), color=colors[i.name], ls="--", lw=1.6, zorder=2,
                        label=f"{i.name}: no KL term, so no rate")
     ax.set_ylabel("distortion: test reconstruction error\n(BCE from the mean code, nats per image)")
@@ -456,19 +459,14 @@ def _finite(v) -> bool:
     return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
 
 
-@dataclass(frozen=True)
-class Metric:
-    key: str  # a METRIC_KEYS entry
-    label: str  # short, with its unit
-    better: str | None = None  # "lower" | "higher" | None (no better direction)
-    log: bool = False  # log y axis (values spanning orders of magnitude)
-    reference: str | None = None  # a pca/* key drawn as the baseline at the same latent size
-
-
 @styled
-def metric_bars(title: str, metrics_list: Sequence[Metric], infos: Sequence[ModelInfo],
+def metric_bars(title: str, metrics_list: Sequence[Metric], infos: Sequence[RunSpec],
                 metrics: dict[str, dict[str, float]]) -> Figure:
-    """One small bar chart per metric, one bar per model (model colours), values written on the bars."""
+    """One small bar chart per metric, one bar per model (model colours), values written on the bars.
+
+    metrics: model name -> {key: value}; NaN or missing draws an "n/a" stub. A metric with a
+    `reference` (a PCA baseline key) gets it as a dashed line; `log` metrics a log axis.
+    """
     colors = model_colors(infos)
     n = len(metrics_list)
     cols = n if n <= 3 else -(-n // 2)  # at most 3 across, so the figure is not shrunk on the page
@@ -510,8 +508,9 @@ def metric_bars(title: str, metrics_list: Sequence[Metric], infos: Sequence[Mode
         else:
             bottom = min(0.0, min(finite)) if finite else 0.0
             ax.set_ylim(bottom * 1.35 if bottom < 0 else 0.0, top * 1.2 if top > 0 else 1.0)
-        arrow = {"lower": "(lower is better)", "higher": "(higher is better)"}.get(m.better or "")
-        ax.set_title(m.label + ("\n" + arrow if arrow else ""), fontsize=10.5, loc="center")
+        notes = [{"min": "lower is better", "max": "higher is better"}.get(m.direction or "")] + ["log scale"] * log
+        note = ", ".join(n for n in notes if n)
+        ax.set_title(m.label + (f"\n({note})" if note else ""), fontsize=10.5, loc="center")
         ax.set_xticks(x, [i.name for i in infos], rotation=35, ha="right", fontsize=9.5)
         ax.tick_params(axis="y", labelsize=9)
         ax.grid(axis="y", alpha=0.3)

@@ -41,7 +41,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import filelock
 
-from aevae import atomic, tracking
+from aevae import atomic, metric_registry, tracking
 from aevae.config import Criterion, Params, load_params, resolve_sweep
 from aevae.errors import UserError, run_cli
 from aevae.provenance import git_state, sha256_file
@@ -50,8 +50,6 @@ LOCK_FILE = Path("logs/retrain.lock")
 RECORDS_DIR = Path("reports/retrain")
 SUMMARY_FILE = Path("metrics/summary.json")
 CODE_PATHS = ("src", "pipeline", "dvc.yaml", "requirements.lock")  # the code the pipeline runs
-# metrics.vae_terms gives an AE NaN for these: it has no posterior, so no KL, ELBO or likelihood.
-UNDEFINED_FOR_AE = ("test/kl_nats_per_image", "test/neg_elbo_nats_per_image", "test/iw_nll_nats_per_image")
 
 
 # -------------------------------------------------------------------- lock
@@ -88,18 +86,20 @@ def _write_pid(fd: int) -> None:
 
 
 def policy(params: Params) -> dict[str, list[Criterion]]:
-    """params.yaml `retrain:` per model kind, checked against the metrics the evaluate stage computes."""
-    from aevae.metrics import METRIC_KEYS
+    """params.yaml `retrain:` per model kind, checked against the metrics the evaluate stage computes.
 
+    Raises UserError naming the criterion when its metric is not in metric_registry.METRICS, or
+    is undefined for that kind (an AE has no posterior, so no KL, ELBO or likelihood).
+    """
     out = {"ae": params.retrain.ae, "vae": params.retrain.vae}
     for kind, criteria in out.items():
         for i, c in enumerate(criteria):
-            if c.metric not in METRIC_KEYS:
+            if c.metric not in metric_registry.KEYS:
                 raise UserError(f"params.yaml: retrain.{kind}.{i}.metric = {c.metric!r} is not a metric of the evaluate"
-                                f" stage; use one of {', '.join(METRIC_KEYS)}")
-            if kind == "ae" and c.metric in UNDEFINED_FOR_AE:
-                raise UserError(f"params.yaml: retrain.ae.{i}.metric = {c.metric!r} is undefined for an AE (no"
-                                " posterior); use a reconstruction, prior or latent metric")
+                                f" stage; use one of {', '.join(metric_registry.KEYS)}")
+            if not metric_registry.by_key(c.metric).applies(kind):
+                raise UserError(f"params.yaml: retrain.{kind}.{i}.metric = {c.metric!r} is undefined for an"
+                                f" {kind.upper()} (no posterior); use a reconstruction, prior or latent metric")
     return out
 
 
@@ -196,28 +196,24 @@ class Scoring:
         self._data = None
 
     def _load(self):
-        from aevae import classifier, metrics
+        from aevae import classifier
         from aevae.data.prepared import load_split
         from aevae.models import as_images
 
-        p = self.params.evaluate
-        settings = metrics.EvalSettings(n_prior_samples=p.n_prior_samples, iw_samples=p.iw_samples,
-                                        interp_pairs=p.interp_pairs, interp_steps=p.interp_steps,
-                                        confidence_threshold=p.confidence_threshold)
         train, test = load_split("train"), load_split("test")
         scorer, _ = classifier.load(Path("classifier/model.pt"))
-        return settings, train, test, scorer, scorer.features(as_images(test.images))  # reference: once
+        return train, test, scorer, scorer.features(as_images(test.images))  # reference: once
 
     def evaluate(self, model_dir: Path) -> dict[str, float]:
-        """Every metric (metrics.METRIC_KEYS) of the model in model_dir (model.pt + config.json)."""
+        """Every metric (metric_registry.KEYS) of the model in model_dir (model.pt + config.json)."""
         from aevae import metrics, model_store
 
         if self._data is None:
             self._data = self._load()
-        settings, train, test, scorer, reference = self._data
+        train, test, scorer, reference = self._data
         model, _ = model_store.load(model_dir.name, root=model_dir.parent)  # weights_only=True
         return metrics.evaluate_model(model, train.images, train.labels, test.images, test.labels, scorer,
-                                      seed=self.params.evaluate.seed, settings=settings, reference_features=reference)
+                                      self.params.evaluate, reference_features=reference)
 
 
 def _challenger_metrics(name: str) -> dict[str, float]:
