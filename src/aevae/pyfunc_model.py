@@ -31,8 +31,8 @@ from aevae.models import PIXELS
 
 ARTIFACT = "model_files"  # the artifact holding model.pt (weights only) and config.json
 # What this file imports of aevae, and what those import: shipped with the model as code_paths.
-SHIPPED_MODULES = ("__init__", "atomic", "config", "data/__init__", "errors", "inference", "losses", "model_store",
-                   "models")
+SHIPPED_MODULES = ("__init__", "atomic", "config", "data/__init__", "errors", "inference", "losses", "metric_registry",
+                   "model_store", "models")
 # Third-party imports of the shipped modules: distribution -> import name. Pinned to the installed versions.
 REQUIREMENTS = {"torch": "torch", "numpy": "numpy", "pydantic": "pydantic", "pyyaml": "yaml"}
 
