@@ -233,8 +233,9 @@ def test_every_version_is_a_described_self_contained_pyfunc(pipeline):
         assert json.loads(dataset.dataset.profile)["data_sha256"] == manifest["data_sha256"]
         local = Path(client.download_artifacts(version.run_id, "model_files", str(root / f"dl-{name}")))
         assert (local / "model.pt").is_file()  # what `make retrain` downloads is still there
-    model_id = client.get_model_version_by_alias("aevae-vae-beta1", "champion").model_id
-    location = client.get_logged_model(model_id).artifact_location  # the registered files, by this store's client
+    source = client.get_model_version_by_alias("aevae-vae-beta1", "champion").source  # models:/<logged model id>
+    assert source.startswith("models:/m-"), source
+    location = client.get_logged_model(source.removeprefix("models:/")).artifact_location  # via this store's client
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(root / "mv")))
     info = mlflow.models.Model.load(local)
     assert [p.name for p in info.signature.params.params] == ["method", "n", "seed"]
