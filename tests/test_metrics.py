@@ -40,7 +40,7 @@ def digits() -> dict:
 
 @pytest.fixture(scope="module")
 def classifier(digits) -> clf_lib.DigitClassifier:
-    return clf_lib.train(digits["train_images"], digits["train_labels"], epochs=5, seed=0).model
+    return clf_lib.train(digits["train_images"], digits["train_labels"], max_epochs=5, seed=0).model
 
 
 def _tiny(kind: str, digits: dict):
@@ -145,8 +145,8 @@ def test_classifier_is_accurate_and_round_trips(digits, classifier, tmp_path):
 
 
 def test_classifier_training_is_seeded(digits):
-    a = clf_lib.train(digits["train_images"][:300], digits["train_labels"][:300], epochs=1, seed=3).model
-    b = clf_lib.train(digits["train_images"][:300], digits["train_labels"][:300], epochs=1, seed=3).model
+    a = clf_lib.train(digits["train_images"][:300], digits["train_labels"][:300], max_epochs=1, seed=3).model
+    b = clf_lib.train(digits["train_images"][:300], digits["train_labels"][:300], max_epochs=1, seed=3).model
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
 
 

@@ -19,6 +19,7 @@ import html
 import math
 import re
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -618,11 +619,13 @@ def render_html(infos: list[ModelInfo], specs: list, values: dict[str, dict[str,
 
 
 def make_report(paths: ReportPaths = ReportPaths(), settings: ReportSettings = ReportSettings(),
-                evaluate_params: dict | None = None, git: dict | None = None) -> Report:
+                evaluate_params: dict | None = None, git: dict | None = None,
+                on_model: Callable[[int, int, str], None] | None = None) -> Report:
     """Read the models, metrics and test split; draw every figure; return the report (nothing written yet).
 
     evaluate_params: the evaluate stage's params (params.yaml `evaluate:`), shown on the page and quoted
-    in captions. git: git_state() of the checkout (computed when None).
+    in captions. git: git_state() of the checkout (computed when None). on_model(done, total, name) after
+    each model's figures are drawn (progress).
     """
     evaluate_params = dict(evaluate_params or {})
     scored = None
@@ -655,6 +658,8 @@ def make_report(paths: ReportPaths = ReportPaths(), settings: ReportSettings = R
         figs, codes[info.name] = model_figures(info, model, test.images, labels, history, summary[info.name],
                                                settings, scatter_idx, scored)
         per_model += figs
+        if on_model:
+            on_model(len(codes), len(infos), info.name)
     figures += sweep_figures(infos, codes, labels, summary, scatter_idx)
     figures += per_model
     git = git_state() if git is None else git
