@@ -47,6 +47,8 @@ class ModelOutcome:
 
 @dataclass
 class TaskOutcome:
+    """One `map_tasks` task: its key, fn's return value, the node it ran on and its seconds there."""
+
     key: str
     value: Any  # fn's return value; None when the task failed
     node_id: str
@@ -284,9 +286,10 @@ def map_tasks(
     The same local-or-cluster rules as `train_sweep` (RAY_ADDRESS, see `connect`). `shared` (the data, a
     classifier) goes to the object store once and every task reads the same copy; each task runs torch
     with `cpus_per_task` threads, so on a 2-core machine two tasks run at once. on_done gets each
-    TaskOutcome (error set when the task failed more often than max_retries allows) as it finishes, in
-    the driver's process; on_wait(keys still running) about once a second. fn must be importable by the
-    workers (a function of this package) and its results picklable. Returns facts about the cluster used.
+    TaskOutcome as it finishes, in the driver's process (`error` set when its worker or node died more
+    often than max_retries allows; an exception raised by fn is re-raised here); on_wait(keys still
+    running) about once a second. fn must be importable by the workers (a function of this package) and
+    its results picklable. Returns facts about the cluster used.
     """
     started_locally, gcs = connect()
     import ray
@@ -302,10 +305,13 @@ def map_tasks(
             for ref in done:
                 key = pending.pop(ref)
                 try:
-                    on_done(ray.get(ref))
-                except ray.exceptions.RayError as exc:  # failed on every try
+                    outcome = ray.get(ref)
+                except ray.exceptions.RayTaskError:  # fn itself raised: a bug, not the cluster's doing
+                    raise
+                except ray.exceptions.RayError as exc:  # its worker or node died on every try
                     reason = str(exc).strip().splitlines()[0]
-                    on_done(TaskOutcome(key, None, "", 0.0, error=f"'{key}' failed: {reason}"))
+                    outcome = TaskOutcome(key, None, "", 0.0, error=f"'{key}' failed: {reason}")
+                on_done(outcome)
             if pending and on_wait:
                 on_wait(sorted(pending.values()))
         return _cluster_facts(started_locally, gcs)
