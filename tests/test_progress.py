@@ -11,6 +11,7 @@ import torch
 
 from aevae import classifier as clf_lib
 from aevae.data.sources import from_bundled
+from aevae.errors import UserError
 from aevae.progress import PROGRESS_ENV, Progress, every_s
 from project import SMALL_PARAMS, dvc, make_project
 
@@ -28,6 +29,9 @@ def test_progress_throttles_and_ends_with_a_line(monkeypatch):
     assert lines[-1].startswith("[stage] 100/100 steps (100%)  step 100  ETA    0s")
     monkeypatch.setenv(PROGRESS_ENV, "0.25")
     assert every_s(10.0) == 0.25 and Progress("s", 1, "x").every == 0.25
+    monkeypatch.setenv(PROGRESS_ENV, "ten")
+    with pytest.raises(UserError, match=f"{PROGRESS_ENV}='ten' is not a number"):
+        every_s(10.0)
 
 
 @pytest.fixture(scope="module")

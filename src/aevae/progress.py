@@ -14,14 +14,20 @@ import sys
 import time
 
 from aevae.config import RunSpec
+from aevae.errors import UserError
 
 PROGRESS_ENV = "AEVAE_PROGRESS_EVERY_S"
 
 
 def every_s(default: float) -> float:
-    """Seconds between progress lines: AEVAE_PROGRESS_EVERY_S when set, else `default`."""
+    """Seconds between progress lines: AEVAE_PROGRESS_EVERY_S when set, else `default`; UserError if not a number."""
     value = os.environ.get(PROGRESS_ENV, "").strip()
-    return float(value) if value else default
+    if not value:
+        return default
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        raise UserError(f"{PROGRESS_ENV}={value!r} is not a number of seconds; set it to e.g. 10 or unset it") from None
 
 
 def _eta(seconds: float) -> str:
