@@ -115,8 +115,10 @@ def _random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torc
 def augment_shift(augment: bool | str, n_train: int, shift: int = 2) -> int:
     """Pixels of random shift to train with: `augment` "auto" shifts only small training sets.
 
-    Shifts buy accuracy when a few thousand digits are all there is; on the full 54k they only slow
-    each epoch and convergence (measured in bench/RESULTS.md, issue 16).
+    Measured for issue 16 (one seed, patience 3, 1 thread): on the bundled 3,600 digits shifts gave 97.0%
+    test accuracy in 7 epochs against 96.8% in 11 without; on the full 54k the two were within the
+    validation set's noise (98.4 / 99.0% after 1 / 2 epochs against 98.25 / 98.8%), and a shift costs
+    about 1% of a training step's CPU time. So they are on where they measurably help.
     """
     if augment == "auto":
         augment = n_train < AUTO_AUGMENT_BELOW
