@@ -1,4 +1,8 @@
-"""Stage `classifier`: the reference CNN that scores images -> classifier/model.pt, metrics/classifier.json."""
+"""Stage `classifier`: the reference CNN that scores images -> classifier/model.pt, metrics/classifier.json.
+
+It trains until validation accuracy stops improving (params `classifier:`), printing a progress line every
+few seconds with an ETA (an upper bound: early stopping may end it sooner).
+"""
 
 from pathlib import Path
 
@@ -6,6 +10,7 @@ from aevae import atomic, classifier
 from aevae.config import load_params
 from aevae.data.prepared import load_split
 from aevae.errors import run_cli
+from aevae.progress import Progress
 
 OUT = Path("classifier/model.pt")
 METRICS = Path("metrics/classifier.json")
@@ -14,12 +19,29 @@ METRICS = Path("metrics/classifier.json")
 def main() -> None:
     p = load_params().classifier
     train, val, test = load_split("train"), load_split("val"), load_split("test")
-    result = classifier.train(train.images, train.labels, val.images, val.labels,
-                              epochs=p.epochs, seed=p.seed, batch_size=p.batch_size, lr=p.lr)
+    shift = classifier.augment_shift(p.augment, len(train.images))
+    steps = -(-len(train.images) // p.batch_size)
+    progress = Progress("classifier", p.max_epochs * steps, "steps")
+    progress.line(f"training on {len(train.images)} images, at most {p.max_epochs} epochs of {steps} steps, "
+                  f"patience {p.patience}, random shift {shift} px")
+
+    def on_epoch(rec: dict) -> None:
+        progress.update(rec["epoch"] * steps, f"epoch {rec['epoch']}: val accuracy {rec['val/accuracy']:.4f}",
+                        force=True)
+
+    result = classifier.train(
+        train.images, train.labels, val.images, val.labels, max_epochs=p.max_epochs, patience=p.patience,
+        target_accuracy=p.target_accuracy, seed=p.seed, batch_size=p.batch_size, lr=p.lr, shift=shift,
+        on_step=lambda epoch, step: progress.update((epoch - 1) * steps + step, f"epoch {epoch}"),
+        on_epoch=on_epoch,
+    )
     accuracy = result.model.accuracy(test.images, test.labels)
+    best = result.history[result.best_epoch - 1]
     classifier.save(OUT, result.model, {"test_accuracy": accuracy})
-    atomic.write_json(METRICS, {"test/accuracy": accuracy, "val/accuracy": result.history[-1]["val/accuracy"]})
-    print(f"reference classifier: test accuracy {accuracy:.4f} after {p.epochs} epochs")
+    atomic.write_json(METRICS, {"test/accuracy": accuracy, "val/accuracy": best["val/accuracy"],
+                                "epochs": len(result.history), "best_epoch": result.best_epoch})
+    progress.done(f"test accuracy {accuracy:.4f}, best of {len(result.history)} epochs: {result.best_epoch} "
+                  f"(stopped: {result.stopped})")
 
 
 if __name__ == "__main__":

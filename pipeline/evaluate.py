@@ -1,23 +1,26 @@
 """Stage `evaluate`: every claim of the article as numbers -> metrics/models/<model>.json, metrics/summary.json.
 
-The same keys (aevae.metric_registry) go to each model's MLflow child run. The arrays the
-report's figures need (test codes, prior samples, interpolation strips) go to
+The same keys (aevae.metric_registry) go to each model's MLflow child run. Each model is evaluated
+in its own Ray task, on a local instance or the cluster at RAY_ADDRESS, with one torch thread per CPU
+it reserves (ray.cpus_per_model); this driver gathers the results and alone writes files and talks to
+MLflow. The arrays the report's figures need (test codes, prior samples, interpolation strips) go to
 metrics/arrays/<model>.npz, so the report does not run the models again for them.
 """
 
 import math
 from pathlib import Path
 
-from tqdm import tqdm
-
 from aevae import atomic, classifier, metric_registry, metrics, model_store
 from aevae.config import load_params
 from aevae.data.prepared import load_split
-from aevae.errors import run_cli
+from aevae.distributed import map_tasks
+from aevae.errors import UserError, run_cli
 from aevae.models import as_images
+from aevae.progress import Progress
 from aevae.tracking import log_evaluation
 
 OUT = Path("metrics")
+RUN_FACTS = Path("logs/evaluate_run.json")
 _KEYS = {m.key: m for m in metric_registry.METRICS}
 
 
@@ -39,24 +42,39 @@ def main() -> None:
     p = params.evaluate
     train, test = load_split("train"), load_split("test")
     scorer, _ = classifier.load(Path("classifier/model.pt"))
-    reference = scorer.features(as_images(test.images))  # once for all models
     names = model_store.trained_names()
+    models = {name: model_store.load(name) for name in names}
+    # One Ray task per model (local instance or RAY_ADDRESS, as for training); the driver alone writes and logs.
+    shared = dict(train_images=train.images, train_labels=train.labels, test_images=test.images,
+                  test_labels=test.labels, classifier=scorer, params=p,
+                  reference_features=scorer.features(as_images(test.images)))  # once for all models
+    progress = Progress("evaluate", len(names), "models")
+    evaluations, runs = {}, {}
+
+    def on_done(outcome) -> None:
+        if outcome.error:
+            raise UserError(f"evaluating model {outcome.error}; rerun the evaluate stage (dvc repro evaluate)")
+        evaluations[outcome.key] = outcome.value
+        runs[outcome.key] = {"node_id": outcome.node_id, "seconds": round(outcome.seconds, 3)}
+        progress.update(len(evaluations), f"{outcome.key} done in {outcome.seconds:.1f}s", force=True)
+
+    cluster = map_tasks(metrics.evaluate, {name: (models[name][0],) for name in names}, shared,
+                        params.ray.cpus_per_model, params.ray.max_retries, on_done,
+                        on_wait=lambda running: progress.update(len(evaluations), f"running: {', '.join(running)}"))
     results, pca = {}, {}
     with atomic.atomic_dir(OUT / "arrays") as arrays:  # all models' arrays appear together, or none
-        for name in tqdm(names, desc="evaluate", unit="model", ncols=80):
-            model, spec = model_store.load(name)
-            evaluation = metrics.evaluate(model, train.images, train.labels, test.images, test.labels,
-                                          scorer, p, reference_features=reference)
-            metrics.save_arrays(arrays / f"{name}.npz", evaluation)
-            values = evaluation.metrics
+        for name in names:
+            metrics.save_arrays(arrays / f"{name}.npz", evaluations[name])
+            spec = models[name][1]
             dim = spec.model.latent_dim
             if dim not in pca:
                 pca[dim] = metrics.pca_baseline(train.images, test.images, dim, seed=p.seed)
-            values.update(pca[dim])
-            results[name] = values
+            results[name] = {**evaluations[name].metrics, **pca[dim]}
             # summary.json stays one flat number-or-null per key (dvc metrics); each model's file says why a null is one.
             atomic.write_json(OUT / "models" / f"{name}.json",
-                              {**values, "null_reasons": _null_reasons(values, spec.model.kind)})
+                              {**results[name], "null_reasons": _null_reasons(results[name], spec.model.kind)})
+    # Where each model was evaluated: facts about the run, not results, so not a DVC output.
+    atomic.write_json(RUN_FACTS, {**cluster, "models": runs})
     atomic.write_json(OUT / "summary.json", results)
     log_evaluation(results)
     width = max(map(len, names))

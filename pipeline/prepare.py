@@ -7,15 +7,22 @@ from aevae.data.prepare import split, write_prepared
 from aevae.data.prepared import PREPARED_DIR
 from aevae.data.sources import load_raw
 from aevae.errors import run_cli
+from aevae.progress import Progress
 
 
 def main() -> None:
     p = load_params().data
+    # Three steps of a few seconds each even on the full 70k images: a line after each is enough.
+    progress = Progress("prepare", 3, "steps", every=0.0)
     raw = load_raw(p.dataset, p.source, Path(p.idx_dir), Path(p.download_dir))
+    n_test = 0 if raw.test_images is None else len(raw.test_images)
+    progress.update(1, f"read {len(raw.train_images) + n_test} images from {raw.source}")
     splits = split(raw, p.val_fraction, p.test_fraction, p.seed)
+    progress.update(2, "split")
     manifest = write_prepared(PREPARED_DIR, splits, raw, p.dataset)
+    progress.update(3, "written")
     counts = ", ".join(f"{s} {c['total']}" for s, c in manifest["counts"].items())
-    print(f"prepared {p.dataset} from {manifest['source']}: {counts}")
+    progress.done(f"prepared {p.dataset} from {manifest['source']}: {counts}")
 
 
 if __name__ == "__main__":

@@ -6,17 +6,21 @@ The HTML goes to the MLflow parent run, each model's figures to its child run.
 from pathlib import Path
 
 from aevae import report
-from aevae.config import load_params
+from aevae.config import load_params, resolve_sweep
 from aevae.errors import run_cli
+from aevae.progress import Progress
 from aevae.tracking import log_report
 
 OUT = Path("reports")
 
 
 def main() -> None:
-    p = load_params().evaluate
+    params = load_params()
+    p = params.evaluate
     settings = report.ReportSettings(seed=p.seed)
-    result = report.make_report(report.ReportPaths(out=OUT), settings, evaluate_params=p.model_dump())
+    progress = Progress("report", len(resolve_sweep(params)), "models")
+    result = report.make_report(report.ReportPaths(out=OUT), settings, evaluate_params=p.model_dump(),
+                                on_model=lambda done, total, name: progress.update(done, f"{name}'s figures"))
     figures_by_model = report.write_report(result, OUT)
     log_report(OUT, figures_by_model)
     print(f"report: {OUT / 'index.html'} ({len(result.figures)} figures, {len(result.html) / 1e6:.1f} MB), "

@@ -57,7 +57,8 @@ def _train(params, specs, manifest: dict, train, val, tracker: SweepTracker) -> 
             return
         folder = model_store.save(model_store.MODELS_DIR, outcome.spec, outcome.state_dict, outcome.history,
                                   {"data_sha256": manifest["data_sha256"]})
-        runs[name] = {"device": outcome.device, "epochs_run": outcome.epochs_run, "seconds": round(outcome.seconds, 3)}
+        runs[name] = {"device": outcome.device, "epochs_run": outcome.epochs_run, "seconds": round(outcome.seconds, 3),
+                      "node_id": outcome.node_id}
         progress.done(name, outcome.epochs_run, outcome.seconds)
         tracker.model_done(outcome.spec, outcome.history, folder)
 

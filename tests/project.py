@@ -32,7 +32,7 @@ SMALL_PARAMS = {
         ],
     },
     "ray": {"cpus_per_model": 1, "workers_per_model": 1},
-    "classifier": {"epochs": 1, "batch_size": 64, "lr": 0.002, "seed": 0},
+    "classifier": {"max_epochs": 1, "batch_size": 64, "lr": 0.002, "seed": 0},
     "evaluate": {"seed": 0, "n_prior_samples": 200, "iw_samples": 8, "interp_pairs": 8, "interp_steps": 5,
                  "confidence_threshold": 0.9},
 }

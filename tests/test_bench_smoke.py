@@ -28,3 +28,25 @@ def test_quick_benchmark_writes_every_section(tmp_path):
         body = text.split(title, 1)[1].split("\n### ", 1)[0]
         assert "FAILED" not in body, body
         assert "|---|" in body, f"section {title!r} has no table"
+
+
+FULL_MNIST = REPO.parents[1] / "shared" / "data" / "mnist"
+
+
+@pytest.mark.skipif(not (FULL_MNIST / "train-images-idx3-ubyte.gz").is_file(), reason=f"no full MNIST in {FULL_MNIST}")
+def test_quick_full_size_benchmark_writes_both_sections(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "full_size.py"), "--quick", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"bench exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    text = out.read_text()
+    for title in ("### Single model: ours vs the pytorch/examples recipe", "### Training throughput: share of FP32 peak"):
+        body = text.split(title, 1)[1].split("\n### ", 1)[0]
+        assert "|---|" in body and "FAILED" not in body, body
+
+
+def test_full_size_benchmark_skips_without_data(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "full_size.py"), "--data", str(tmp_path),
+                           "--out", str(tmp_path / "RESULTS.md")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("skipped: no MNIST IDX files")
+    assert not (tmp_path / "RESULTS.md").exists()

@@ -44,7 +44,7 @@ def digits() -> dict:
 @pytest.fixture(scope="module")
 def classifier(digits, request) -> clf_lib.DigitClassifier:
     """The reference classifier, 5 epochs on the 2,000 digits: trained once, then reloaded from pytest's cache."""
-    return cached_classifier(request.config, digits["train_images"], digits["train_labels"], epochs=5, seed=0)
+    return cached_classifier(request.config, digits["train_images"], digits["train_labels"], max_epochs=5, seed=0)
 
 
 def _tiny(kind: str, digits: dict):
@@ -149,8 +149,8 @@ def test_classifier_is_accurate_and_round_trips(digits, classifier, tmp_path):
 
 
 def test_classifier_training_is_seeded(digits):
-    a = clf_lib.train(digits["train_images"][:300], digits["train_labels"][:300], epochs=1, seed=3).model
-    b = clf_lib.train(digits["train_images"][:300], digits["train_labels"][:300], epochs=1, seed=3).model
+    a = clf_lib.train(digits["train_images"][:300], digits["train_labels"][:300], max_epochs=1, seed=3).model
+    b = clf_lib.train(digits["train_images"][:300], digits["train_labels"][:300], max_epochs=1, seed=3).model
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
 
 

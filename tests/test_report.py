@@ -79,7 +79,7 @@ def run(tmp_path_factory, _one_thread, request):
         result = train_model(spec, train.images, val.images)
         model_store.save(root / "models", spec, result.model.state_dict(), result.history,
                          {"data_sha256": manifest["data_sha256"]})
-    scorer = cached_classifier(request.config, train.images, train.labels, epochs=1, seed=0)
+    scorer = cached_classifier(request.config, train.images, train.labels, max_epochs=1, seed=0)
     accuracy = scorer.accuracy(test.images, test.labels)
     atomic.write_json(root / "metrics" / "classifier.json", {"test/accuracy": accuracy})
     summary = {}

@@ -8,8 +8,10 @@ than Inception's, so numbers are comparable within this project only).
 
 Training follows training.py: the whole split is one tensor, batches come
 from a seeded permutation (no DataLoader), losses are read once per epoch.
-Each batch is randomly shifted by up to `shift` pixels, which buys a couple
-of points of accuracy when only a few thousand digits are available.
+It stops when validation accuracy stops improving (or reaches a target), so
+its cost follows the data: a few epochs on the full MNIST, more on the
+bundled 3,600 digits. Batches are randomly shifted by up to `shift` pixels
+only for small training sets, where that buys accuracy (`augment_shift`).
 
 On disk: {"config": {...}, "state_dict": {...}, "facts": {...}} written
 atomically and read back with torch.load(weights_only=True).
@@ -18,6 +20,7 @@ atomically and read back with torch.load(weights_only=True).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,6 +34,8 @@ from aevae.data import N_CLASSES
 from aevae.errors import UserError
 from aevae.models import EVAL_BATCH, IMAGE_SHAPE, as_images
 from aevae.rng import epoch_generator
+
+AUTO_AUGMENT_BELOW = 20_000  # training images under which augment: auto shifts them
 
 
 @dataclass(frozen=True)
@@ -90,8 +95,10 @@ class DigitClassifier(nn.Module):
 
 @dataclass
 class ClassifierResult:
-    model: DigitClassifier
-    history: list[dict] = field(default_factory=list)  # one record per epoch
+    model: DigitClassifier  # the weights of the best validation epoch
+    history: list[dict] = field(default_factory=list)  # one record per epoch trained
+    best_epoch: int = 0
+    stopped: str = "max_epochs"  # why training ended: "max_epochs", "patience" or "target"
 
 
 def _random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
@@ -107,51 +114,97 @@ def _random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torc
     return padded[batch, 0, rows[:, :, None], cols[:, None, :]].unsqueeze(1)
 
 
+def augment_shift(augment: bool | str, n_train: int, shift: int = 2) -> int:
+    """Pixels of random shift to train with: `augment` "auto" shifts only small training sets.
+
+    Measured for issue 16 (one seed, patience 3, 1 thread): on the bundled 3,600 digits shifts gave 97.0%
+    test accuracy in 7 epochs against 96.8% in 11 without; on the full 54k the two were within the
+    validation set's noise (98.4 / 99.0% after 1 / 2 epochs against 98.25 / 98.8%), and a shift costs
+    about 1% of a training step's CPU time. So they are on where they measurably help.
+    """
+    if augment == "auto":
+        augment = n_train < AUTO_AUGMENT_BELOW
+    return shift if augment else 0
+
+
+def _epoch(model, opt, x, y, batch_size: int, shift: int, gen: torch.Generator, on_step) -> float:
+    """One pass in a seeded order; returns the mean train loss (nats per image)."""
+    model.train()
+    order = torch.randperm(len(x), generator=gen).to(x.device)
+    loss_sum = torch.zeros((), device=x.device)
+    for step, start in enumerate(range(0, len(x), batch_size), 1):
+        idx = order[start : start + batch_size]
+        loss = F.cross_entropy(model(_random_shift(x[idx], shift, gen)), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_sum += loss.detach() * len(idx)
+        if on_step:
+            on_step(step)
+    return float(loss_sum) / len(x)
+
+
 def train(
     train_images,
     train_labels,
     val_images=None,
     val_labels=None,
-    epochs: int = 10,
+    max_epochs: int = 30,
+    patience: int = 3,
+    target_accuracy: float | None = None,
     seed: int = 0,
     batch_size: int = 64,
     lr: float = 2e-3,
     shift: int = 2,
     config: ClassifierConfig = ClassifierConfig(),
     device: torch.device | str = "cpu",
+    on_step: Callable[[int, int], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> ClassifierResult:
-    """Train with Adam and a one-cycle learning rate; seeded, so reruns give the same weights.
+    """Train with Adam until validation accuracy stops improving; seeded, so reruns give the same weights.
 
-    Records per epoch: train loss (nats per image), val accuracy when val data is given.
+    Images (N, 28, 28) uint8 or (N, 1, 28, 28) in [0, 1], labels (N,) ints. The learning rate halves after
+    each epoch without a new best validation accuracy; training stops after `patience` such epochs in a
+    row, at `target_accuracy` (val, in [0, 1]) or at `max_epochs`, and the best epoch's weights are kept
+    (early stopping, Prechelt 1998). Without validation data it trains `max_epochs` at the full rate. Records per epoch: train loss (nats per image), val accuracy, lr,
+    seconds. on_step(epoch, step) after each optimizer step; on_epoch(record) after each epoch.
     """
     device = torch.device(device)
     torch.manual_seed(seed)  # weight init and dropout
     model = DigitClassifier(config).to(device)
     x = as_images(train_images, device)
     y = torch.as_tensor(np.asarray(train_labels)).long().to(device)
-    steps_per_epoch = -(-len(x) // batch_size)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
     result = ClassifierResult(model=model)
-    for epoch in range(epochs):
+    best_acc, best_state, stale = -1.0, None, 0
+    for epoch in range(1, max_epochs + 1):
         t0 = time.perf_counter()
-        model.train()
         gen = epoch_generator(seed, epoch)  # batch order and shifts
-        order = torch.randperm(len(x), generator=gen).to(device)
-        loss_sum = torch.zeros((), device=device)
-        for start in range(0, len(x), batch_size):
-            idx = order[start : start + batch_size]
-            loss = F.cross_entropy(model(_random_shift(x[idx], shift, gen)), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += loss.detach() * len(idx)
-        record = {"epoch": epoch + 1, "train/loss_nats_per_image": float(loss_sum) / len(x)}
-        if val_images is not None and val_labels is not None:
-            record["val/accuracy"] = model.accuracy(val_images, val_labels)
+        step_cb = (lambda step: on_step(epoch, step)) if on_step else None
+        loss = _epoch(model, opt, x, y, batch_size, shift, gen, step_cb)
+        record = {"epoch": epoch, "train/loss_nats_per_image": loss, "lr": opt.param_groups[0]["lr"]}
+        if val_images is None:  # nothing to stop on: every epoch counts as the best so far
+            acc = float(epoch)
+        else:
+            acc = record["val/accuracy"] = model.accuracy(val_images, val_labels)
         record["seconds"] = time.perf_counter() - t0
         result.history.append(record)
+        if on_epoch:
+            on_epoch(record)
+        if acc > best_acc:
+            best_acc, stale, result.best_epoch = acc, 0, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+            for group in opt.param_groups:  # a plateau: smaller steps before giving up
+                group["lr"] *= 0.5
+        if target_accuracy is not None and best_acc >= target_accuracy:
+            result.stopped = "target"
+            break
+        if stale >= patience:
+            result.stopped = "patience"
+            break
+    model.load_state_dict(best_state)
     model.eval()
     return result
 

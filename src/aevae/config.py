@@ -99,7 +99,10 @@ class RayParams(_Strict):
 
 
 class ClassifierParams(_Strict):
-    epochs: PositiveInt = 8
+    max_epochs: PositiveInt = 30
+    patience: PositiveInt = 3  # epochs without a better validation accuracy before stopping
+    target_accuracy: float | None = Field(None, gt=0.0, le=1.0)  # stop once validation accuracy reaches it
+    augment: bool | Literal["auto"] = "auto"  # random shifts; auto: only for small training sets
     batch_size: PositiveInt = 64
     lr: float = Field(2e-3, gt=0.0)
     seed: int = 0

@@ -1,4 +1,4 @@
-"""Ray: trains the sweep, one model per task, on a local instance or a cluster.
+"""Ray: trains and evaluates the sweep, one model per task, on a local instance or a cluster.
 
 The only module that knows Ray. A plain Ray task per model starts in seconds
 where Ray Train's TorchTrainer costs ~25 s of fixed overhead on a small
@@ -8,7 +8,9 @@ With RAY_ADDRESS set we attach to that cluster and start nothing; otherwise a
 local instance sized to this machine is started and shut down afterwards.
 Workers get the data through Ray's object store and write checkpoints to
 `storage_path` (absolute: Ray changes workers' working directory; shared
-storage on a multi-node cluster).
+storage on a multi-node cluster). Tasks are spread over the cluster's nodes
+(each records the node it ran on); a task whose node dies is retried on
+another, and a training task resumes there from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +46,24 @@ class ModelOutcome:
     device: str
     seconds: float
     error: str | None = None
+    node_id: str = ""  # the Ray node that finished it
+
+
+@dataclass
+class TaskOutcome:
+    """One `map_tasks` task: its key, fn's return value, the node it ran on and its seconds there."""
+
+    key: str
+    value: Any  # fn's return value; None when the task failed
+    node_id: str
+    seconds: float
+    error: str | None = None
+
+
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
 
 
 # An HTTP/2 client preface and an empty SETTINGS frame: a Ray GCS (a gRPC server) answers with its own
@@ -196,9 +217,10 @@ def _train_one(spec: RunSpec, train_images, val_images, ckpt_dir: str, data_sha2
             on_epoch=lambda rec: board.report.remote(spec.name, rec), data_sha256=data_sha256,
         )
     except Diverged as exc:
-        return ModelOutcome(spec, None, [], 0, device, time.perf_counter() - t0, error=str(exc))
+        return ModelOutcome(spec, None, [], 0, device, time.perf_counter() - t0, error=str(exc), node_id=_node_id())
     state = {k: v.cpu() for k, v in result.model.state_dict().items()}
-    return ModelOutcome(spec, state, result.history, result.epochs_run, device, time.perf_counter() - t0)
+    return ModelOutcome(spec, state, result.history, result.epochs_run, device, time.perf_counter() - t0,
+                        node_id=_node_id())
 
 
 def _ddp_loop(config: dict) -> None:
@@ -279,6 +301,7 @@ def train_sweep(
         data = (ray.put(train_images), ray.put(val_images))
         task = ray.remote(_train_one).options(
             num_cpus=ray_params.cpus_per_model, num_gpus=1 if use_gpu else 0, max_retries=ray_params.max_retries,
+            scheduling_strategy="SPREAD",  # one model per node first: each gets a node's memory bandwidth
         )
         pending, ddp_specs = {}, []
         for spec in specs:
@@ -293,8 +316,71 @@ def train_sweep(
             outcome = _fit_ddp(spec, (train_images, val_images), ckpt, data_sha256, ray_params, use_gpu, board)
             _drain(board, on_epoch)
             on_done(outcome)
-        return {"ray_started_locally": started_locally, "ray_gcs_address": gcs, "use_gpu": use_gpu,
-                "cluster_resources": {k: v for k, v in ray.cluster_resources().items() if "node:" not in k}}
+        return {**_cluster_facts(started_locally, gcs), "use_gpu": use_gpu}
+    finally:
+        ray.shutdown()
+
+
+def _cluster_facts(started_locally: bool, gcs: str) -> dict:
+    import ray
+
+    return {"ray_started_locally": started_locally, "ray_gcs_address": gcs,
+            "cluster_resources": {k: v for k, v in ray.cluster_resources().items() if "node:" not in k}}
+
+
+def _run_task(fn: Callable, key: str, args: tuple, cpus: float, names: tuple[str, ...], *shared) -> TaskOutcome:
+    """Body of one `map_tasks` task: fn(*args, **shared) with as many torch threads as CPUs reserved."""
+    import torch
+
+    torch.set_num_threads(max(1, int(cpus)))
+    t0 = time.perf_counter()
+    value = fn(*args, **dict(zip(names, shared)))
+    return TaskOutcome(key, value, _node_id(), time.perf_counter() - t0)
+
+
+def map_tasks(
+    fn: Callable,
+    items: dict[str, tuple],
+    shared: dict[str, Any],
+    cpus_per_task: float,
+    max_retries: int,
+    on_done: Callable[[TaskOutcome], None],
+    on_wait: Callable[[list[str]], None] | None = None,
+) -> dict:
+    """Run fn(*items[key], **shared) for every key, one Ray task each, spread over the cluster.
+
+    The same local-or-cluster rules as `train_sweep` (RAY_ADDRESS, see `connect`). `shared` (the data, a
+    classifier) goes to the object store once and every task reads the same copy; each task runs torch
+    with `cpus_per_task` threads, so on a 2-core machine two tasks run at once. on_done gets each
+    TaskOutcome as it finishes, in the driver's process (`error` set when its worker or node died more
+    often than max_retries allows; an exception raised by fn is re-raised here); on_wait(keys still
+    running) about once a second. fn must be importable by the workers (a function of this package) and
+    its results picklable. Returns facts about the cluster used.
+    """
+    started_locally, gcs = connect()
+    import ray
+
+    try:
+        names = tuple(shared)
+        refs = [ray.put(shared[n]) for n in names]
+        task = ray.remote(_run_task).options(num_cpus=cpus_per_task, max_retries=max_retries,
+                                             scheduling_strategy="SPREAD")
+        pending = {task.remote(fn, key, args, cpus_per_task, names, *refs): key for key, args in items.items()}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            for ref in done:
+                key = pending.pop(ref)
+                try:
+                    outcome = ray.get(ref)
+                except ray.exceptions.RayTaskError:  # fn itself raised: a bug, not the cluster's doing
+                    raise
+                except ray.exceptions.RayError as exc:  # its worker or node died on every try
+                    reason = str(exc).strip().splitlines()[0]
+                    outcome = TaskOutcome(key, None, "", 0.0, error=f"'{key}' failed: {reason}")
+                on_done(outcome)
+            if pending and on_wait:
+                on_wait(sorted(pending.values()))
+        return _cluster_facts(started_locally, gcs)
     finally:
         ray.shutdown()
 

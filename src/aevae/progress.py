@@ -1,16 +1,74 @@
-"""One line per model per epoch, with an ETA, instead of Ray's log noise."""
+"""Progress lines with an ETA, instead of Ray's log noise or a silent stage.
+
+Every stage that can run longer than ~10 s prints a line at least every few
+seconds: the train stage one per model per epoch (SweepProgress), the others
+one for the stage's unit of work (Progress: batches, models, steps). The
+interval comes from AEVAE_PROGRESS_EVERY_S when set (tests lower it).
+"""
 
 from __future__ import annotations
 
+import math
+import os
 import sys
 import time
 
 from aevae.config import RunSpec
+from aevae.errors import UserError
+
+PROGRESS_ENV = "AEVAE_PROGRESS_EVERY_S"
+
+
+def every_s(default: float) -> float:
+    """Seconds between progress lines: AEVAE_PROGRESS_EVERY_S when set, else `default`; UserError if not a number."""
+    value = os.environ.get(PROGRESS_ENV, "").strip()
+    if not value:
+        return default
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        raise UserError(f"{PROGRESS_ENV}={value!r} is not a number of seconds; set it to e.g. 10 or unset it") from None
+
+
+def _eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "ETA    ?"
+    return f"ETA {seconds:4.0f}s" if seconds < 600 else f"ETA {seconds / 60:4.0f}min"
+
+
+class Progress:
+    """One stage's work counted in units: `[stage] done/total unit (pct)  note  ETA`.
+
+    A line at the first update, then at most one per `every` seconds, and at the end; the ETA extrapolates
+    the rate so far (an upper bound where the work may stop early, e.g. early stopping).
+    """
+
+    def __init__(self, stage: str, total: int, unit: str, stream=sys.stdout, every: float | None = None):
+        self.stage, self.total, self.unit, self.stream = stage, max(1, int(total)), unit, stream
+        self.every = every_s(5.0) if every is None else every
+        self.t0 = time.monotonic()
+        self.last = -math.inf
+
+    def line(self, text: str) -> None:
+        print(f"[{self.stage}] {text}", file=self.stream, flush=True)
+
+    def update(self, done: float, note: str = "", force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and done < self.total and now - self.last < self.every:
+            return
+        self.last = now
+        elapsed = now - self.t0
+        eta = elapsed / done * (self.total - done) if done > 0 else math.inf
+        note = f"  {note}" if note else ""
+        self.line(f"{done:.0f}/{self.total} {self.unit} ({100 * done / self.total:3.0f}%){note}  {_eta(eta)}")
+
+    def done(self, text: str) -> None:
+        self.line(f"{text} in {time.monotonic() - self.t0:.1f}s")
 
 
 class SweepProgress:
-    def __init__(self, specs: list[RunSpec], stream=sys.stdout, every_s: float = 3.0):
-        self.every_s = every_s
+    def __init__(self, specs: list[RunSpec], stream=sys.stdout, every: float | None = None):
+        self.every_s = every_s(3.0) if every is None else every
         self.epochs = {s.name: s.train.epochs for s in specs}
         self.width = max(len(n) for n in self.epochs)
         self.stream = stream

@@ -23,6 +23,7 @@ import csv
 import html.parser
 import importlib.resources
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -372,12 +373,14 @@ def render(specs: list[RunSpec], values: dict[str, dict[str, float]], figures: l
 
 
 def make_report(paths: ReportPaths = ReportPaths(), settings: ReportSettings = ReportSettings(),
-                evaluate_params: dict | None = None, git: dict | None = None) -> Report:
+                evaluate_params: dict | None = None, git: dict | None = None,
+                on_model: Callable[[int, int, str], None] | None = None) -> Report:
     """Read the models, metrics, arrays and test split; draw every figure; return the report (nothing written yet).
 
     evaluate_params: the evaluate stage's params (params.yaml `evaluate:`), shown on the page and quoted
-    in captions. git: git_state() of the checkout (computed when None). Raises UserError when an input
-    is missing (summary.json naming no model, a model's arrays absent: rerun the evaluate stage).
+    in captions. git: git_state() of the checkout (computed when None). on_model(done, total, name) after
+    each model's figures are drawn (progress). Raises UserError when an input is missing (summary.json
+    naming no model, a model's arrays absent: rerun the evaluate stage).
     """
     evaluate_params = dict(evaluate_params or {})
     scored = None
@@ -408,6 +411,8 @@ def make_report(paths: ReportPaths = ReportPaths(), settings: ReportSettings = R
         codes[spec.name] = arrays["test_codes"]
         per_model += model_figures(spec, model, arrays, test.images, labels, _read_history(history_file),
                                    summary[spec.name], settings, scatter_idx, scored)
+        if on_model:
+            on_model(len(codes), len(specs), spec.name)
     figures = sweep_figures(specs, codes, labels, summary, scatter_idx) + per_model
     git = git_state() if git is None else git
     page, md = render(specs, summary, figures, classifier, manifest, git, evaluate_params)
