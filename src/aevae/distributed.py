@@ -155,9 +155,9 @@ def _quiet_worker_deaths() -> None:
     """
     from ray._private import worker
 
-    if getattr(worker.print_to_stdstream, "aevae_quiet", False):
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "aevae_quiet", False):  # another Ray version, or already wrapped
         return
-    original = worker.print_to_stdstream
 
     def one_line(data, ignore_prefix: bool) -> None:
         if data.get("pid") != "raylet":
