@@ -1,0 +1,270 @@
+"""The study: every metric as a mean with a 95% interval over seeds, and a verdict for each claim.
+
+One seed gives one number per model; whether the article's claim holds needs
+to know how much that number moves when only the seed changes. Every
+(model, seed) is trained and evaluated on its own; this module turns those
+per-seed values into
+
+- an interval per metric and model: the mean over seeds with a Student-t 95%
+  confidence interval (mean ± t_{0.975, n-1} · s / √n);
+- an effect per comparison: the *paired* difference over seeds (the models
+  trained with seed k share the data split and the evaluation's random draws,
+  so pairing removes that shared noise), with its Student-t interval;
+- a verdict per claim, decided by the rule written next to it:
+  * a directional comparison ("A is better than B on metric m") is
+    `supported` when the interval of A's improvement over B lies above 0,
+    `contradicted` when it lies below 0, else `inconclusive`;
+  * an equivalence comparison ("A is about B") is `supported` when the whole
+    interval of A − B lies within ±tolerance · |B|, `contradicted` when it lies
+    wholly outside that band, else `inconclusive` (two one-sided tests, TOST);
+  * a claim with several comparisons is `supported` when all are, `contradicted`
+    when any is, else `inconclusive`; one seed gives no interval, so
+    `inconclusive`; a comparison whose models are not in the sweep makes the
+    claim `untestable`, with the reason.
+
+Pure numpy/scipy: no torch, no Ray, no MLflow.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+LEVEL = 0.95
+SUPPORTED, CONTRADICTED, INCONCLUSIVE, UNTESTABLE = "supported", "contradicted", "inconclusive", "untestable"
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean over n seeds with its two-sided Student-t confidence interval (NaN bounds when n < 2)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"mean": self.mean, "ci_low": self.low, "ci_high": self.high, "n_seeds": self.n}
+
+
+def mean_ci(values: Sequence[float], level: float = LEVEL) -> Interval:
+    """Mean of `values` (one per seed) and its Student-t interval, in the values' own unit.
+
+    Non-finite values (a metric that does not apply, a diverged seed) are left out and
+    n counts the rest. n = 0 gives NaN everywhere; n = 1 a mean with NaN bounds (no spread
+    to estimate); identical values a zero-width interval.
+    Source: the t interval for a mean, e.g. Wasserman, *All of Statistics* (2004), §10.
+    """
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    n = len(x)
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    mean = float(x.mean())
+    if n == 1:
+        return Interval(mean, math.nan, math.nan, 1)
+    half = float(stats.t.ppf(0.5 + level / 2.0, df=n - 1) * x.std(ddof=1) / math.sqrt(n))
+    return Interval(mean, mean - half, mean + half, n)
+
+
+def paired_difference(a: Mapping[int, float], b: Mapping[int, float], level: float = LEVEL) -> Interval:
+    """Interval of a − b over the seeds both have ({seed: value} each); unpaired seeds are left out."""
+    seeds = sorted(set(a) & set(b))
+    return mean_ci([a[s] - b[s] for s in seeds], level)
+
+
+# ------------------------------------------------------------------- claims
+
+
+@dataclass(frozen=True)
+class Role:
+    """Which sweep member plays a part in a claim, by what it is rather than by its name."""
+
+    label: str  # how the report names it, e.g. "non-linear AE"
+    kind: str  # "ae" | "vae"
+    linear: bool | None = None  # AE only: activation == "linear"; None: either
+    beta: float | None = None  # VAE only: this KL weight exactly
+
+    def matches(self, kind: str, activation: str, beta: float) -> bool:
+        if kind != self.kind:
+            return False
+        if self.linear is not None and (activation == "linear") != self.linear:
+            return False
+        return self.beta is None or (kind == "vae" and math.isclose(beta, self.beta))
+
+
+AE = Role("non-linear AE", "ae", linear=False)
+LINEAR_AE = Role("linear AE", "ae", linear=True)
+VAE_BETA0 = Role("VAE β=0", "vae", beta=0.0)
+VAE_BETA1 = Role("VAE β=1", "vae", beta=1.0)
+
+
+@dataclass(frozen=True)
+class Operand:
+    """A metric of a role's models; `metric` may be a baseline every model carries (PCA at its latent size)."""
+
+    role: Role
+    metric: str
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """`a` against `b` on the same metric direction: `a` better (directional) or `a` ≈ `b` (equivalence)."""
+
+    a: Operand
+    b: Operand
+    lower_is_better: bool
+    equivalence_tolerance: float | None = None  # relative to |mean of b|; None: directional
+
+    def describe(self) -> str:
+        if self.equivalence_tolerance is not None:
+            return (f"{self.a.role.label} {self.a.metric} ≈ {self.b.role.label} {self.b.metric} "
+                    f"(within ±{self.equivalence_tolerance:.0%})")
+        word = "lower" if self.lower_is_better else "higher"
+        return f"{self.a.role.label} {self.a.metric} {word} than {self.b.role.label} {self.b.metric}"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of the article and how the study tests it (empty `comparisons`: not a measurable claim)."""
+
+    id: str
+    text: str
+    comparisons: tuple[Comparison, ...] = ()
+    not_measured: str = ""  # why a claim has no comparison (a definition, checked by the tests instead)
+
+
+def comparison_verdict(cmp: Comparison, effect: Interval, reference: float) -> str:
+    """The rule of the module docstring for one comparison; `effect` is the paired a − b."""
+    if effect.n < 2 or not math.isfinite(effect.low):
+        return INCONCLUSIVE
+    if cmp.equivalence_tolerance is not None:
+        band = cmp.equivalence_tolerance * abs(reference)
+        if -band <= effect.low and effect.high <= band:
+            return SUPPORTED
+        if effect.low > band or effect.high < -band:
+            return CONTRADICTED
+        return INCONCLUSIVE
+    gain_low, gain_high = (-effect.high, -effect.low) if cmp.lower_is_better else (effect.low, effect.high)
+    if gain_low > 0:
+        return SUPPORTED
+    if gain_high < 0:
+        return CONTRADICTED
+    return INCONCLUSIVE
+
+
+def combine(verdicts: Sequence[str]) -> str:
+    """A claim's verdict from its comparisons': all supported -> supported; any contradicted -> contradicted."""
+    if not verdicts:
+        return UNTESTABLE
+    if UNTESTABLE in verdicts:
+        return UNTESTABLE
+    if CONTRADICTED in verdicts:
+        return CONTRADICTED
+    return SUPPORTED if all(v == SUPPORTED for v in verdicts) else INCONCLUSIVE
+
+
+# The article's claims (../shared/design.md), in the order the report tests them. Metric keys name
+# the registry's metrics; "pca/..." is the PCA baseline each model's record carries at its latent size.
+_MSE, _PCA_MSE = "test/recon_mse_per_pixel", "pca/recon_mse_per_pixel"
+_HOLES, _MMD = "test/holes_fraction_own_gaussian", "test/mmd_to_prior"
+_CONFIDENT, _FID, _SMOOTH = "prior/confident_fraction", "prior/classifier_fid", "interp/smoothness_ratio"
+
+
+def _lower(a: Role, b: Role, metric: str) -> Comparison:
+    return Comparison(Operand(a, metric), Operand(b, metric), lower_is_better=True)
+
+
+def _higher(a: Role, b: Role, metric: str) -> Comparison:
+    return Comparison(Operand(a, metric), Operand(b, metric), lower_is_better=False)
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim("compress", "An AE compresses: encoder e(x) → z, decoder d(z) → x, trained on reconstruction error.",
+          (Comparison(Operand(AE, _MSE), Operand(AE, _PCA_MSE), lower_is_better=True),)),
+    Claim("pca", "A linear AE's latent space is close to PCA; non-linearity compresses better.",
+          (Comparison(Operand(LINEAR_AE, _MSE), Operand(LINEAR_AE, _PCA_MSE), lower_is_better=True,
+                      equivalence_tolerance=0.05),
+           _lower(AE, LINEAR_AE, _MSE))),
+    Claim("holes", "An AE's latent space has gaps; random latent vectors decode to garbage.",
+          (_lower(VAE_BETA1, AE, _HOLES), _higher(VAE_BETA1, AE, _CONFIDENT))),
+    Claim("reparam", "A VAE's encoder outputs a mean and a std; z is sampled with the reparameterization trick.",
+          not_measured="a construction, not a measurable effect: the tests check that gradients flow through the"
+                       " sampling step (tests/test_models.py)"),
+    Claim("loss", "VAE loss = reconstruction + KL(q(z|x) ‖ N(0, I)).",
+          not_measured="a definition: the tests check −ELBO = reconstruction + KL and the analytic KL against"
+                       " Monte Carlo (tests/test_models.py, tests/test_metrics.py)"),
+    Claim("regular", "A VAE's latent space is regular: clusters overlap, no gaps.",
+          (_lower(VAE_BETA1, AE, _MMD), _lower(VAE_BETA1, AE, _HOLES))),
+    Claim("interp", "Moving between clusters decodes to smooth transitions.",
+          (_lower(VAE_BETA1, AE, _SMOOTH),)),
+    Claim("beta0", "Without the KL term a VAE behaves like an AE.",
+          (_lower(VAE_BETA1, VAE_BETA0, _MMD), _lower(VAE_BETA1, VAE_BETA0, _SMOOTH))),
+    Claim("roles", "An AE is for compression, a VAE for generation.",
+          (_lower(AE, VAE_BETA1, _MSE), _lower(VAE_BETA1, AE, _FID))),
+)
+
+
+@dataclass(frozen=True)
+class SeedRecord:
+    """One trained (member, latent size, seed) and its evaluation: what the study aggregates."""
+
+    member: str  # the sweep member's name (the same for every seed and latent size)
+    latent_dim: int
+    seed: int
+    kind: str
+    activation: str
+    beta: float
+    metrics: Mapping[str, float]
+
+
+def _find(role: Role, records: Sequence[SeedRecord], latent_dim: int) -> str | None:
+    """The first sweep member at `latent_dim` that plays `role` (sweep order), or None."""
+    for r in records:
+        if r.latent_dim == latent_dim and role.matches(r.kind, r.activation, r.beta):
+            return r.member
+    return None
+
+
+def _per_seed(records: Sequence[SeedRecord], member: str, latent_dim: int, metric: str) -> dict[int, float]:
+    return {r.seed: float(r.metrics[metric]) for r in records
+            if r.member == member and r.latent_dim == latent_dim and r.metrics.get(metric) is not None}
+
+
+def judge_claim(claim: Claim, records: Sequence[SeedRecord], latent_dim: int) -> dict:
+    """A claim's verdict at one latent size: {"verdict", "text", "comparisons": [...], "reason"}.
+
+    Each comparison gives the statistic, the members compared, the paired effect a − b in
+    the metric's unit with its 95% interval over seeds, and its own verdict.
+    """
+    out: dict = {"claim": claim.id, "text": claim.text, "latent_dim": latent_dim, "comparisons": []}
+    if not claim.comparisons:
+        return {**out, "verdict": UNTESTABLE, "reason": claim.not_measured}
+    verdicts, missing = [], []
+    for cmp in claim.comparisons:
+        a, b = _find(cmp.a.role, records, latent_dim), _find(cmp.b.role, records, latent_dim)
+        if a is None or b is None:
+            missing += [op.role.label for op, m in ((cmp.a, a), (cmp.b, b)) if m is None]
+            verdicts.append(UNTESTABLE)
+            continue
+        va, vb = _per_seed(records, a, latent_dim, cmp.a.metric), _per_seed(records, b, latent_dim, cmp.b.metric)
+        effect = paired_difference(va, vb)
+        verdict = comparison_verdict(cmp, effect, mean_ci(list(vb.values())).mean)
+        verdicts.append(verdict)
+        out["comparisons"].append({"statistic": cmp.describe(), "a": a, "b": b, "a_metric": cmp.a.metric,
+                                   "b_metric": cmp.b.metric, "effect": effect.as_dict(), "verdict": verdict})
+    out["verdict"] = combine(verdicts)
+    if missing:
+        out["reason"] = f"the sweep has no {' and no '.join(dict.fromkeys(missing))} at latent size {latent_dim}"
+    elif out["verdict"] == INCONCLUSIVE and all(c["effect"]["n_seeds"] < 2 for c in out["comparisons"]):
+        out["reason"] = "one seed gives no interval; add seeds (sweep.seeds)"
+    return out
+
+
+def judge_claims(records: Sequence[SeedRecord], claims: Sequence[Claim] = CLAIMS) -> list[dict]:
+    """Every claim at every latent size in `records`, in claim order then latent size."""
+    dims = sorted({r.latent_dim for r in records})
+    return [judge_claim(c, records, d) for c in claims for d in dims]

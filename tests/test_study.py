@@ -1,0 +1,110 @@
+"""The study's statistics and verdict rules, on hand-made per-seed values with known answers."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from aevae import study
+from aevae.study import SeedRecord
+
+
+def test_mean_ci_matches_the_t_interval():
+    x = [0.10, 0.12, 0.14]
+    iv = study.mean_ci(x)
+    half = stats.t.ppf(0.975, 2) * np.std(x, ddof=1) / math.sqrt(3)
+    assert iv.n == 3 and iv.mean == pytest.approx(0.12)
+    assert (iv.low, iv.high) == pytest.approx((0.12 - half, 0.12 + half))
+
+
+def test_agreeing_seeds_give_a_tight_interval_and_varying_seeds_a_wide_one():
+    tight, wide = study.mean_ci([1.0, 1.0001, 0.9999]), study.mean_ci([0.5, 1.0, 1.5])
+    assert tight.high - tight.low < 0.001 < 1.0 < wide.high - wide.low
+
+
+def test_one_seed_has_no_interval_and_non_finite_values_are_left_out():
+    assert math.isnan(study.mean_ci([2.0]).low)
+    iv = study.mean_ci([1.0, float("nan"), 3.0, None, float("inf")])
+    assert iv.n == 2 and iv.mean == 2.0
+    assert study.mean_ci([]).n == 0
+
+
+def test_paired_difference_uses_only_shared_seeds():
+    iv = study.paired_difference({0: 3.0, 1: 4.0, 2: 9.0}, {0: 1.0, 1: 2.0})
+    assert iv.n == 2 and iv.mean == 2.0 and iv.low == iv.high == 2.0
+
+
+CMP = study.Comparison(study.Operand(study.VAE_BETA1, "m"), study.Operand(study.AE, "m"), lower_is_better=True)
+EQ = study.Comparison(study.Operand(study.LINEAR_AE, "m"), study.Operand(study.LINEAR_AE, "p"), True, 0.05)
+
+
+@pytest.mark.parametrize("effect, verdict", [
+    (study.Interval(-2.0, -3.0, -1.0, 3), study.SUPPORTED),      # a lower, interval below 0
+    (study.Interval(2.0, 1.0, 3.0, 3), study.CONTRADICTED),      # a higher, interval above 0
+    (study.Interval(0.5, -1.0, 2.0, 3), study.INCONCLUSIVE),     # straddles 0
+    (study.Interval(-2.0, math.nan, math.nan, 1), study.INCONCLUSIVE),  # one seed
+])
+def test_directional_rule(effect, verdict):
+    assert study.comparison_verdict(CMP, effect, reference=10.0) == verdict
+
+
+@pytest.mark.parametrize("effect, verdict", [
+    (study.Interval(0.0, -0.2, 0.3, 3), study.SUPPORTED),        # within ±5% of 10
+    (study.Interval(1.0, 0.8, 1.2, 3), study.CONTRADICTED),      # wholly outside the band
+    (study.Interval(0.4, 0.2, 0.7, 3), study.INCONCLUSIVE),      # crosses the band's edge
+])
+def test_equivalence_rule(effect, verdict):
+    assert study.comparison_verdict(EQ, effect, reference=10.0) == verdict
+
+
+def test_combine():
+    s, c, i, u = study.SUPPORTED, study.CONTRADICTED, study.INCONCLUSIVE, study.UNTESTABLE
+    assert study.combine([s, s]) == s
+    assert study.combine([s, i]) == i
+    assert study.combine([i, c]) == c
+    assert study.combine([s, u]) == u
+
+
+def _records(ae_holes, vae_holes, with_linear=True):
+    out = []
+    for seed, (a, v) in enumerate(zip(ae_holes, vae_holes)):
+        out.append(SeedRecord("ae", 2, seed, "ae", "relu", 1.0, {"test/holes_fraction_own_gaussian": a}))
+        out.append(SeedRecord("vae-beta1", 2, seed, "vae", "relu", 1.0, {"test/holes_fraction_own_gaussian": v}))
+        if with_linear:
+            out.append(SeedRecord("ae-linear", 2, seed, "ae", "linear", 1.0, {}))
+    return out
+
+
+HOLES = study.Claim("h", "holes", (study.Comparison(study.Operand(study.VAE_BETA1, "test/holes_fraction_own_gaussian"),
+                                                      study.Operand(study.AE, "test/holes_fraction_own_gaussian"),
+                                                      lower_is_better=True),))
+
+
+def test_claim_verdicts_from_records():
+    supported = study.judge_claim(HOLES, _records([0.13, 0.12, 0.14], [0.02, 0.03, 0.02]), 2)
+    assert supported["verdict"] == study.SUPPORTED
+    effect = supported["comparisons"][0]["effect"]
+    assert effect["ci_high"] < 0 and supported["comparisons"][0]["a"] == "vae-beta1"
+    straddles = study.judge_claim(HOLES, _records([0.13, 0.02, 0.10], [0.02, 0.12, 0.11]), 2)
+    assert straddles["verdict"] == study.INCONCLUSIVE
+    assert straddles["comparisons"][0]["effect"]["ci_low"] < 0 < straddles["comparisons"][0]["effect"]["ci_high"]
+    one_seed = study.judge_claim(HOLES, _records([0.13], [0.02]), 2)
+    assert one_seed["verdict"] == study.INCONCLUSIVE and "one seed" in one_seed["reason"]
+
+
+def test_a_claim_without_its_models_is_untestable_and_says_why():
+    no_vae = [r for r in _records([0.1, 0.2], [0.0, 0.1]) if r.kind == "ae"]
+    out = study.judge_claim(HOLES, no_vae, 2)
+    assert out["verdict"] == study.UNTESTABLE and "VAE β=1" in out["reason"]
+
+
+def test_every_article_claim_is_judged_per_latent_size_and_serialises_strictly():
+    records = _records([0.1, 0.2], [0.0, 0.1])
+    records += [SeedRecord(r.member, 16, r.seed, r.kind, r.activation, r.beta, r.metrics) for r in records]
+    out = study.judge_claims(records)
+    assert [(c["claim"], c["latent_dim"]) for c in out] == [(c.id, d) for c in study.CLAIMS for d in (2, 16)]
+    for c in out:
+        assert c["verdict"] in (study.SUPPORTED, study.CONTRADICTED, study.INCONCLUSIVE, study.UNTESTABLE)
+        if c["verdict"] == study.UNTESTABLE:
+            assert c["reason"]
