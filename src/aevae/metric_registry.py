@@ -44,6 +44,7 @@ class Metric:
     evidence: str | None = None  # the report claim whose "Measured" line quotes it (report_text.yaml ids)
     figure: str | None = None  # the figure role that quotes or draws it: see `for_figure`
     judges: tuple[str, ...] = ()  # model kinds whose default retrain criterion it is (config.RetrainParams)
+    card: bool = False  # quoted with its unit in each registered model version's description (model_card)
     infinite_when: str = ""  # why it can be ±inf (written as null with this reason in metrics/models/*.json)
 
     @property
@@ -68,17 +69,17 @@ METRICS: tuple[Metric, ...] = (
     Metric("test/recon_mse_per_pixel", "squared error per pixel, [0,1] scale", "min", "recon MSE per pixel",
            "reconstruction, mean code (compression)", "MSE per pixel", summary="reconstruction",
            chart="compression", fmt=".4f", reference=PCA_MSE.key, console=True, evidence="compress",
-           figure="reconstructions"),
+           figure="reconstructions", card=True),
     Metric("test/recon_bce_nats_per_pixel", "nats per pixel", "min", "recon BCE (nats per pixel)",
            "reconstruction as Bernoulli NLL (compression)", "BCE nats / pixel", summary="reconstruction",
            chart="compression", fmt=".4f", reference=PCA_BCE.key, evidence="pca", figure="distortion",
-           judges=("ae",)),
+           judges=("ae",), card=True),
     Metric("test/kl_nats_per_image", "nats per image", None, "KL to N(0, I) (nats per image)",
            "KL(q(z\\|x) ‖ N(0, I)) (VAE loss term)", "KL nats / image", kinds=("vae",), summary="VAE objective",
-           chart="objective", fmt=".2f", evidence="loss", figure="rate"),
+           chart="objective", fmt=".2f", evidence="loss", figure="rate", card=True),
     Metric("test/neg_elbo_nats_per_image", "nats per image", "min", "−ELBO (nats per image)",
            "BCE reconstruction + KL: the VAE objective", "−ELBO nats / image", kinds=("vae",),
-           summary="VAE objective", chart="objective", fmt=".1f", judges=("vae",)),
+           summary="VAE objective", chart="objective", fmt=".1f", judges=("vae",), card=True),
     Metric("test/iw_nll_nats_per_image", "nats per image", "min", "IW-NLL bound (nats per image)",
            "importance-weighted NLL estimate, k = `evaluate.iw_samples`", "IW-NLL nats / image", kinds=("vae",),
            summary="VAE objective", chart="objective", fmt=".1f"),
@@ -101,19 +102,19 @@ METRICS: tuple[Metric, ...] = (
     Metric("prior/classifier_fid", "Fréchet distance", "min", "classifier-FID (feature units²)",
            "decoded prior samples vs test images in the reference classifier's feature space (a classifier-FID,"
            " not Inception FID)", "classifier-FID", summary="prior samples z ~ N(0, I)", chart="generation",
-           fmt=".1f", console=True),
+           fmt=".1f", console=True, card=True),
     Metric("prior/mean_confidence", "probability", "max", "mean classifier confidence",
            "reference classifier's top-class probability on decoded prior samples"),
     Metric("prior/confident_fraction", "share", "max", "confident share",
            "prior samples classified with confidence > `evaluate.confidence_threshold`", "confident (share)",
            summary="prior samples z ~ N(0, I)", chart="generation", fmt=".3f", evidence="holes",
-           figure="prior-samples"),
+           figure="prior-samples", card=True),
     Metric("prior/class_coverage", "share of classes", "max", "class coverage (share of 10)",
            "classes among the confident prior samples", "classes covered (share)",
            summary="prior samples z ~ N(0, I)", chart="generation", fmt=".2f"),
     Metric("test/knn_accuracy", "accuracy", "max", "kNN accuracy of digit from z",
            "5-NN digit label from z (codes fit on train)", "kNN accuracy", summary="structure", chart="structure",
-           fmt=".3f", console=True, evidence="regular"),
+           fmt=".3f", console=True, evidence="regular", card=True),
     Metric("test/linear_probe_accuracy", "accuracy", "max", "linear-probe accuracy",
            "logistic regression digit label from z", chart="structure"),
     Metric("test/silhouette", "[-1, 1]", "max", "silhouette of digits in z (−1..1)",

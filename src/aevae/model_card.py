@@ -10,20 +10,11 @@ from __future__ import annotations
 import json
 import math
 
+from aevae import metric_registry
 from aevae.config import DataParams, ModelParams, Params, RunSpec, TrainParams
 
 TEST_HEADING = "**Test metrics**"
 PENDING = "pending: the evaluate stage writes them here when it has run."
-# The metrics a reader looks at first, with their units (all on the test split or prior samples).
-KEY_METRICS = {
-    "test/recon_bce_nats_per_pixel": "nats per pixel",
-    "test/recon_mse_per_pixel": "squared error per pixel, [0, 1] scale",
-    "test/neg_elbo_nats_per_image": "nats per image",
-    "test/kl_nats_per_image": "nats per image",
-    "prior/classifier_fid": "Fréchet distance, classifier feature units²",
-    "prior/confident_fraction": "share of prior samples",
-    "test/knn_accuracy": "accuracy",
-}
 CALL = ('`mlflow.pyfunc.load_model(uri).predict(x, params={"method": m})`: `x` float32 (B, 784) images in [0, 1]'
         ' for `encode` / `reconstruct`, (B, latent) codes for `decode`, ignored by `sample` (params `n`, `seed`).')
 
@@ -61,7 +52,7 @@ def describe(spec: RunSpec, params: Params, manifest: dict, run_id: str, last_ep
 def with_test_metrics(description: str, values: dict[str, float]) -> str:
     """`description` with its test-metrics section (pending, or an earlier evaluation) replaced by `values`."""
     head = description.split(TEST_HEADING)[0].rstrip()
-    rows = [f"- `{key}` = {values[key]:.6g} ({unit})" for key, unit in KEY_METRICS.items()
-            if values.get(key) is not None and math.isfinite(values[key])]  # an AE has no KL or ELBO
+    rows = [f"- `{m.key}` = {values[m.key]:.6g} ({m.unit})" for m in metric_registry.METRICS
+            if m.card and values.get(m.key) is not None and math.isfinite(values[m.key])]  # an AE has no KL or ELBO
     body = "\n".join(rows) if rows else "none computed."
     return f"{head}\n\n{TEST_HEADING} (evaluate stage):\n\n{body}" if head else f"{TEST_HEADING}:\n\n{body}"
