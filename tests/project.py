@@ -113,6 +113,19 @@ def kill_group(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
+def checkpoint_epoch(root: Path) -> int:
+    """The most epochs any model's checkpoint under root/checkpoints has completed (0 when none is readable yet)."""
+    import torch
+
+    best = 0
+    for ckpt in (root / "checkpoints").glob("*/last.pt"):
+        try:
+            best = max(best, torch.load(ckpt, weights_only=True)["epoch"])
+        except Exception:  # being written, or not ours: not a completed epoch
+            continue
+    return best
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -13,11 +13,10 @@ import time
 
 import psutil
 import pytest
-import torch
 from mlflow import MlflowClient
 
 from mlflow_server import mlflow_server
-from project import BIN, SMALL_PARAMS, make_project, stage, start
+from project import BIN, SMALL_PARAMS, checkpoint_epoch, make_project, stage, start
 
 pytestmark = pytest.mark.slow
 
@@ -64,20 +63,12 @@ def _train_workers(stage_pid: int) -> list[psutil.Process]:
     return found
 
 
-def _checkpoint_epoch(root) -> int:
-    best = 0
-    for ckpt in (root / "checkpoints").glob("*/last.pt"):
-        with contextlib.suppress(Exception):
-            best = max(best, torch.load(ckpt, weights_only=True)["epoch"])
-    return best
-
-
 def test_a_killed_ray_worker_is_retried_and_resumes(tmp_path):
     root = make_project(tmp_path / "p", _params(epochs=100), git=False)
     stage("prepare", root)
     proc = start([str(BIN / "python"), "pipeline/train.py"], root, tmp_path / "train.log")
     deadline = time.monotonic() + 180
-    while _checkpoint_epoch(root) < 3:
+    while checkpoint_epoch(root) < 3:
         assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "train.log").read_text()
         time.sleep(0.2)
     victims = _train_workers(proc.pid)
@@ -100,7 +91,7 @@ def test_mlflow_server_stopped_mid_run_loses_no_training(tmp_path):
         proc = start([str(BIN / "python"), "pipeline/train.py"], root, tmp_path / "train.log",
                       MLFLOW_TRACKING_URI=uri)
         deadline = time.monotonic() + 180
-        while _checkpoint_epoch(root) < 3:
+        while checkpoint_epoch(root) < 3:
             assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "train.log").read_text()
             time.sleep(0.2)
         os.killpg(server.pid, signal.SIGKILL)  # the server dies mid-run

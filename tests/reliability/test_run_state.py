@@ -3,7 +3,6 @@ and a stage logs only into the run that trained the models now in models/."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
@@ -14,7 +13,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from project import BIN, SMALL_PARAMS, dvc, make_project, stage, start, write_params
+from project import BIN, SMALL_PARAMS, checkpoint_epoch, dvc, make_project, stage, start, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -28,14 +27,6 @@ def _statuses(root) -> dict[str, str]:
     return {r.info.run_name: r.info.status for r in _client(root).search_runs(["1"])}
 
 
-def _checkpoint_epoch(root) -> int:
-    best = 0
-    for ckpt in (root / "checkpoints").glob("*/last.pt"):
-        with contextlib.suppress(Exception):
-            best = max(best, torch.load(ckpt, weights_only=True)["epoch"])
-    return best
-
-
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_a_stopped_train_stage_ends_its_runs_killed(tmp_path, how):
     params = copy.deepcopy(SMALL_PARAMS)
@@ -47,7 +38,7 @@ def test_a_stopped_train_stage_ends_its_runs_killed(tmp_path, how):
     log = tmp_path / "train.log"
     proc = start([str(BIN / "python"), "pipeline/train.py"], root, log)
     deadline = time.monotonic() + 240
-    while _checkpoint_epoch(root) < 1:
+    while checkpoint_epoch(root) < 1:
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
         time.sleep(0.2)
     if how == "ctrl-c":  # the terminal sends SIGINT to the whole foreground group
