@@ -33,13 +33,15 @@ ui: setup
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
 # Serve a registered model over HTTP on this machine only: POST to http://127.0.0.1:$(PORT)/invocations (see README).
-# The project's store, or the server at MLFLOW_TRACKING_URI when set.
+# The project's store, or the server at MLFLOW_TRACKING_URI when set. `make retrain` sets the champion alias;
+# before the first retrain serve a version instead: VERSION=latest (or a number).
 MODEL ?= vae-beta1
 ALIAS ?= champion
 PORT  ?= 5001
+MODEL_URI = models:/aevae-$(MODEL)$(if $(VERSION),/$(VERSION),@$(ALIAS))
 serve: setup
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
-		mlflow models serve -m models:/aevae-$(MODEL)@$(ALIAS) --env-manager local -h 127.0.0.1 -p $(PORT)
+		mlflow models serve -m $(MODEL_URI) --env-manager local -h 127.0.0.1 -p $(PORT)
 
 # Retrain on a schedule: champion/challenger promotion (see README). FORCE=1 retrains even if nothing changed.
 retrain: setup

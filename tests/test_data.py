@@ -165,6 +165,16 @@ def test_auto_with_dataset_idx_names_the_missing_folder(tmp_path):
     assert str(tmp_path / "mine") in str(info.value)
 
 
+def test_auto_does_not_hide_an_incomplete_idx_folder(tmp_path, idx_dataset, no_network):
+    # Three of the four files: the user's data with one missing, not a reason to use the bundled digits.
+    path = idx_dataset["paths"]["train_labels"]
+    path.unlink()
+    with pytest.raises(UserError) as info:
+        load_raw("mnist", "auto", tmp_path / "raw", tmp_path / "download")
+    assert_one_line(str(info.value))
+    assert "train-labels-idx1-ubyte" in str(info.value)
+
+
 def test_auto_does_not_hide_a_corrupt_idx_folder(tmp_path, idx_dataset, no_network):
     # A present-but-broken file is the user's to fix, not a reason to fall back silently.
     path = idx_dataset["paths"]["train_labels"]

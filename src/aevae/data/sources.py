@@ -49,8 +49,12 @@ def _find(folder: Path, stems: tuple[str, ...]) -> Path | None:
 
 
 def has_idx_files(folder: Path) -> bool:
-    """True when `folder` holds all four MNIST-format IDX files (.gz or not). Never raises."""
-    return folder.is_dir() and all(_find(folder, stems) for stems in _IDX_FILES.values())
+    """True when `folder` holds any of the four MNIST-format IDX files (.gz or not). Never raises.
+
+    Any, not all: a folder with three of the four is the user's data with a file missing, which
+    `from_idx` names, not a reason for `auto` to fall back to other data without a word.
+    """
+    return folder.is_dir() and any(_find(folder, stems) for stems in _IDX_FILES.values())
 
 
 def from_idx(folder: Path) -> RawData:
