@@ -32,7 +32,8 @@ import numpy as np
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from run import fmt_s, log, machine_info, ours_time_to_target, run_baseline, table  # noqa: E402
+from common import fmt_s, log, machine_info, table  # noqa: E402
+from speed import ours_time_to_target, run_baseline  # noqa: E402
 
 DEFAULT_DATA = BENCH.parents[1] / "shared" / "data" / "mnist"
 

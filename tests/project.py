@@ -113,17 +113,17 @@ def kill_group(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
-def checkpoint_epoch(root: Path) -> int:
-    """The most epochs any model's checkpoint under root/checkpoints has completed (0 when none is readable yet)."""
+def checkpoint_epochs(root: Path) -> list[int]:
+    """Epochs completed by each model's checkpoint under root/checkpoints (models without a readable one: absent)."""
     import torch
 
-    best = 0
+    epochs = []
     for ckpt in (root / "checkpoints").glob("*/last.pt"):
         try:
-            best = max(best, torch.load(ckpt, weights_only=True)["epoch"])
+            epochs.append(int(torch.load(ckpt, weights_only=True)["epoch"]))
         except Exception:  # being written, or not ours: not a completed epoch
             continue
-    return best
+    return epochs
 
 
 def free_port() -> int:

@@ -9,7 +9,7 @@ import pytest
 
 from aevae import classifier as clf_lib
 from aevae import metrics
-from aevae.config import ModelParams, RunSpec, TrainParams
+from aevae.config import EvaluateParams, ModelParams, RunSpec, TrainParams
 from aevae.data.sources import from_bundled
 from aevae.distributed import map_tasks
 from aevae.training import train_model
@@ -30,12 +30,12 @@ def test_evaluation_on_ray_matches_in_process(monkeypatch, one_torch_thread):
     data = dict(train_images=raw.train_images[tr], train_labels=raw.train_labels[tr],
                 test_images=raw.train_images[te], test_labels=raw.train_labels[te])
     scorer = clf_lib.train(data["train_images"], data["train_labels"], max_epochs=1, seed=0).model
-    settings = metrics.EvalSettings(n_prior_samples=100, iw_samples=4, interp_pairs=4, interp_steps=4)
+    params = EvaluateParams(seed=3, n_prior_samples=100, iw_samples=4, interp_pairs=4, interp_steps=4)
     models = {}
     for kind in ("ae", "vae"):
         spec = RunSpec(name=kind, model=ModelParams(kind=kind, hidden=[32]), train=TrainParams(epochs=1))
         models[kind] = train_model(spec, data["train_images"], data["test_images"]).model.eval()
-    shared = dict(**data, classifier=scorer, seed=3, settings=settings)
+    shared = dict(**data, classifier=scorer, params=params)
     expected = {k: metrics.evaluate_model(m, **shared) for k, m in models.items()}  # one thread, as each task
 
     outcomes, waits = [], []

@@ -146,6 +146,10 @@ def _keep_sigterm_handler():
             signal.signal(signal.SIGTERM, handler)
 
 
+# How Ray's raylet words a worker's or node's death and the retry that follows (Ray 2.60).
+_DEATH_SIGNS = ("worker died", "was killed", "will be retried", "worker exit", "node died", "unexpected system error")
+
+
 def _quiet_worker_deaths() -> None:
     """One line per Ray error message instead of Ray's multi-line "(raylet) A worker died ..." dump.
 
@@ -164,7 +168,7 @@ def _quiet_worker_deaths() -> None:
             return original(data, ignore_prefix)
         for message in data.get("lines", []):
             text = " ".join(str(message).split())
-            if "worker died" in text.lower() or "was killed" in text.lower():
+            if any(sign in text.lower() for sign in _DEATH_SIGNS):
                 text = "a Ray worker died; its model is retried from its last checkpoint (ray.max_retries)"
             print(f"warning: {text[:200]}", file=sys.stderr, flush=True)
 

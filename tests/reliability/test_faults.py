@@ -16,7 +16,7 @@ import pytest
 from mlflow import MlflowClient
 
 from mlflow_server import mlflow_server
-from project import BIN, SMALL_PARAMS, checkpoint_epoch, make_project, stage, start
+from project import BIN, SMALL_PARAMS, checkpoint_epochs, make_project, stage, start
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +68,8 @@ def test_a_killed_ray_worker_is_retried_and_resumes(tmp_path):
     stage("prepare", root)
     proc = start([str(BIN / "python"), "pipeline/train.py"], root, tmp_path / "train.log")
     deadline = time.monotonic() + 180
-    while checkpoint_epoch(root) < 3:
+    # Every model has a checkpoint to resume from, whichever worker is killed (under load one starts late).
+    while len(epochs := checkpoint_epochs(root)) < 2 or min(epochs) < 3:
         assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "train.log").read_text()
         time.sleep(0.2)
     victims = _train_workers(proc.pid)
@@ -91,7 +92,7 @@ def test_mlflow_server_stopped_mid_run_loses_no_training(tmp_path):
         proc = start([str(BIN / "python"), "pipeline/train.py"], root, tmp_path / "train.log",
                       MLFLOW_TRACKING_URI=uri)
         deadline = time.monotonic() + 180
-        while checkpoint_epoch(root) < 3:
+        while max(checkpoint_epochs(root), default=0) < 3:
             assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "train.log").read_text()
             time.sleep(0.2)
         os.killpg(server.pid, signal.SIGKILL)  # the server dies mid-run
