@@ -1,4 +1,8 @@
-"""Stage `evaluate`: every claim of the article as numbers -> metrics/models/<model>.json, metrics/summary.json.
+"""Stage `evaluate`: every claim of the article as numbers and verdicts.
+
+Writes metrics/models/<model>.json (one per trained model, i.e. per seed), metrics/summary.json (each
+group's metrics as a mean with a 95% interval over seeds) and metrics/claims.json (a verdict per claim
+of the article and latent size; aevae.study).
 
 The same keys (aevae.metric_registry) go to each model's MLflow child run. Each model is evaluated
 in its own Ray task, on a local instance or the cluster at RAY_ADDRESS, with one torch thread per CPU
@@ -10,8 +14,8 @@ metrics/arrays/<model>.npz, so the report does not run the models again for them
 import math
 from pathlib import Path
 
-from aevae import atomic, classifier, metric_registry, metrics, model_store
-from aevae.config import load_params
+from aevae import atomic, classifier, metric_registry, metrics, model_store, study
+from aevae.config import load_params, resolve_sweep
 from aevae.data.prepared import load_split
 from aevae.distributed import map_tasks
 from aevae.errors import UserError, run_cli
@@ -75,7 +79,10 @@ def main() -> None:
                               {**results[name], "null_reasons": _null_reasons(results[name], spec.model.kind)})
     # Where each model was evaluated: facts about the run, not results, so not a DVC output.
     atomic.write_json(RUN_FACTS, {**cluster, "models": runs})
-    atomic.write_json(OUT / "summary.json", results)
+    # Sweep order (member, size, seed) from params.yaml; models/ holds exactly this sweep (the train stage's output).
+    seed_records = study.from_results(results, resolve_sweep(params))
+    atomic.write_json(OUT / "summary.json", study.aggregate(seed_records))
+    atomic.write_json(OUT / "claims.json", study.claims_file(seed_records))
     log_evaluation(results)
     width = max(map(len, names))
     shown = [m for m in metric_registry.METRICS if m.console]

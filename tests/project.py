@@ -23,9 +23,10 @@ BIN = Path(sys.executable).parent  # the venv's bin: python, dvc, ray, mlflow
 SMALL_PARAMS = {
     "data": {"source": "bundled", "val_fraction": 0.1, "test_fraction": 0.2, "seed": 0},
     "model": {"hidden": [64]},
-    "train": {"epochs": 3, "batch_size": 128, "lr": 0.002, "seed": 0},
+    "train": {"epochs": 3, "batch_size": 128, "lr": 0.002},
     "sweep": {
         "latent_dims": [2],
+        "seeds": [0],
         "models": [
             {"name": "ae", "model": {"kind": "ae"}},
             {"name": "vae-beta1", "model": {"kind": "vae", "beta": 1.0}},

@@ -162,9 +162,34 @@ def test_shipped_params_load_and_resolve_to_the_article_models():
     assert kinds(lambda m: m.kind == "ae" and m.activation == "linear"), "a linear AE (the PCA comparison)"
     assert kinds(lambda m: m.kind == "vae" and m.beta == 0.0), "a VAE with beta 0"
     assert kinds(lambda m: m.kind == "vae" and m.beta == 1.0), "a VAE with beta 1"
-    # one latent size: names are the members' names, and every model gets it
-    assert names == [m.name for m in params.sweep.models]
-    assert {s.model.latent_dim for s in specs} == set(params.sweep.latent_dims)
+    # every member x latent size x seed once, in that order; the group drops the seed
+    sweep = params.sweep
+    assert names == [f"{m.name}-z{d}-s{k}" for m in sweep.models for d in sweep.latent_dims for k in sweep.seeds]
+    assert [s.group for s in specs] == [n.rsplit("-s", 1)[0] for n in names]
+    assert {s.model.latent_dim for s in specs} == set(sweep.latent_dims) and 2 in sweep.latent_dims
+    assert {s.seed for s in specs} == set(sweep.seeds) and len(sweep.seeds) >= 3
+
+
+def test_one_seed_and_one_size_keep_the_members_names():
+    raw = {"sweep": {"latent_dims": [3], "seeds": [7], "models": [{"name": "ae"}, {"name": "v", "model": {"kind": "vae"}}]}}
+    specs = resolve_sweep(Params.model_validate(raw))
+    assert [(s.name, s.group, s.member, s.seed, s.model.latent_dim) for s in specs] == [
+        ("ae", "ae", "ae", 7, 3), ("v", "v", "v", 7, 3)]
+
+
+@pytest.mark.parametrize("raw, fragment", [
+    ({"train": {"seed": 1}}, "train.seed = 1 is no longer read"),
+    ({"sweep": {"models": [{"name": "ae", "train": {"seed": 1}}]}}, "sweep.models.0.train.seed = 1 is not allowed"),
+    ({"sweep": {"seeds": [0, 0], "models": [{"name": "ae"}]}}, "a seed is listed twice"),
+    ({"sweep": {"seeds": [], "models": [{"name": "ae"}]}}, "sweep.seeds"),
+])
+def test_seed_mistakes_are_one_line(tmp_path, raw, fragment):
+    raw = {"sweep": {"models": [{"name": "ae"}]}, **raw}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError) as err:
+        load_params(path)
+    assert fragment in str(err.value) and "\n" not in str(err.value)
 
 
 def test_every_shipped_key_reaches_the_schema():
@@ -182,6 +207,7 @@ def test_every_shipped_key_reaches_the_schema():
 def test_several_latent_dims_suffix_names(tmp_path):
     params = shipped_params()
     params["sweep"]["latent_dims"] = [2, 8]
+    params["sweep"]["seeds"] = [0]
     specs = resolve_sweep(load_params(_write(tmp_path, params)))
     members = [m["name"] for m in params["sweep"]["models"]]
     assert [s.name for s in specs] == [f"{m}-z{d}" for m in members for d in (2, 8)]
@@ -194,7 +220,7 @@ def test_overrides_apply_to_their_member_only(tmp_path):
     params["model"]["hidden"] = [64]  # a default: reaches every member
     params["train"]["epochs"] = 7
     _member(params, "vae-beta1")["train"] = {"epochs": 3, "lr": 0.01}
-    specs = {s.name: s for s in resolve_sweep(load_params(_write(tmp_path, params)))}
+    specs = {s.member: s for s in resolve_sweep(load_params(_write(tmp_path, params)))}
     assert all(s.model.hidden == [64] for s in specs.values())
     assert specs["vae-beta1"].train.epochs == 3 and specs["vae-beta1"].train.lr == 0.01
     assert specs["vae-beta0"].train.epochs == 7 and specs["vae-beta0"].train.lr == 0.001

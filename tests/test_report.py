@@ -43,8 +43,8 @@ FAST = EvaluateParams(seed=0, n_prior_samples=200, iw_samples=4, interp_pairs=4,
 PARAMS = {
     "data": {"source": "bundled", "val_fraction": 0.1, "test_fraction": 0.2, "seed": 0},
     "model": {"hidden": [64]},
-    "train": {"epochs": 2, "batch_size": 128, "lr": 0.002, "seed": 0},
-    "sweep": {"latent_dims": [2], "models": [{"name": n, "model": m} for n, m in MODELS.items()]},
+    "train": {"epochs": 2, "batch_size": 128, "lr": 0.002},
+    "sweep": {"latent_dims": [2], "seeds": [0], "models": [{"name": n, "model": m} for n, m in MODELS.items()]},
     "evaluate": FAST.model_dump(),
 }
 

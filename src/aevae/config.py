@@ -66,7 +66,7 @@ class TrainParams(_Strict):
     batch_size: PositiveInt = 128
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: NonNegativeFloat = 0.0
-    seed: int = 0
+    seed: NonNegativeInt = 0  # set per run from sweep.seeds; params.yaml's train section may not set it
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False
 
@@ -79,6 +79,9 @@ class SweepMember(_Strict):
 
 class SweepParams(_Strict):
     latent_dims: list[PositiveInt] = Field(default_factory=lambda: [2], min_length=1)
+    # Every member x latent size trains once per seed (weights init, batch order, the VAE's noise);
+    # the study reports each metric as a mean with a 95% interval over them (aevae.study).
+    seeds: list[NonNegativeInt] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     models: list[SweepMember] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -87,6 +90,9 @@ class SweepParams(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"duplicate model name(s) {dupes}; give every sweep member its own name")
+        for values, what in ((self.latent_dims, "latent size"), (self.seeds, "seed")):
+            if len(set(values)) != len(values):
+                raise ValueError(f"a {what} is listed twice in {values}; list each once")
         return self
 
 
@@ -146,12 +152,31 @@ class Params(_Strict):
 
 
 class RunSpec(BaseModel):
-    """One model of the sweep, fully resolved: what a worker needs to train it."""
+    """One model of the sweep, fully resolved: what a worker needs to train it.
+
+    `name` is unique per (member, latent size, seed) and names its folder in models/ and its MLflow
+    child run; `group` is the model the study aggregates over seeds (the member, with `-z<size>` when
+    the sweep has several latent sizes); the seed is `train.seed`.
+    """
 
     model_config = ConfigDict(frozen=True)
     name: str
     model: ModelParams
     train: TrainParams
+    member: str = ""  # the sweep member's name; "" (a spec built by hand): the name
+    group: str = ""  # member[-z<size>]; "": the name
+
+    @model_validator(mode="after")
+    def _default_member_and_group(self) -> RunSpec:
+        if not self.member:
+            object.__setattr__(self, "member", self.name)
+        if not self.group:
+            object.__setattr__(self, "group", self.name)
+        return self
+
+    @property
+    def seed(self) -> int:
+        return self.train.seed
 
 
 def _format_error(exc: ValidationError, source: str, root: type[BaseModel] = Params, where: str = "") -> str:
@@ -212,6 +237,7 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     path = Path(path)
     raw = _read_yaml(path)
     _reject_model_latent_dim(raw, str(path))
+    _reject_train_seed(raw, str(path))
     try:
         params = Params.model_validate(raw)
     except ValidationError as exc:
@@ -228,6 +254,14 @@ def _reject_model_latent_dim(raw: dict[str, Any], source: str) -> None:
                         " from sweep.latent_dims (every member trains at each); put the value there and remove the key")
 
 
+def _reject_train_seed(raw: dict[str, Any], source: str) -> None:
+    """train.seed would be overwritten by every entry of sweep.seeds: an old file gets the fix."""
+    train = raw.get("train")
+    if isinstance(train, dict) and "seed" in train:
+        raise UserError(f"{source}: train.seed = {train['seed']!r} is no longer read: training seeds come from"
+                        " sweep.seeds (every member trains once per seed); put the value there and remove the key")
+
+
 def _merge(base: BaseModel, overrides: dict[str, Any], cls: type[BaseModel], where: str, source: str) -> Any:
     try:
         return cls.model_validate({**base.model_dump(), **overrides})
@@ -236,25 +270,31 @@ def _merge(base: BaseModel, overrides: dict[str, Any], cls: type[BaseModel], whe
 
 
 def resolve_sweep(params: Params, source: str = PARAMS_FILE) -> list[RunSpec]:
-    """Expand the sweep: every member at every latent size, defaults + overrides.
+    """Expand the sweep: every member at every latent size and seed, defaults + overrides.
 
-    This is where each RunSpec.model.latent_dim is set, from sweep.latent_dims.
-    With one latent size the names are the members' names; with several each
-    name gets a `-z<size>` suffix so every model has its own folder and run.
-    Raises: UserError for a member's override that is invalid or sets latent_dim.
+    This is where each RunSpec.model.latent_dim (from sweep.latent_dims) and train.seed (from
+    sweep.seeds) is set. The group is the member's name, with a `-z<size>` suffix when there are
+    several latent sizes; the name is the group, with a `-s<seed>` suffix when there are several
+    seeds, so every (member, size, seed) has its own folder and run. Order: member, size, seed.
+    Raises: UserError for a member's override that is invalid or sets latent_dim or seed.
     """
     specs = []
-    many = len(params.sweep.latent_dims) > 1
-    for i, member in enumerate(params.sweep.models):
+    sweep = params.sweep
+    many_dims, many_seeds = len(sweep.latent_dims) > 1, len(sweep.seeds) > 1
+    for i, member in enumerate(sweep.models):
         where = f"sweep.models.{i}"
-        if "latent_dim" in member.model:
-            raise UserError(
-                f"{source}: {where}.model.latent_dim = {member.model['latent_dim']!r} is not allowed: latent sizes"
-                " come from sweep.latent_dims (every member trains at each); remove it from the member"
-            )
-        for dim in params.sweep.latent_dims:
+        for section, key, home in (("model", "latent_dim", "sweep.latent_dims"), ("train", "seed", "sweep.seeds")):
+            overrides = getattr(member, section)
+            if key in overrides:
+                raise UserError(
+                    f"{source}: {where}.{section}.{key} = {overrides[key]!r} is not allowed: it comes from {home}"
+                    " (every member trains at each); remove it from the member"
+                )
+        for dim in sweep.latent_dims:
             model = _merge(params.model, {"latent_dim": dim, **member.model}, ModelParams, f"{where}.model", source)
-            train = _merge(params.train, member.train, TrainParams, f"{where}.train", source)
-            name = f"{member.name}-z{dim}" if many else member.name
-            specs.append(RunSpec(name=name, model=model, train=train))
+            group = f"{member.name}-z{dim}" if many_dims else member.name
+            for seed in sweep.seeds:
+                train = _merge(params.train, {**member.train, "seed": seed}, TrainParams, f"{where}.train", source)
+                name = f"{group}-s{seed}" if many_seeds else group
+                specs.append(RunSpec(name=name, model=model, train=train, member=member.name, group=group))
     return specs

@@ -55,7 +55,8 @@ def load(name: str, root: Path = MODELS_DIR, device: str = "cpu") -> tuple[AutoE
     if not (folder / "model.pt").is_file():
         raise UserError(f"model '{name}' not found in {root}; run the train stage first (dvc repro train)")
     config = json.loads((folder / "config.json").read_text())
-    spec = RunSpec(name=config["name"], model=config["model"], train=config["train"])
+    spec = RunSpec(name=config["name"], model=config["model"], train=config["train"],
+                   member=config.get("member", ""), group=config.get("group", ""))
     try:
         state = torch.load(folder / "model.pt", map_location=device, weights_only=True)
     except Exception as exc:  # weights_only refuses pickled code; anything else is a corrupt file

@@ -223,19 +223,73 @@ class SeedRecord:
     activation: str
     beta: float
     metrics: Mapping[str, float]
+    group: str = ""  # the model aggregated over seeds (member[-z<size>]); "": the member
+
+    @property
+    def model(self) -> str:
+        return self.group or self.member
+
+
+def from_results(results: Mapping[str, Mapping[str, float]], specs: Sequence) -> list[SeedRecord]:
+    """One SeedRecord per trained model: `results` is {run name: {metric key: value}}, `specs` the
+    RunSpecs of the sweep (aevae.config.resolve_sweep), in sweep order; a spec without results (not
+    trained) is left out."""
+    return [SeedRecord(member=s.member, latent_dim=s.model.latent_dim, seed=s.seed, kind=s.model.kind,
+                       activation=s.model.activation, beta=s.model.beta, metrics=results[s.name], group=s.group)
+            for s in specs if s.name in results]
+
+
+def aggregate(seed_records: Sequence[SeedRecord]) -> dict[str, dict[str, dict[str, float | int]]]:
+    """{group: {metric key: {"mean", "ci_low", "ci_high", "n_seeds"}}}: every metric over the group's seeds.
+
+    The shape of metrics/summary.json: `dvc metrics diff` compares the leaves, the means among them.
+    Units are each metric's own (aevae.metric_registry); a seed whose value is non-finite (a metric
+    that does not apply, an infinite moment KL) is left out of n_seeds; no finite value -> NaN.
+    """
+    out: dict[str, dict[str, dict[str, float | int]]] = {}
+    for group in dict.fromkeys(r.model for r in seed_records):
+        members = [r for r in seed_records if r.model == group]
+        keys = dict.fromkeys(k for r in members for k in r.metrics)
+        out[group] = {k: mean_ci([_finite_or_nan(r.metrics.get(k)) for r in members]).as_dict() for k in keys}
+    return out
+
+
+def _finite_or_nan(value) -> float:
+    return math.nan if value is None else float(value)
+
+
+RULES = {
+    "directional": "supported when the 95% interval of the paired improvement (a over b, seed by seed) lies"
+                   " above 0, contradicted when it lies below 0, else inconclusive",
+    "equivalence": "supported when the whole 95% interval of a − b lies within ±tolerance·|mean of b|,"
+                   " contradicted when it lies wholly outside that band, else inconclusive (TOST)",
+    "claim": "supported when every comparison is, contradicted when any is, else inconclusive; untestable"
+             " when a model it needs is not in the sweep or the claim is a definition",
+}
+
+
+def claims_file(seed_records: Sequence[SeedRecord], claims: Sequence[Claim] = CLAIMS) -> dict:
+    """metrics/claims.json: {"level", "seeds", "rules", "claims": {"z<size>": {claim id: judge_claim(...)}}}.
+
+    Strict-JSON-ready once written with aevae.atomic.write_json (NaN bounds of a one-seed effect -> null).
+    """
+    by_dim: dict[str, dict[str, dict]] = {}
+    for verdict in judge_claims(seed_records, claims):
+        by_dim.setdefault(f"z{verdict['latent_dim']}", {})[verdict["claim"]] = verdict
+    return {"level": LEVEL, "seeds": sorted({r.seed for r in seed_records}), "rules": RULES, "claims": by_dim}
 
 
 def _find(role: Role, records: Sequence[SeedRecord], latent_dim: int) -> str | None:
     """The first sweep member at `latent_dim` that plays `role` (sweep order), or None."""
     for r in records:
         if r.latent_dim == latent_dim and role.matches(r.kind, r.activation, r.beta):
-            return r.member
+            return r.model
     return None
 
 
 def _per_seed(records: Sequence[SeedRecord], member: str, latent_dim: int, metric: str) -> dict[int, float]:
     return {r.seed: float(r.metrics[metric]) for r in records
-            if r.member == member and r.latent_dim == latent_dim and r.metrics.get(metric) is not None}
+            if r.model == member and r.latent_dim == latent_dim and r.metrics.get(metric) is not None}
 
 
 def judge_claim(claim: Claim, records: Sequence[SeedRecord], latent_dim: int) -> dict:
