@@ -81,13 +81,12 @@ def main() -> None:
     atomic.write_json(RUN_FACTS, {**cluster, "models": runs})
     # Sweep order (member, size, seed) from params.yaml; models/ holds exactly this sweep (the train stage's output).
     seed_records = study.from_results(results, resolve_sweep(params))
-    atomic.write_json(OUT / "summary.json", study.aggregate(seed_records))
-    atomic.write_json(OUT / "claims.json", study.claims_file(seed_records))
+    summary, claims = study.aggregate(seed_records), study.claims_file(seed_records)
+    atomic.write_json(OUT / "summary.json", summary)
+    atomic.write_json(OUT / "claims.json", claims)
     log_evaluation(results)
-    width = max(map(len, names))
     shown = [m for m in metric_registry.METRICS if m.console]
-    for name, v in results.items():
-        print(f"{name:<{width}}  " + "  ".join(f"{m.header} {format(v[m.key], m.fmt)}" for m in shown))
+    print("\n".join(study.console_lines(summary, claims, shown)))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,19 @@
 """The study's statistics and verdict rules, on hand-made per-seed values with known answers."""
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from aevae import study
+from aevae import metric_registry, study
 from aevae.study import SeedRecord
+
+REPO = Path(__file__).resolve().parents[1]
+VERDICTS = (study.SUPPORTED, study.CONTRADICTED, study.INCONCLUSIVE, study.UNTESTABLE)
 
 
 def test_mean_ci_matches_the_t_interval():
@@ -105,6 +111,51 @@ def test_every_article_claim_is_judged_per_latent_size_and_serialises_strictly()
     out = study.judge_claims(records)
     assert [(c["claim"], c["latent_dim"]) for c in out] == [(c.id, d) for c in study.CLAIMS for d in (2, 16)]
     for c in out:
-        assert c["verdict"] in (study.SUPPORTED, study.CONTRADICTED, study.INCONCLUSIVE, study.UNTESTABLE)
+        assert c["verdict"] in VERDICTS
         if c["verdict"] == study.UNTESTABLE:
             assert c["reason"]
+
+
+def test_a_null_metric_with_several_seeds_is_not_blamed_on_the_seed_count():
+    records = _records([0.13, math.nan, math.nan], [0.02, 0.03, 0.02])  # the AE's metric is null in two seeds
+    out = study.judge_claim(HOLES, records, 2)
+    assert out["verdict"] == study.INCONCLUSIVE
+    assert "one seed" not in out["reason"] and "test/holes_fraction_own_gaussian (ae)" in out["reason"]
+
+
+SHOWN = [m for m in metric_registry.METRICS if m.console]
+
+
+def _console(seeds):
+    records = [SeedRecord(member, 2, seed, kind, "relu", beta, {m.key: value + seed * spread for m in SHOWN},
+                          group=f"{member}-z2")
+               for seed in seeds
+               for member, kind, beta, value, spread in (("ae", "ae", 1.0, 0.5, 0.0), ("vae-beta1", "vae", 1.0, 0.2, 0.1))]
+    return study.console_lines(study.aggregate(records), study.claims_file(records), SHOWN)
+
+
+def test_console_prints_one_row_per_group_with_the_interval_then_the_verdicts():
+    lines = _console([0, 1, 2])
+    assert "seeds 0, 1, 2" in lines[0]
+    ae, vae = (next(line for line in lines if line.startswith(f"{g}-z2 ")) for g in ("ae", "vae-beta1"))
+    half = stats.t.ppf(0.975, 2) * 0.1 / math.sqrt(3)  # values 0.2, 0.3, 0.4: s = 0.1
+    assert ae.split()[1:4] == ["0.5000", "±", "0.0000"]  # seeds agree: zero half-width
+    assert vae.split()[1:4] == ["0.3000", "±", f"{half:.4f}"]
+    header = next(i for i, line in enumerate(lines) if line.startswith("claim "))
+    assert lines[header].split() == ["claim", "z2"]
+    assert [line.split()[0] for line in lines[header + 1:]] == [c.id for c in study.CLAIMS]
+    assert all(line.split()[1] in VERDICTS for line in lines[header + 1:])
+
+
+def test_console_with_one_seed_prints_means_and_says_there_is_no_interval():
+    lines = _console([0])
+    assert "no interval" in lines[0] and "sweep.seeds" in lines[0]
+    assert not any("±" in line for line in lines)
+
+
+def test_readme_claims_table_is_the_study_output():
+    assert study.markdown_table() in (REPO / "README.md").read_text()
+    printed = subprocess.run([sys.executable, "-m", "aevae.study"], capture_output=True, text=True, check=True).stdout
+    assert printed == study.markdown_table()
+    for claim in study.CLAIMS:
+        assert f"| `{claim.id}` |" in printed

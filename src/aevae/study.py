@@ -16,11 +16,17 @@ per-seed values into
     `contradicted` when it lies below 0, else `inconclusive`;
   * an equivalence comparison ("A is about B") is `supported` when the whole
     interval of A − B lies within ±tolerance · |B|, `contradicted` when it lies
-    wholly outside that band, else `inconclusive` (two one-sided tests, TOST);
+    wholly outside that band, else `inconclusive` (two one-sided tests, TOST:
+    Schuirmann, J. Pharmacokinet. Biopharm. 15(6), 1987; a 95% interval inside
+    the band is TOST at 2.5% per side, a little stricter than the usual 5%);
   * a claim with several comparisons is `supported` when all are, `contradicted`
     when any is, else `inconclusive`; one seed gives no interval, so
     `inconclusive`; a comparison whose models are not in the sweep makes the
     claim `untestable`, with the reason.
+
+Each comparison is judged at 95% on its own: a claim of k comparisons is not
+corrected for multiplicity (its "supported" needs all k, which is conservative;
+its "contradicted" needs any one, which is not).
 
 Pure numpy/scipy: no torch, no Ray, no MLflow.
 """
@@ -34,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from aevae.metric_registry import PCA_MSE, by_key
+from aevae.metric_registry import PCA_MSE, Metric, by_key
 
 LEVEL = 0.95
 SUPPORTED, CONTRADICTED, INCONCLUSIVE, UNTESTABLE = "supported", "contradicted", "inconclusive", "untestable"
@@ -73,7 +79,11 @@ def mean_ci(values: Sequence[float], level: float = LEVEL) -> Interval:
 
 
 def paired_difference(a: Mapping[int, float], b: Mapping[int, float], level: float = LEVEL) -> Interval:
-    """Interval of a − b over the seeds both have ({seed: value} each); unpaired seeds are left out."""
+    """Interval of a − b over the seeds both have ({seed: value} each), in the values' unit.
+
+    Unpaired seeds and non-finite differences are left out (n counts the rest). The paired
+    t interval: Student, "The probable error of a mean", Biometrika 6(1), 1908.
+    """
     seeds = sorted(set(a) & set(b))
     return mean_ci([a[s] - b[s] for s in seeds], level)
 
@@ -121,12 +131,14 @@ class Comparison:
     lower_is_better: bool
     equivalence_tolerance: float | None = None  # relative to |mean of b|; None: directional
 
-    def describe(self) -> str:
+    def describe(self, code: bool = False) -> str:
+        """The statistic in words, e.g. "VAE β=1 test/mmd_to_prior lower than non-linear AE test/mmd_to_prior";
+        `code`: metric keys in Markdown backticks (the README's table)."""
+        ka, kb = (f"`{op.metric}`" if code else op.metric for op in (self.a, self.b))
         if self.equivalence_tolerance is not None:
-            return (f"{self.a.role.label} {self.a.metric} ≈ {self.b.role.label} {self.b.metric} "
-                    f"(within ±{self.equivalence_tolerance:.0%})")
+            return f"{self.a.role.label} {ka} ≈ {self.b.role.label} {kb} (within ±{self.equivalence_tolerance:.0%})"
         word = "lower" if self.lower_is_better else "higher"
-        return f"{self.a.role.label} {self.a.metric} {word} than {self.b.role.label} {self.b.metric}"
+        return f"{self.a.role.label} {ka} {word} than {self.b.role.label} {kb}"
 
 
 @dataclass(frozen=True)
@@ -140,7 +152,12 @@ class Claim:
 
 
 def comparison_verdict(cmp: Comparison, effect: Interval, reference: float) -> str:
-    """The rule of the module docstring for one comparison; `effect` is the paired a − b."""
+    """The rule of the module docstring for one comparison: supported | contradicted | inconclusive.
+
+    `effect` is the paired a − b over seeds, in the metric's unit; `reference` the mean of b,
+    whose |·| scales an equivalence comparison's ±tolerance band. Fewer than two seeds, or a
+    non-finite bound or reference, give `inconclusive`.
+    """
     if effect.n < 2 or not math.isfinite(effect.low):
         return INCONCLUSIVE
     if cmp.equivalence_tolerance is not None:
@@ -159,7 +176,11 @@ def comparison_verdict(cmp: Comparison, effect: Interval, reference: float) -> s
 
 
 def combine(verdicts: Sequence[str]) -> str:
-    """A claim's verdict from its comparisons': all supported -> supported; any contradicted -> contradicted."""
+    """A claim's verdict from its comparisons' (in any order).
+
+    Any untestable (or none at all) -> untestable; else any contradicted -> contradicted;
+    all supported -> supported; else inconclusive.
+    """
     if not verdicts:
         return UNTESTABLE
     if UNTESTABLE in verdicts:
@@ -231,9 +252,13 @@ class SeedRecord:
 
 
 def from_results(results: Mapping[str, Mapping[str, float]], specs: Sequence) -> list[SeedRecord]:
-    """One SeedRecord per trained model: `results` is {run name: {metric key: value}}, `specs` the
-    RunSpecs of the sweep (aevae.config.resolve_sweep), in sweep order; a spec without results (not
-    trained) is left out."""
+    """One SeedRecord per trained model, in the order of `specs`.
+
+    `results` is {run name: {metric key: value in the metric's unit}} (evaluate's per-seed numbers,
+    PCA baseline keys included), `specs` the RunSpecs of the sweep (aevae.config.resolve_sweep):
+    member, group, latent size, seed and the model's kind, activation and β come from the spec. A spec
+    without results (not trained) is left out, and so is a result no spec names. Raises nothing.
+    """
     return [SeedRecord(member=s.member, latent_dim=s.model.latent_dim, seed=s.seed, kind=s.model.kind,
                        activation=s.model.activation, beta=s.model.beta, metrics=results[s.name], group=s.group)
             for s in specs if s.name in results]
@@ -271,7 +296,9 @@ RULES = {
 def claims_file(seed_records: Sequence[SeedRecord], claims: Sequence[Claim] = CLAIMS) -> dict:
     """metrics/claims.json: {"level", "seeds", "rules", "claims": {"z<size>": {claim id: judge_claim(...)}}}.
 
-    Strict-JSON-ready once written with aevae.atomic.write_json (NaN bounds of a one-seed effect -> null).
+    "level" is the intervals' confidence (0.95), "seeds" every training seed in `seed_records`,
+    "rules" the verdict rules in words (RULES). Holds NaN (the bounds of a one-seed effect) until
+    written with aevae.atomic.write_json, which writes them as null (strict JSON). Raises nothing.
     """
     by_dim: dict[str, dict[str, dict]] = {}
     for verdict in judge_claims(seed_records, claims):
@@ -293,10 +320,12 @@ def _per_seed(records: Sequence[SeedRecord], member: str, latent_dim: int, metri
 
 
 def judge_claim(claim: Claim, records: Sequence[SeedRecord], latent_dim: int) -> dict:
-    """A claim's verdict at one latent size: {"verdict", "text", "comparisons": [...], "reason"}.
+    """A claim's verdict at one latent size: {"claim", "text", "latent_dim", "verdict", "comparisons", "reason"?}.
 
-    Each comparison gives the statistic, the members compared, the paired effect a − b in
-    the metric's unit with its 95% interval over seeds, and its own verdict.
+    Each comparison gives the statistic, the groups compared ("a", "b"), their metric keys, the
+    paired effect a − b in the metric's unit with its 95% interval over seeds, and its own verdict.
+    "reason" says why a claim is untestable (a definition, or a role missing from the sweep at this
+    size, named) or inconclusive for want of seeds. Raises nothing.
     """
     out: dict = {"claim": claim.id, "text": claim.text, "latent_dim": latent_dim, "comparisons": []}
     if not claim.comparisons:
@@ -315,10 +344,15 @@ def judge_claim(claim: Claim, records: Sequence[SeedRecord], latent_dim: int) ->
         out["comparisons"].append({"statistic": cmp.describe(), "a": a, "b": b, "a_metric": cmp.a.metric,
                                    "b_metric": cmp.b.metric, "effect": effect.as_dict(), "verdict": verdict})
     out["verdict"] = combine(verdicts)
+    thin = [c for c in out["comparisons"] if c["effect"]["n_seeds"] < 2]
     if missing:
         out["reason"] = f"the sweep has no {' and no '.join(dict.fromkeys(missing))} at latent size {latent_dim}"
-    elif out["verdict"] == INCONCLUSIVE and all(c["effect"]["n_seeds"] < 2 for c in out["comparisons"]):
+    elif out["verdict"] == INCONCLUSIVE and len({r.seed for r in records if r.latent_dim == latent_dim}) < 2:
         out["reason"] = "one seed gives no interval; add seeds (sweep.seeds)"
+    elif out["verdict"] == INCONCLUSIVE and thin:
+        # Several seeds, but a metric is null (not defined, or infinite) in all but one of them.
+        out["reason"] = "fewer than two seeds with a finite value of " + ", ".join(
+            dict.fromkeys(f"{c['a_metric']} ({c['a']}) − {c['b_metric']} ({c['b']})" for c in thin))
     return out
 
 
@@ -326,3 +360,54 @@ def judge_claims(records: Sequence[SeedRecord], claims: Sequence[Claim] = CLAIMS
     """Every claim at every latent size in `records`, in claim order then latent size."""
     dims = sorted({r.latent_dim for r in records})
     return [judge_claim(c, records, d) for c in claims for d in dims]
+
+
+# ------------------------------------------------------------------- console
+
+
+def _cell(stats: Mapping[str, float | int | None], fmt: str) -> str:
+    """"mean ± half-width" of one summary entry; the mean alone without an interval (one seed), "–" without a value."""
+    mean, low, high = (stats.get(k) for k in ("mean", "ci_low", "ci_high"))
+    if mean is None or not math.isfinite(mean):
+        return "–"
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return format(mean, fmt)
+    return f"{format(mean, fmt)} ± {format((high - low) / 2.0, fmt)}"
+
+
+def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def console_lines(summary: Mapping[str, Mapping[str, Mapping]], claims: Mapping, shown: Sequence[Metric]) -> list[str]:
+    """The evaluate stage's console report: one row per group, then one row per claim.
+
+    `summary` is aggregate()'s output, `claims` claims_file()'s, `shown` the metrics to print
+    (metric_registry `console=True`). A group's cell is "mean ± half-width of the 95% interval"
+    over seeds, in the metric's unit and number format; the claim rows give each claim's verdict
+    per latent size (the effects and reasons are in metrics/claims.json).
+    """
+    seeds = claims["seeds"]
+    spread = (f"mean ± half-width of the {claims['level']:.0%} interval over seeds {', '.join(map(str, seeds))}"
+              if len(seeds) > 1 else f"seed {seeds[0]} only: no interval (add seeds: sweep.seeds)")
+    rows = [["group", *(m.header for m in shown)]]
+    rows += [[group, *(_cell(values.get(m.key, {}), m.fmt) for m in shown)] for group, values in summary.items()]
+    sizes = list(claims["claims"])
+    verdicts = [["claim", *sizes]]
+    ids = dict.fromkeys(claim for z in sizes for claim in claims["claims"][z])
+    verdicts += [[claim, *(claims["claims"][z].get(claim, {}).get("verdict", "–") for z in sizes)] for claim in ids]
+    return [spread, *_table(rows), "", "verdicts (metrics/claims.json says why)", *_table(verdicts)]
+
+
+def markdown_table(claims: Sequence[Claim] = CLAIMS) -> str:
+    """The README's claims table: id, the article's claim, and each comparison with its rule (or why none)."""
+    lines = ["| id | claim of the article | tested by (each comparison over paired seeds) |", "| --- | --- | --- |"]
+    for c in claims:
+        tests = "; ".join(cmp.describe(code=True) for cmp in c.comparisons) or f"not measured: {c.not_measured}"
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in (f"`{c.id}`", c.text, tests)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # `python -m aevae.study` prints the README's claims table
+    print(markdown_table(), end="")
