@@ -56,15 +56,16 @@ class Interval:
     n: int
 
     def as_dict(self) -> dict[str, float | int]:
+        """{"mean", "ci_low", "ci_high", "n_seeds"}: one entry of summary.json and of an effect in claims.json."""
         return {"mean": self.mean, "ci_low": self.low, "ci_high": self.high, "n_seeds": self.n}
 
 
 def mean_ci(values: Sequence[float], level: float = LEVEL) -> Interval:
     """Mean of `values` (one per seed) and its Student-t interval, in the values' own unit.
 
-    Non-finite values (a metric that does not apply, a diverged seed) are left out and
-    n counts the rest. n = 0 gives NaN everywhere; n = 1 a mean with NaN bounds (no spread
-    to estimate); identical values a zero-width interval.
+    Non-finite values and None (a metric that does not apply, a diverged seed) are left out
+    and n counts the rest. n = 0 gives NaN everywhere; n = 1 a mean with NaN bounds (no spread
+    to estimate); identical values a zero-width interval. Raises nothing.
     Source: the t interval for a mean, e.g. Wasserman, *All of Statistics* (2004), §10.
     """
     x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
@@ -101,6 +102,7 @@ class Role:
     beta: float | None = None  # VAE only: this KL weight exactly
 
     def matches(self, kind: str, activation: str, beta: float) -> bool:
+        """Whether a model of this kind ("ae" | "vae"), activation and KL weight β plays the role."""
         if kind != self.kind:
             return False
         if self.linear is not None and (activation == "linear") != self.linear:
