@@ -83,7 +83,7 @@ def main() -> None:
     seed_records = study.from_results(results, resolve_sweep(params))
     atomic.write_json(OUT / "summary.json", study.aggregate(seed_records))
     atomic.write_json(OUT / "claims.json", study.claims_file(seed_records))
-    log_evaluation(results)
+    log_evaluation(results, resolve_sweep(params))
     width = max(map(len, names))
     shown = [m for m in metric_registry.METRICS if m.console]
     for name, v in results.items():
