@@ -1,4 +1,12 @@
-"""MLflow: one parent run per pipeline run, a child run per model. The only module that knows MLflow.
+"""MLflow: one parent run per pipeline run, a child run per model and seed, an aggregate child per model.
+The only module that knows MLflow.
+
+Child runs are named like models/<name> and tagged `model` (the group aggregated over seeds),
+`member`, `seed` and `latent_dim` (model_tags); the evaluate stage adds one aggregate child per
+group holding the mean and 95% interval over seeds under the seed children's metric keys
+(log_aggregates; why not parent metrics: see AGGREGATE_TAG) and puts the claims' verdicts on the
+parent as tags (verdict_tags). The Model Registry holds one model per group, aevae-<group>, with a
+version per seed (registered_name).
 
 The store is MLFLOW_TRACKING_URI when set (a remote server), else an SQLite
 file in the project (mlflow.db, by absolute path) with artifacts beside it in
