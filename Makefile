@@ -34,8 +34,9 @@ ui: setup
 
 # Serve a registered model over HTTP on this machine only: POST to http://127.0.0.1:$(PORT)/invocations (see README).
 # The project's store, or the server at MLFLOW_TRACKING_URI when set. `make retrain` sets the champion alias;
-# before the first retrain serve a version instead: VERSION=latest (or a number).
-MODEL ?= vae-beta1
+# before the first retrain serve a version instead: VERSION=latest (or a number). MODEL is the group: the member,
+# plus -z<size> when sweep.latent_dims has several (one registered model per group, a version per seed).
+MODEL ?= vae-beta1-z2
 ALIAS ?= champion
 PORT  ?= 5001
 MODEL_URI = models:/aevae-$(MODEL)$(if $(VERSION),/$(VERSION),@$(ALIAS))

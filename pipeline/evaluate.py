@@ -84,7 +84,7 @@ def main() -> None:
     summary, claims = study.aggregate(seed_records), study.claims_file(seed_records)
     atomic.write_json(OUT / "summary.json", summary)
     atomic.write_json(OUT / "claims.json", claims)
-    log_evaluation(results)
+    log_evaluation(results, resolve_sweep(params))
     shown = [m for m in metric_registry.METRICS if m.console]
     print("\n".join(study.console_lines(summary, claims, shown)))
 

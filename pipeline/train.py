@@ -1,7 +1,8 @@
 """Stage `train`: the sweep on Ray (local, or the cluster at RAY_ADDRESS) -> models/<name>/.
 
-Each model is tracked as a child run of a new MLflow parent run, logged live
-per epoch and registered in the Model Registry once it has trained.
+Each (model, seed) is tracked as a child run of a new MLflow parent run, logged live
+per epoch and registered in the Model Registry once it has trained, as a version of
+aevae-<group> (one registered model per group, a version per seed).
 """
 
 import shutil

@@ -13,8 +13,9 @@ from project import dvc, free_port, make_project, stage
 pytestmark = pytest.mark.slow
 
 MODELS = ("ae", "vae-beta1")
-REPRO_TAGS = ("git.commit", "git.dirty", "data.sha256", "data.source", "seed", "version.torch", "version.ray",
+REPRO_TAGS = ("git.commit", "git.dirty", "data.sha256", "data.source", "sweep.seeds", "version.torch", "version.ray",
               "version.mlflow", "dvc.stage")
+MODEL_TAGS = ("model", "member", "seed", "latent_dim")
 
 
 def _check_runs(client: MlflowClient) -> None:
@@ -23,9 +24,13 @@ def _check_runs(client: MlflowClient) -> None:
     parents = [r for r in runs if r.data.tags.get("aevae.role") == "pipeline"]
     assert len(parents) == 1, "one parent run per pipeline run"
     parent = parents[0]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+                and r.data.tags.get("aevae.role") == "model"]
+    aggregates = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+                  and r.data.tags.get("aevae.aggregate") == "true"]
     assert sorted(r.info.run_name for r in children) == sorted(MODELS)
-    assert len(runs) == 1 + len(MODELS)
+    assert sorted(r.info.run_name for r in aggregates) == sorted(f"{m}-mean" for m in MODELS)  # one seed: n = 1
+    assert len(runs) == 1 + 2 * len(MODELS)
     param_keys = {frozenset(r.data.params) for r in children}
     metric_keys = {frozenset(r.data.metrics) for r in children}
     assert len(param_keys) == 1 and len(metric_keys) == 1, "identical key sets across children"
@@ -38,6 +43,7 @@ def _check_runs(client: MlflowClient) -> None:
         assert not missing, f"{run.info.run_name} lacks tags {missing}"
         assert run.info.status == "FINISHED"
     for child in children:
+        assert all(t in child.data.tags for t in MODEL_TAGS) and child.data.tags["seed"] == "0"
         history = client.get_metric_history(child.info.run_id, "val/loss_per_image")
         assert [m.step for m in history] == [1, 2, 3]  # per-epoch metrics with their step
         versions = client.search_model_versions(f"name='aevae-{child.info.run_name}'")

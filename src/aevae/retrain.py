@@ -10,10 +10,13 @@ One run, for a scheduler (cron, a systemd timer, a CI schedule):
    (unless --force);
 3. runs the pipeline (`dvc repro --no-run-cache`: a stage whose inputs changed really runs, so the
    train stage registers a new version instead of restoring models/ of an older, already registered run);
-4. per model: the challenger is the version registered from this pipeline run's child run; the
+4. per registered model (one per group: member, plus -z<size>; one version per seed): the challenger
+   is the version this pipeline run registered for the sweep's first seed (sweep.seeds[0]); the
    champion's weights are re-evaluated on the current test split with the current classifier, so
-   both sides are measured the same way; the challenger must pass every criterion of
-   params.yaml `retrain.<kind>`;
+   both sides are measured the same way; the challenger's recipe must pass every criterion of
+   params.yaml `retrain.<kind>` on its worse 95% bound over seeds (metrics/summary.json: the upper
+   bound for a metric to minimise, the lower for one to maximise; with one seed, its value), so a
+   lucky seed alone never takes `champion`;
 5. decides every alias first, then applies them (undoing what was applied if the server fails):
    a winner takes `champion` (the first version of a model always does), a loser gets `challenger`;
 6. records the decision and its numbers as tags on the version and in reports/retrain/<time>.json.
@@ -42,7 +45,7 @@ from urllib.parse import urlsplit, urlunsplit
 import filelock
 
 from aevae import atomic, metric_registry, tracking
-from aevae.config import Criterion, Params, load_params, resolve_sweep
+from aevae.config import Criterion, Params, RunSpec, load_params, resolve_sweep
 from aevae.errors import UserError, run_cli
 from aevae.provenance import git_state, sha256_file
 
@@ -105,13 +108,20 @@ def policy(params: Params) -> dict[str, list[Criterion]]:
 
 @dataclass
 class Check:
-    """One criterion applied: did the challenger improve `metric` by at least `min_improvement`?"""
+    """One criterion applied: did the challenger improve `metric` by at least `min_improvement`?
+
+    `challenger` is the value judged: the worse end of the challenger group's 95% interval over
+    seeds (challenger_value), `challenger_mean` its mean over `n_seeds` seeds; `champion` the
+    champion version's own value, re-evaluated. All in the metric's unit (metric_registry).
+    """
 
     metric: str
     goal: str
     min_improvement: float
     challenger: float
     champion: float
+    challenger_mean: float = math.nan
+    n_seeds: int = 1
 
     @property
     def improvement(self) -> float:
@@ -127,13 +137,16 @@ class Check:
     def line(self) -> str:
         """One human-readable line: both values, the goal, the improvement, pass or fail."""
         mark = "pass" if self.passed else "fail"
-        return (f"{self.metric} {self.challenger:.6g} vs {self.champion:.6g} ({self.goal}; improved"
+        judged = (f"{'upper' if self.goal == 'min' else 'lower'} 95% bound over {self.n_seeds} seeds"
+                  f" {self.challenger:.6g} (mean {self.challenger_mean:.6g})" if self.n_seeds > 1 else f"{self.challenger:.6g}")
+        return (f"{self.metric} {judged} vs {self.champion:.6g} ({self.goal}; improved"
                 f" {self.improvement:+.4g}, needs >= {self.min_improvement:g}: {mark})")
 
     def as_dict(self) -> dict:
         """The check as JSON-safe values (NaN and inf become None)."""
         return {"metric": self.metric, "goal": self.goal, "min_improvement": self.min_improvement,
                 "challenger": self.challenger, "champion": self.champion,  # NaN / inf: null (atomic.write_json)
+                "challenger_mean": self.challenger_mean, "n_seeds": self.n_seeds,
                 "improvement": self.improvement, "passed": self.passed}
 
 
@@ -216,14 +229,33 @@ class Scoring:
                                       self.params.evaluate, reference_features=reference)
 
 
-def _challenger_metrics(name: str) -> dict[str, float]:
-    """The evaluate stage's numbers of models/<name> (metrics/summary.json: a DVC output, so never stale)."""
+def group_stats(group: str) -> dict[str, dict]:
+    """The evaluate stage's {metric key: {"mean", "ci_low", "ci_high", "n_seeds"}} of `group`
+    (metrics/summary.json: a DVC output, so never stale). Raises: UserError when it is missing."""
     if not SUMMARY_FILE.is_file():
         raise UserError(f"{SUMMARY_FILE} not found after the pipeline ran; run `dvc repro evaluate` and retry")
-    values = json.loads(SUMMARY_FILE.read_text()).get(name)
-    if values is None:
-        raise UserError(f"{SUMMARY_FILE} has no entry for model '{name}'; run `dvc repro -f evaluate` and retry")
-    return {k: float("nan") if v is None else float(v) for k, v in values.items()}
+    stats = json.loads(SUMMARY_FILE.read_text()).get(group)
+    if not isinstance(stats, dict):
+        raise UserError(f"{SUMMARY_FILE} has no entry for model '{group}'; run `dvc repro -f evaluate` and retry")
+    return stats
+
+
+def challenger_value(stat: dict, goal: str) -> float:
+    """The value a criterion judges: the worse end of the group's 95% interval over seeds (ci_high when
+    the goal is min, ci_low when max), so the whole interval must clear the champion; with one seed
+    (no interval) the mean, i.e. that seed's value; NaN when no seed has a finite value."""
+    value = stat.get("ci_high" if goal == "min" else "ci_low")
+    if value is None:
+        value = stat.get("mean")
+    return math.nan if value is None else float(value)
+
+
+def _check(criterion: Criterion, stats: dict[str, dict], champion: dict[str, float]) -> Check:
+    stat = stats.get(criterion.metric) or {}
+    mean = stat.get("mean")
+    return Check(criterion.metric, criterion.goal, criterion.min_improvement,
+                 challenger_value(stat, criterion.goal), champion[criterion.metric],
+                 math.nan if mean is None else float(mean), int(stat.get("n_seeds") or 0))
 
 
 # ------------------------------------------------------------------ decide
@@ -231,6 +263,8 @@ def _challenger_metrics(name: str) -> dict[str, float]:
 
 @dataclass
 class Decision:
+    """What happens to one registered model's aliases (model = the group, aevae-<group>)."""
+
     model: str
     kind: str
     challenger: str  # version
@@ -238,6 +272,7 @@ class Decision:
     decision: str  # promoted | kept | unchanged
     checks: list[Check] = field(default_factory=list)
     first: bool = False  # promoted without a champion: the model's first version (not a deleted champion's heir)
+    seed: int | None = None  # the training seed of the challenger version
 
     @property
     def champion_after(self) -> str | None:
@@ -276,47 +311,59 @@ class Decision:
 
     def as_dict(self) -> dict:
         """The decision for reports/retrain/<time>.json."""
-        return {"kind": self.kind, "challenger_version": self.challenger, "champion_before": self.champion_before,
+        return {"kind": self.kind, "challenger_version": self.challenger, "challenger_seed": self.seed,
+                "champion_before": self.champion_before,
                 "champion_after": self.champion_after, "decision": self.decision,
                 "criteria": [ch.as_dict() for ch in self.checks]}
 
 
+def challengers(params: Params) -> list[RunSpec]:
+    """Per group (registered model), in sweep order, the spec whose version is the challenger: the first seed's."""
+    first: dict[str, RunSpec] = {}
+    for spec in resolve_sweep(params):
+        first.setdefault(spec.group, spec)
+    return list(first.values())
+
+
 def decide(mlflow_client, params: Params, rules: dict[str, list[Criterion]]) -> list[Decision]:
-    """One decision per model of the sweep; reads the registry, changes nothing."""
+    """One decision per registered model (group) of the sweep; reads the registry, changes nothing.
+
+    Raises: UserError when the registry does not hold the weights in models/ or summary.json lacks a group.
+    """
     run, why = tracking.recorded_run()
     if run is None:
         raise UserError(f"{why}; then retry")
     scoring = Scoring(params)
     decisions = []
     with tempfile.TemporaryDirectory(prefix="aevae-retrain-") as tmp:
-        for spec in resolve_sweep(params):
-            name, kind = spec.name, spec.model.kind
+        for spec in challengers(params):
+            name, group, kind = spec.name, spec.group, spec.model.kind
             run_id = run["children"].get(name)
-            version = tracking.version_from_run(mlflow_client, name, run_id) if run_id else None
+            version = tracking.version_from_run(mlflow_client, group, run_id) if run_id else None
             if version is None:  # recorded_run already refused a run tracked in another store
                 raise UserError(f"model '{name}' of the last pipeline run has no registered version on"
                                 f" {_safe_uri(tracking.tracking_uri())}; run `dvc repro -f train` and retry")
             # The challenger is what models/<name> holds: the registered weights must be those on disk.
-            mine = tracking.download_model_files(mlflow_client, name, version, Path(tmp) / f"{name}-v{version}")
+            mine = tracking.download_model_files(mlflow_client, group, version, Path(tmp) / f"{group}-v{version}")
             if sha256_file(mine / "model.pt") != sha256_file(Path("models") / name / "model.pt"):
                 raise UserError(f"models/{name} is not the model registered as version {version} of"
-                                f" {tracking.registered_name(name)}; run `dvc repro -f train` and retry")
-            champion = tracking.model_aliases(mlflow_client, name).get(tracking.CHAMPION)
+                                f" {tracking.registered_name(group)}; run `dvc repro -f train` and retry")
+            champion = tracking.model_aliases(mlflow_client, group).get(tracking.CHAMPION)
             if champion is None:
-                earlier = tracking.version_count(mlflow_client, name) > 1
-                decisions.append(Decision(name, kind, version, None, "promoted", first=not earlier))
+                earlier = tracking.version_count(mlflow_client, group) > len(
+                    [s for s in resolve_sweep(params) if s.group == group])  # this run registered one per seed
+                decisions.append(Decision(group, kind, version, None, "promoted", first=not earlier, seed=spec.seed))
                 continue
             if champion == version:
-                decisions.append(Decision(name, kind, version, champion, "unchanged"))
+                decisions.append(Decision(group, kind, version, champion, "unchanged", seed=spec.seed))
                 continue
-            theirs = tracking.download_model_files(mlflow_client, name, champion, Path(tmp) / f"{name}-v{champion}")
-            print(f"{name}: evaluating champion v{champion} on the current test split", flush=True)
+            theirs = tracking.download_model_files(mlflow_client, group, champion, Path(tmp) / f"{group}-v{champion}")
+            print(f"{group}: evaluating champion v{champion} on the current test split", flush=True)
             champ = scoring.evaluate(theirs)
-            chall = _challenger_metrics(name)
-            checks = [Check(c.metric, c.goal, c.min_improvement, chall[c.metric], champ[c.metric])
-                      for c in rules[kind]]
+            stats = group_stats(group)
+            checks = [_check(c, stats, champ) for c in rules[kind]]
             verdict = "promoted" if all(ch.passed for ch in checks) else "kept"
-            decisions.append(Decision(name, kind, version, champion, verdict, checks))
+            decisions.append(Decision(group, kind, version, champion, verdict, checks, seed=spec.seed))
     return decisions
 
 
@@ -346,7 +393,7 @@ def retrain(force: bool = False) -> None:
     """
     params = load_params()
     rules = policy(params)
-    names = [s.name for s in resolve_sweep(params)]
+    names = [s.group for s in challengers(params)]  # one registered model per group
     mlflow_client = tracking.client()  # an unreachable server fails here, before any work
     dvc_repro("prepare")
     from aevae.data.prepared import load_manifest

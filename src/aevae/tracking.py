@@ -1,4 +1,12 @@
-"""MLflow: one parent run per pipeline run, a child run per model. The only module that knows MLflow.
+"""MLflow: one parent run per pipeline run, a child run per model and seed, an aggregate child per model.
+The only module that knows MLflow.
+
+Child runs are named like models/<name> and tagged `model` (the group aggregated over seeds),
+`member`, `seed` and `latent_dim` (model_tags); the evaluate stage adds one aggregate child per
+group holding the mean and 95% interval over seeds under the seed children's metric keys
+(log_aggregates; why not parent metrics: see AGGREGATE_TAG) and puts the claims' verdicts on the
+parent as tags (verdict_tags). The Model Registry holds one model per group, aevae-<group>, with a
+version per seed (registered_name).
 
 The store is MLFLOW_TRACKING_URI when set (a remote server), else an SQLite
 file in the project (mlflow.db, by absolute path) with artifacts beside it in
@@ -157,10 +165,21 @@ def repro_tags(manifest: dict, params: Params, stage: str) -> dict[str, str]:
         "data.sha256": manifest["data_sha256"],
         "data.source": manifest["source"],
         "data.dataset": manifest["dataset"],
-        "seed": str(params.train.seed),
+        "sweep.seeds": json.dumps(params.sweep.seeds),  # each child's own seed is its `seed` tag (model_tags)
+        "sweep.latent_dims": json.dumps(params.sweep.latent_dims),
         "dvc.stage": stage,
         **_versions(),
     }
+
+
+def model_tags(spec: RunSpec) -> dict[str, str]:
+    """The tags that place a child run in the study: filter the UI with e.g. `tags.model = 'ae-z2'`.
+
+    `model` is the group aggregated over seeds (member, plus -z<size> with several latent sizes),
+    `member` the sweep member, `seed` the training seed, `latent_dim` the latent size.
+    """
+    return {"model": spec.group, "member": spec.member, "seed": str(spec.seed),
+            "latent_dim": str(spec.model.latent_dim), "model.kind": spec.model.kind}
 
 
 def flat_params(spec: RunSpec, params: Params) -> dict[str, str]:
@@ -244,7 +263,7 @@ class SweepTracker:
         self.client.log_artifact(self.parent_id, str(params_file))
         for spec in specs:
             run = self.client.create_run(self.exp, run_name=spec.name, tags={
-                **tags, "mlflow.parentRunId": self.parent_id, "aevae.role": "model", "model.kind": spec.model.kind})
+                **tags, "mlflow.parentRunId": self.parent_id, "aevae.role": "model", **model_tags(spec)})
             self.children[spec.name] = run.info.run_id
             self.open.add(spec.name)
             _log_params(self.client, run.info.run_id, flat_params(spec, self.params))
@@ -335,14 +354,19 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def registered_name(model_name: str) -> str:
-    """The Model Registry name of a sweep member: aevae-<name>."""
-    return f"aevae-{model_name}"
+def registered_name(group: str) -> str:
+    """The Model Registry name of a group (RunSpec.group: the member, plus -z<size>): aevae-<group>.
+
+    One registered model per group, one version per trained seed (tagged `seed`): the seeds are
+    interchangeable draws of the same recipe, so they are versions of one model, not models of their own.
+    """
+    return f"aevae-{group}"
 
 
 def register_model(mlflow_client, run_id: str, model_dir: Path, spec: RunSpec, description: str,
                    example_images=None) -> str:
-    """Log models/<name>/ as an MLflow pyfunc (aevae.pyfunc_model) and register it; returns the new version.
+    """Log models/<name>/ as an MLflow pyfunc (aevae.pyfunc_model) and register it as a new version of
+    aevae-<group> tagged with model_tags (seed, latent_dim, ...); returns the new version.
 
     The version is self-contained: its code is pyfunc_model.py (models from code, nothing pickled) plus
     the aevae modules it imports (code_paths), its weights are model.pt loaded with weights_only=True,
@@ -369,9 +393,11 @@ def register_model(mlflow_client, run_id: str, model_dir: Path, spec: RunSpec, d
             name="model", python_model=pyfunc_model.__file__, code_paths=[str(pyfunc_model.code_dir(Path(tmp)))],
             artifacts={pyfunc_model.ARTIFACT: str(model_dir)}, signature=pyfunc_model.signature(spec.model),
             input_example=example, pip_requirements=pyfunc_model.pip_requirements(),
-            registered_model_name=registered_name(spec.name), await_registration_for=30)
+            registered_model_name=registered_name(spec.group), await_registration_for=30)
     version_id = str(info.registered_model_version)
-    mlflow_client.update_model_version(registered_name(spec.name), version_id, description=description)
+    mlflow_client.update_model_version(registered_name(spec.group), version_id, description=description)
+    for key, value in {**model_tags(spec), "run_name": spec.name}.items():
+        mlflow_client.set_model_version_tag(registered_name(spec.group), version_id, key, value)
     return version_id
 
 
@@ -439,23 +465,108 @@ def _run_to_log_into(what: str) -> dict | None:
     return run
 
 
-def log_evaluation(results: dict[str, dict[str, float]], summary_file: Path = Path("metrics/summary.json")) -> None:
-    """The evaluate stage's metrics, same keys for every model, into the children of the pipeline run.
+def log_evaluation(results: dict[str, dict[str, float]], specs: list[RunSpec],
+                   summary_file: Path = Path("metrics/summary.json"),
+                   claims_file: Path = Path("metrics/claims.json")) -> None:
+    """The evaluate stage's numbers into the pipeline run: per seed, per group, and the claims' verdicts.
 
-    Only into children that trained the weights now in models/ (see recorded_run); summary.json goes
-    to the parent only when every model is one of them. Non-finite values are logged as NaN with a tag.
+    `results` is {run name: {metric key: value}} (one per trained seed, metrics/models/<name>.json),
+    `specs` the sweep's RunSpecs. Each seed's metrics go to its child run, with the same keys for
+    every child, and complete its registered version's description. Only into children that trained
+    the weights now in models/ (see recorded_run). When every model is one of them, the pipeline-wide
+    files follow: summary.json becomes one aggregate child run per group (log_aggregates) and an
+    artifact of the parent; claims.json an artifact of the parent and its verdicts the parent's tags
+    (verdict_tags). Non-finite values are logged as NaN with a tag.
+    Raises: UserError (one line) when the server fails midway; the metrics files are written by then.
     """
+    from mlflow.entities import RunTag
+
     run = _run_to_log_into("metrics")
     if run is None:
         return
+    groups = {spec.name: spec.group for spec in specs}
     mlflow_client = client()
     with server_errors("logging the evaluation", "the metrics files are written"):
         for name, values in results.items():
             if name in run["children"]:
                 _log_metrics(mlflow_client, run["children"][name], values, 0)
-                _describe_test_metrics(mlflow_client, name, run["children"][name], values)
-        if run["complete"] and summary_file.is_file():
+                _describe_test_metrics(mlflow_client, groups.get(name, name), run["children"][name], values)
+        if not run["complete"]:
+            return
+        if summary_file.is_file():
             mlflow_client.log_artifact(run["parent_run_id"], str(summary_file))
+            log_aggregates(mlflow_client, run, specs, json.loads(summary_file.read_text()))
+        if claims_file.is_file():
+            mlflow_client.log_artifact(run["parent_run_id"], str(claims_file))
+            tags = verdict_tags(json.loads(claims_file.read_text()))
+            mlflow_client.log_batch(run["parent_run_id"], tags=[RunTag(k, v) for k, v in tags.items()])
+
+
+# Why aggregate child runs and not parent metrics: MLflow's compare view and runs table line runs up by
+# metric key. A child per group holding the mean under the seed children's own keys puts the mean in the
+# same column as the seeds it summarises (filter `tags.model = 'ae-z2'`: three seeds and their mean), and
+# the groups' means side by side (filter `tags.aevae.aggregate = 'true'`). Parent metrics would need the
+# group in the key (`ae-z2/test/...`: hundreds of keys on one run) and could not be charted across groups.
+AGGREGATE_TAG = "aevae.aggregate"
+
+
+def aggregate_keys(stats: dict[str, dict]) -> dict[str, float]:
+    """summary.json's {key: {"mean", "ci_low", "ci_high", "n_seeds"}} of one group as flat metrics:
+    `<key>` = the mean over seeds (the seed children's key, same unit), `<key>/ci_low` and `<key>/ci_high`
+    = its 95% Student-t interval (NaN with one seed, or when no seed has a finite value; see study.mean_ci)."""
+    out: dict[str, float] = {}
+    for key, stat in stats.items():
+        for suffix, field in (("", "mean"), ("/ci_low", "ci_low"), ("/ci_high", "ci_high")):
+            value = stat.get(field)
+            out[key + suffix] = math.nan if value is None else float(value)
+    return out
+
+
+def log_aggregates(mlflow_client, run: dict, specs: list[RunSpec], summary: dict[str, dict]) -> dict[str, str]:
+    """One aggregate child run per group of summary.json under the pipeline run; returns {group: run id}.
+
+    Named `<group>-mean`, tagged `aevae.aggregate=true`, `model`, `member`, `latent_dim`, `seeds`
+    (the seeds it summarises, JSON) and `n_seeds`, with the group's params (all but train.seed) and
+    the metrics of aggregate_keys. An evaluate stage that runs again logs into the same aggregate runs.
+    """
+    from mlflow.entities import RunTag
+
+    parent = run["parent_run_id"]
+    found = mlflow_client.search_runs(
+        [run["experiment_id"]], f"tags.mlflow.parentRunId = '{parent}' and tags.{AGGREGATE_TAG} = 'true'")
+    ids = {r.data.tags.get("model"): r.info.run_id for r in found}
+    parent_tags = mlflow_client.get_run(parent).data.tags
+    for group, stats in summary.items():
+        members = [s for s in specs if s.group == group]
+        if not members:  # summary.json of another sweep: nothing here to describe it
+            continue
+        spec, seeds = members[0], [s.seed for s in members if s.name in run["children"]]
+        if group not in ids:
+            tags = {k: v for k, v in parent_tags.items() if not k.startswith(("mlflow.", "aevae."))}
+            tags.update({k: v for k, v in model_tags(spec).items() if k != "seed"})
+            tags.update({"mlflow.parentRunId": parent, "aevae.role": "aggregate", AGGREGATE_TAG: "true",
+                         "seeds": json.dumps(seeds), "n_seeds": str(len(seeds))})
+            ids[group] = mlflow_client.create_run(run["experiment_id"], run_name=f"{group}-mean", tags=tags).info.run_id
+            seed_child = run["children"].get(spec.name)  # the params the seeds share: all but train.seed
+            if seed_child:
+                shared = mlflow_client.get_run(seed_child).data.params
+                _log_params(mlflow_client, ids[group], {k: v for k, v in shared.items() if k != "train.seed"})
+        metrics, nonfinite = _metrics(aggregate_keys(stats), 0)
+        for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
+            mlflow_client.log_batch(ids[group], metrics=metrics[i:i + 1000],
+                                    tags=[RunTag(k, v) for k, v in nonfinite.items()] if i == 0 else [])
+        mlflow_client.set_terminated(ids[group], "FINISHED")
+    return ids
+
+
+def verdict_tags(claims: dict) -> dict[str, str]:
+    """metrics/claims.json as parent tags: `aevae.verdict.<claim>.z<size>` = supported | contradicted |
+    inconclusive | untestable (study.claims_file), plus `aevae.verdict.level` (the interval's level)."""
+    tags = {"aevae.verdict.level": str(claims.get("level"))}
+    for dim, by_claim in claims.get("claims", {}).items():
+        for claim_id, verdict in by_claim.items():
+            tags[f"aevae.verdict.{claim_id}.{dim}"] = str(verdict["verdict"])
+    return tags
 
 
 def _describe_test_metrics(mlflow_client, model_name: str, run_id: str, values: dict[str, float]) -> None:
