@@ -17,8 +17,10 @@ OUT = Path("reports")
 def main() -> None:
     params = load_params()
     p = params.evaluate
-    settings = report.ReportSettings(seed=p.seed)
-    progress = Progress("report", len(resolve_sweep(params)), "models")
+    # Each group's figures are drawn by its model of the first seed; tables and charts are over every seed.
+    settings = report.ReportSettings(seed=p.seed, figure_seed=params.sweep.seeds[0])
+    groups = dict.fromkeys(spec.group for spec in resolve_sweep(params))
+    progress = Progress("report", len(groups), "groups")
     result = report.make_report(report.ReportPaths(out=OUT), settings, evaluate_params=p.model_dump(),
                                 on_model=lambda done, total, name: progress.update(done, f"{name}'s figures"))
     figures_by_model = report.write_report(result, OUT)

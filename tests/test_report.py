@@ -26,9 +26,10 @@ import torch
 from PIL import Image
 from threadpoolctl import threadpool_limits
 
-from aevae import atomic, model_store, plots, report
+from aevae import atomic, model_store, plots, report, study
 from aevae import metrics as M
 from aevae.config import EvaluateParams, ModelParams, RunSpec, TrainParams
+from aevae.data import CLASS_NAMES
 from aevae.data.prepare import split, write_prepared
 from aevae.data.prepared import load_split
 from aevae.data.sources import from_bundled
@@ -82,14 +83,18 @@ def run(tmp_path_factory, _one_thread, request):
     scorer = cached_classifier(request.config, train.images, train.labels, max_epochs=1, seed=0)
     accuracy = scorer.accuracy(test.images, test.labels)
     atomic.write_json(root / "metrics" / "classifier.json", {"test/accuracy": accuracy})
-    summary = {}
+    results, specs = {}, []
     pca = M.pca_baseline(train.images, test.images, 2)
     for name in MODELS:
-        model, _ = model_store.load(name, root / "models")
+        model, spec = model_store.load(name, root / "models")
         evaluation = M.evaluate(model, train.images, train.labels, test.images, test.labels, scorer, FAST)
         M.save_arrays(root / "metrics" / "arrays" / f"{name}.npz", evaluation)  # as the evaluate stage does
-        summary[name] = _json_safe({**evaluation.metrics, **pca})
-    atomic.write_json(root / "metrics" / "summary.json", summary)
+        results[name] = {**evaluation.metrics, **pca}
+        atomic.write_json(root / "metrics" / "models" / f"{name}.json", _json_safe(results[name]))
+        specs.append(spec)
+    records = study.from_results(results, specs)  # as the evaluate stage writes them: one seed, no intervals
+    atomic.write_json(root / "metrics" / "summary.json", study.aggregate(records))
+    atomic.write_json(root / "metrics" / "claims.json", study.claims_file(records))
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(io.StringIO()) as stderr:
         mp.chdir(root)  # the stage reads and writes relative to the project root, as under `dvc repro`
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -141,7 +146,7 @@ def test_page_states_provenance_and_summarises_every_model(run):
     assert re.search(r"<code>([0-9a-f]{40}|unknown)</code><br>dirty: (yes|no|unknown)", page)  # commit + dirty flag
     for claim in report.CLAIMS:
         assert f'id="claim-{claim}"' in page
-    md = (run["root"] / "reports" / "summary.md").read_text()
+    md = (run["root"] / "reports" / "summary.md").read_text().split("## Summary")[1]
     rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| model")]
     assert [r.split("|")[1].strip() for r in rows] == [*MODELS, "PCA baseline"]
     assert "n/a" in rows[0]  # the AE has no KL: written as n/a, not nan
@@ -190,6 +195,102 @@ def test_best_value_per_column_ignores_missing_values_and_direction_free_metrics
     assert report._best(values, "x", "min") == {"a", "c"}
     assert report._best(values, "y", "max") == {"c"}
     assert report._best(values, "x", None) == set()
+
+
+# ------------------------------------------------- intervals and verdicts
+
+
+STUDY_MEMBERS = {"ae": {"kind": "ae"}, "ae-linear": {"kind": "ae", "activation": "linear"},
+                 "vae-beta0": {"kind": "vae", "beta": 0.0}, "vae-beta1": {"kind": "vae", "beta": 1.0}}
+GIT = {"commit": "0" * 40, "dirty": False, "changed": []}
+
+
+def _study(tmp_path, seeds: tuple[int, ...], dims: tuple[int, ...] = (2, 16)):
+    """A study as the evaluate stage writes it (summary.json, claims.json) from made-up per-seed metrics; and
+    one spec per group, named by the group, as the report lays them out."""
+    from aevae.metric_registry import BASELINES, KEYS
+
+    rng = np.random.default_rng(0)
+    specs, results = [], {}
+    for member, overrides in STUDY_MEMBERS.items():
+        for dim in dims:
+            for seed in seeds:
+                spec = RunSpec(name=f"{member}-z{dim}-s{seed}", member=member, group=f"{member}-z{dim}",
+                               model=ModelParams(latent_dim=dim, **overrides), train=TrainParams(seed=seed))
+                specs.append(spec)
+                results[spec.name] = {k: float(rng.uniform(0.01, 1.0)) for k in KEYS + tuple(b.key for b in BASELINES)}
+    records = study.from_results(results, specs)
+    atomic.write_json(tmp_path / "summary.json", study.aggregate(records))
+    atomic.write_json(tmp_path / "claims.json", study.claims_file(records))
+    groups = [report._group_spec(s) for s in specs if s.seed == seeds[0]]
+    return report.read_study(tmp_path / "summary.json", tmp_path / "claims.json"), groups
+
+
+def _render(tmp_path, seeds: tuple[int, ...], dataset: str = "mnist") -> tuple[str, str]:
+    results, groups = _study(tmp_path, seeds)
+    return report.render(groups, results, [], {"test/accuracy": 0.9}, {"dataset": dataset}, GIT, {},
+                         {g.name: list(seeds) for g in groups}, seeds[0], CLASS_NAMES[dataset])
+
+
+def test_report_opens_with_a_verdict_per_claim_and_latent_size_and_shows_intervals(tmp_path):
+    page, md = _render(tmp_path, seeds=(0, 1, 2))
+    verdicts = re.search(r'<table id="verdicts">(.*?)</table>', page, re.S)
+    assert verdicts.start() < page.index('id="summary-table"')  # the page opens with the verdicts
+    header, body = verdicts.group(1).split("</thead>")
+    assert re.findall(r"<th[^>]*>latent (\d+)</th>", header) == ["2", "16"]
+    rows = re.findall(r"<tr>(.*?)</tr>", body, re.S)
+    assert [re.search(r'href="#claim-([^"]+)"', r).group(1) for r in rows] == [c.id for c in study.CLAIMS]
+    for row in rows:  # a badge per latent size, its comparisons on hover
+        assert len(re.findall(r'class="badge v-(supported|contradicted|inconclusive|untestable)"', row)) == 2
+    assert "(within ±5%)" in verdicts.group(1) and "untestable" in verdicts.group(1)  # hover text; definitions
+    for claim in study.CLAIMS:  # each claim's section repeats its verdicts
+        section = page.split(f'<h2 id="claim-{claim.id}">')[1].split("<h2")[0]
+        assert section.count('class="verdictbox"') == 2
+    summary = re.search(r'<table id="summary-table">(.*?)</table>', page, re.S).group(1)
+    assert "mean ± 95% CI half-width (Student t over 3 seeds)" in summary
+    assert re.search(r"<td[^>]*>\d\.\d{4} ± \d\.\d{4}</td>", summary)  # MSE per pixel: mean ± half-width
+    assert "## Verdicts" in md and "Student t over 3 seeds" in md
+    assert sum(line.startswith("| ") and ("supported" in line or "inconclusive" in line or "untestable" in line
+                                          or "contradicted" in line) for line in md.splitlines()) == len(study.CLAIMS)
+
+
+def test_one_seed_says_so_and_draws_no_interval(tmp_path):
+    page, md = _render(tmp_path, seeds=(0,))
+    summary = re.search(r'<table id="summary-table">(.*?)</table>', page, re.S).group(1)
+    assert "one seed (no interval)" in summary and " ± " not in summary
+    assert "One seed gives no interval" in page and "one seed (no interval)" in md
+
+
+def test_bars_draw_the_interval_as_error_bars_and_none_for_one_seed():
+    from matplotlib.container import ErrorbarContainer
+
+    from aevae.metric_registry import by_key
+
+    m = by_key("test/recon_mse_per_pixel")
+    infos = [_spec("a", "ae", 2), _spec("b", "vae", 2)]
+    means = {"a": {m.key: 0.05}, "b": {m.key: 0.06}}
+    fig = plots.metric_bars("t", [m], infos, means, {"a": {m.key: (0.04, 0.06)}, "b": {m.key: (0.055, 0.065)}})
+    bars = [c for c in fig.axes[0].containers if isinstance(c, ErrorbarContainer)]
+    extents = sorted(tuple(np.round(seg[:, 1], 6)) for c in bars for seg in c.lines[2][0].get_segments())
+    assert extents == [(0.04, 0.06), (0.055, 0.065)]
+    fig = plots.metric_bars("t", [m], infos, means, {n: {m.key: (math.nan, math.nan)} for n in means})
+    assert not [c for c in fig.axes[0].containers if isinstance(c, ErrorbarContainer)]
+
+
+def test_fashion_mnist_figures_and_text_name_the_classes(tmp_path):
+    fashion = CLASS_NAMES["fashion-mnist"]
+    labels = np.repeat(np.arange(10), 20)
+    codes = np.random.default_rng(0).standard_normal((200, 2)) + labels[:, None]  # (N, 2)
+    fig = plots.latent_scatter(_spec("vae", "vae", 2), codes, labels, classes=fashion)
+    legend = fig.axes[0].get_legend()
+    assert legend.get_title().get_text() == "class"
+    assert [t.get_text() for t in legend.get_texts()][:10] == list(fashion.names)
+    images = np.zeros((10, 28, 28))
+    fig = plots.reconstructions(_spec("ae", "ae", 2), images, images, np.arange(10), classes=fashion)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == list(fashion.names)
+    assert "class (label of the input)" == fig.axes[0].get_xlabel()
+    page, _ = _render(tmp_path, seeds=(0, 1), dataset="fashion-mnist")
+    assert "digit" not in re.sub(r"<style>.*?</style>", "", page, flags=re.S).lower()
 
 
 # --------------------------------------------------------------- tracking

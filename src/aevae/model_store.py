@@ -52,16 +52,25 @@ def load(name: str, root: Path = MODELS_DIR, device: str = "cpu") -> tuple[AutoE
     Raises: UserError when the model is missing (run the train stage) or its file cannot be loaded safely.
     """
     folder = Path(root) / name
-    if not (folder / "model.pt").is_file():
-        raise UserError(f"model '{name}' not found in {root}; run the train stage first (dvc repro train)")
-    config = json.loads((folder / "config.json").read_text())
-    spec = RunSpec(name=config["name"], model=config["model"], train=config["train"],
-                   member=config.get("member", ""), group=config.get("group", ""))
+    spec = load_spec(name, root)
     try:
         state = torch.load(folder / "model.pt", map_location=device, weights_only=True)
     except Exception as exc:  # weights_only refuses pickled code; anything else is a corrupt file
         raise UserError(f"{folder / 'model.pt'} cannot be loaded safely ({type(exc).__name__}); retrain it (dvc repro -f train)") from None
     return build(spec, state).to(device), spec
+
+
+def load_spec(name: str, root: Path = MODELS_DIR) -> RunSpec:
+    """The resolved spec a model in root/<name>/ was trained with (its config.json), without loading weights.
+
+    Raises: UserError when the model is missing (run the train stage).
+    """
+    folder = Path(root) / name
+    if not (folder / "model.pt").is_file():
+        raise UserError(f"model '{name}' not found in {root}; run the train stage first (dvc repro train)")
+    config = json.loads((folder / "config.json").read_text())
+    return RunSpec(name=config["name"], model=config["model"], train=config["train"],
+                   member=config.get("member", ""), group=config.get("group", ""))
 
 
 def build(spec: RunSpec, state_dict: dict) -> AutoEncoder:

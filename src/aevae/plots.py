@@ -1,9 +1,10 @@
 """The report's figures: small matplotlib functions, one figure each, Agg backend.
 
 One look across every figure:
-- one colour per digit class (tab10, DIGIT_COLORS[c]) wherever a digit is coloured;
+- one colour per class (tab10, DIGIT_COLORS[c]) wherever a class is coloured; classes are named by the
+  dataset's aevae.data.ClassNames (MNIST: "digit" 0-9; Fashion-MNIST: "T-shirt/top", ...; IDX: "class 0", ...);
 - one colour per model (model_colors: AEs in greys, VAEs along a colour ramp by beta),
-  never a tab10 colour, so a model is not mistaken for a digit;
+  never a tab10 colour, so a model is not mistaken for a class;
 - axes say their units; titles say what a reader should notice.
 
 Each function returns a Figure; `png(fig)` renders it (and closes it). Inputs are
@@ -34,11 +35,13 @@ from torchvision.utils import make_grid  # noqa: E402
 
 from aevae import metric_registry  # noqa: E402
 from aevae.config import RunSpec  # noqa: E402
+from aevae.data import CLASS_NAMES, ClassNames  # noqa: E402
 from aevae.metric_registry import Metric  # noqa: E402
 from aevae.models import PIXELS  # noqa: E402
 
 DPI = 110
 DIGIT_COLORS = plt.get_cmap("tab10").colors  # class c -> DIGIT_COLORS[c], in every figure
+MNIST = CLASS_NAMES["mnist"]  # the default naming of labels: digits
 PRIOR_95_RADIUS = math.sqrt(-2.0 * math.log(0.05))  # 2-d N(0, I): 95% of the mass lies inside r = 2.45
 STYLE = {
     "font.size": 11,
@@ -99,21 +102,22 @@ def _grid_image(images: np.ndarray, nrow: int, padding: int = 2, pad_value: floa
     return make_grid(x, nrow=nrow, padding=padding, pad_value=pad_value).permute(1, 2, 0).numpy()
 
 
-def _digit_legend(ax, labels: np.ndarray, with_prior: bool, **kwargs) -> None:
-    handles = [Line2D([], [], ls="", marker="o", ms=7, color=DIGIT_COLORS[c % 10], label=str(c))
+def _class_legend(ax, labels: np.ndarray, with_prior: bool, classes: ClassNames, **kwargs) -> None:
+    handles = [Line2D([], [], ls="", marker="o", ms=7, color=DIGIT_COLORS[c % 10], label=classes.name(c))
                for c in np.unique(labels)]
     if with_prior:
         handles.append(Line2D([], [], ls="--", color="black", lw=1.2, label="95% of N(0, I)"))
-    ax.legend(handles=handles, title="digit", frameon=False, **kwargs)
+    ax.legend(handles=handles, title=classes.noun, frameon=False, **kwargs)
 
 
-def _scatter_codes(ax, codes: np.ndarray, labels: np.ndarray, prior_circle: bool, point_size: float = 4) -> None:
-    """Codes coloured by digit, the digit written at each class's median, equal axes (no stretched geometry)."""
+def _scatter_codes(ax, codes: np.ndarray, labels: np.ndarray, prior_circle: bool, point_size: float = 4,
+                   classes: ClassNames = MNIST) -> None:
+    """Codes coloured by class, the class name written at its median, equal axes (no stretched geometry)."""
     colors = np.asarray(DIGIT_COLORS)[np.asarray(labels) % 10]
     ax.scatter(codes[:, 0], codes[:, 1], c=colors, s=point_size, alpha=0.55, linewidths=0, rasterized=True)
     for c in np.unique(labels):
         cx, cy = np.median(codes[labels == c], axis=0)
-        ax.text(cx, cy, str(c), ha="center", va="center", fontsize=13, fontweight="bold", color=DIGIT_COLORS[c % 10],
+        ax.text(cx, cy, classes.name(c), ha="center", va="center", fontsize=13 if classes is MNIST else 9, fontweight="bold", color=DIGIT_COLORS[c % 10],
                 path_effects=[pe.withStroke(linewidth=3, foreground="white")])
     if prior_circle:
         t = np.linspace(0, 2 * np.pi, 200)
@@ -121,15 +125,16 @@ def _scatter_codes(ax, codes: np.ndarray, labels: np.ndarray, prior_circle: bool
     ax.set_aspect("equal", adjustable="datalim")
 
 
-def _strip_codes(ax, codes: np.ndarray, labels: np.ndarray, point_size: float = 4) -> None:
-    """A 1-d code: z on x, the digit (jittered) on y."""
+def _strip_codes(ax, codes: np.ndarray, labels: np.ndarray, point_size: float = 4,
+                 classes: ClassNames = MNIST) -> None:
+    """A 1-d code: z on x, the class (jittered) on y."""
     jitter = np.random.default_rng(0).uniform(-0.3, 0.3, len(labels))
     colors = np.asarray(DIGIT_COLORS)[np.asarray(labels) % 10]
     ax.scatter(codes[:, 0], labels + jitter, c=colors, s=point_size, alpha=0.55, linewidths=0, rasterized=True)
     ax.axvspan(-1.96, 1.96, color="black", alpha=0.06, lw=0)  # 95% of N(0, 1)
-    ax.set_yticks(np.unique(labels))
+    ax.set_yticks(np.unique(labels), [classes.name(c) for c in np.unique(labels)])
     ax.set_xlabel("z (latent units; shaded: 95% of N(0, 1))")
-    ax.set_ylabel("digit")
+    ax.set_ylabel(classes.noun)
 
 
 def project_2d(codes: np.ndarray, method: str, seed: int = 0, max_points: int = 2000) -> tuple[np.ndarray, np.ndarray]:
@@ -155,29 +160,30 @@ def project_2d(codes: np.ndarray, method: str, seed: int = 0, max_points: int = 
 
 
 @styled
-def latent_scatter(info: RunSpec, codes: np.ndarray, labels: np.ndarray, seed: int = 0) -> Figure:
-    """The test codes coloured by digit: the plane itself for a 2-d code, else PCA and t-SNE side by side."""
+def latent_scatter(info: RunSpec, codes: np.ndarray, labels: np.ndarray, seed: int = 0,
+                   classes: ClassNames = MNIST) -> Figure:
+    """The test codes coloured by class: the plane itself for a 2-d code, else PCA and t-SNE side by side."""
     labels = np.asarray(labels)
     if info.model.latent_dim == 1:
         fig, ax = plt.subplots(figsize=(6.4, 5.0))
-        _strip_codes(ax, codes, labels)
-        ax.set_title(f"{label(info)}: the 1-d code of each test image, by digit\n"
-                     "Look for digits that share a stretch of the line", fontsize=11)
+        _strip_codes(ax, codes, labels, classes=classes)
+        ax.set_title(f"{label(info)}: the 1-d code of each test image, by {classes.noun}\n"
+                     f"Look for {classes.noun}s that share a stretch of the line", fontsize=11)
         return fig
     if info.model.latent_dim == 2:
         fig, ax = plt.subplots(figsize=(6.4, 5.6))
-        _scatter_codes(ax, codes, labels, prior_circle=True)
+        _scatter_codes(ax, codes, labels, prior_circle=True, classes=classes)
         ax.set_xlabel("z₁ (latent units)")
         ax.set_ylabel("z₂ (latent units)")
         what = "the code z" if info.model.kind == "ae" else "the posterior mean μ(x)"
         ax.set_title(f"{label(info)}: {what} of each test image\n"
-                     "Look for gaps between digit clusters and how far they sit from N(0, I)", fontsize=11)
-        _digit_legend(ax, labels, with_prior=True, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+                     f"Look for gaps between {classes.noun} clusters and how far they sit from N(0, I)", fontsize=11)
+        _class_legend(ax, labels, with_prior=True, classes=classes, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         return fig
     fig, axes = plt.subplots(1, 2, figsize=(11.5, 5.4))
     for ax, method in zip(axes, ("pca", "tsne")):
         points, idx = project_2d(codes, method, seed)
-        _scatter_codes(ax, points, labels[idx], prior_circle=False, point_size=5)
+        _scatter_codes(ax, points, labels[idx], prior_circle=False, point_size=5, classes=classes)
         if method == "tsne":
             ax.set_aspect("auto")  # t-SNE distances mean nothing: no need to keep them square
         name = "PCA" if method == "pca" else "t-SNE"
@@ -185,8 +191,8 @@ def latent_scatter(info: RunSpec, codes: np.ndarray, labels: np.ndarray, seed: i
         unit = "(latent units)" if method == "pca" else "(no units: t-SNE keeps neighbours, not distances)"
         ax.set_xlabel(f"{name} 1 {unit}", fontsize=9 if method == "tsne" else None)
         ax.set_ylabel(f"{name} 2")
-    _digit_legend(axes[1], labels, with_prior=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.suptitle(f"{label(info)}: test codes coloured by digit — look for separated, gap-free clusters", x=0.02,
+    _class_legend(axes[1], labels, with_prior=False, classes=classes, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.suptitle(f"{label(info)}: test codes coloured by {classes.noun} — look for separated, gap-free clusters", x=0.02,
                  ha="left")
     return fig
 
@@ -209,7 +215,8 @@ def manifold_grid(info: RunSpec, codes: np.ndarray, n: int = 20) -> tuple[np.nda
 
 
 @styled
-def manifold(info: RunSpec, decoded: np.ndarray, z1: np.ndarray, z2: np.ndarray, how: str) -> Figure:
+def manifold(info: RunSpec, decoded: np.ndarray, z1: np.ndarray, z2: np.ndarray, how: str,
+             classes: ClassNames = MNIST) -> Figure:
     """decoded: (len(z2), len(z1), 28, 28), row 0 at the highest z2 (up in the picture is up in z).
 
     Evenly spaced grids (the AE's) get true latent axes; quantile grids (the VAE's) are even in
@@ -233,7 +240,8 @@ def manifold(info: RunSpec, decoded: np.ndarray, z1: np.ndarray, z2: np.ndarray,
         ax.set_xlabel("z₁ (latent units; tiles evenly spaced in probability)")
         ax.set_ylabel("z₂ (latent units; tiles evenly spaced in probability)")
     ax.set_title(f"{label(info)}: the decoder over a {cols}×{rows} grid of the latent plane\n"
-                 "Look for smooth morphing between digits, and for tiles that decode to no digit", fontsize=11)
+                 f"Look for smooth morphing between {classes.noun}s, and for tiles that decode to no {classes.noun}",
+                 fontsize=11)
     ax.text(0.0, -0.13, f"Grid: {how}.", transform=ax.transAxes, fontsize=9.5, style="italic", ha="left",
             va="top")
     for side in ("top", "right"):
@@ -243,7 +251,7 @@ def manifold(info: RunSpec, decoded: np.ndarray, z1: np.ndarray, z2: np.ndarray,
 
 @styled
 def reconstructions(info: RunSpec, originals: np.ndarray, recons: np.ndarray, labels: np.ndarray,
-                    per_row: int = 10) -> Figure:
+                    per_row: int = 10, classes: ClassNames = MNIST) -> Figure:
     """Rows alternate input / reconstruction: each reconstruction sits right under its input."""
     n = len(originals)
     rows = -(-n // per_row)
@@ -257,9 +265,11 @@ def reconstructions(info: RunSpec, originals: np.ndarray, recons: np.ndarray, la
     tile = 30  # 28 pixels + 2 of padding
     ax.set_yticks([tile * (i + 0.5) + 1 for i in range(2 * rows)], ["input", "recon"] * rows)
     cols = min(per_row, n)  # a test split of few classes fills less than one row
-    ax.set_xticks([tile * (i + 0.5) + 1 for i in range(cols)], [str(int(c)) for c in labels[:cols]])
+    names = [classes.name(c) for c in labels[:cols]]
+    ax.set_xticks([tile * (i + 0.5) + 1 for i in range(cols)], names,
+                  rotation=0 if classes is MNIST else 40, ha="center" if classes is MNIST else "right")
     ax.tick_params(length=0)
-    ax.set_xlabel("digit (label of the input)")
+    ax.set_xlabel(f"{classes.noun} (label of the input)")
     for spine in ax.spines.values():
         spine.set_visible(False)
     ax.set_title(f"{label(info)}: test inputs and their reconstructions from the mean code\n"
@@ -269,7 +279,7 @@ def reconstructions(info: RunSpec, originals: np.ndarray, recons: np.ndarray, la
 
 @styled
 def prior_samples(info: RunSpec, images: np.ndarray, per_row: int = 10,
-                  confident: tuple[float, int, float] | None = None) -> Figure:
+                  confident: tuple[float, int, float] | None = None, classes: ClassNames = MNIST) -> Figure:
     """Decoded z ~ N(0, I); the same z for every model of the same latent size.
 
     confident: (share of the evaluate stage's prior samples the classifier is confident on,
@@ -288,13 +298,14 @@ def prior_samples(info: RunSpec, images: np.ndarray, per_row: int = 10,
         ax.set_xlabel(f"The reference classifier is confident (top-class p > {threshold:g})\n"
                       f"on {share:.0%} of the {n} prior samples the evaluate stage scored", fontsize=10.5)
     ax.set_title(f"{label(info)}: {len(images)} random codes z ~ N(0, I), decoded\n"
-                 "Look for digits vs blurs: a blur is a code\nthat fell where no digit was encoded", fontsize=11)
+                 f"Look for {classes.noun}s vs blurs: a blur is a code\nthat fell where no {classes.noun} was encoded",
+                 fontsize=11)
     return fig
 
 
 @styled
 def interpolation_strips(info: RunSpec, strips: np.ndarray, pair_labels: np.ndarray,
-                         endpoints: np.ndarray | None = None) -> Figure:
+                         endpoints: np.ndarray | None = None, classes: ClassNames = MNIST) -> Figure:
     """strips: (pairs, steps, 28, 28) decoded along straight lines between the codes of two test images.
 
     endpoints: (pairs, 2, 28, 28) the two test images themselves, drawn left and right of each strip.
@@ -322,28 +333,39 @@ def interpolation_strips(info: RunSpec, strips: np.ndarray, pair_labels: np.ndar
             ax.set_title(name, fontsize=10.5, loc="center")
             ax.set_yticks([])
     first = axes[0]
-    first.set_yticks([tile * (i + 0.5) + 1 for i in range(pairs)], [f"{a} → {b}" for a, b in pair_labels])
+    first.set_yticks([tile * (i + 0.5) + 1 for i in range(pairs)], [f"{classes.name(a)} → {classes.name(b)}" for a, b in pair_labels])
     for ax in axes:
         ax.tick_params(length=0)
         for spine in ax.spines.values():
             spine.set_visible(False)
     fig.suptitle(f"{label(info)}: straight lines between the codes of two test images x₁ and x₂\n"
-                 "Look for gradual morphing vs sudden jumps or non-digits mid-way", x=0.02, ha="left", fontsize=11)
+                 f"Look for gradual morphing vs sudden jumps or non-{classes.noun}s mid-way", x=0.02, ha="left", fontsize=11)
     return fig
 
 
 @styled
-def training_curves(info: RunSpec, history: list[dict]) -> Figure:
-    """Train and validation loss per epoch from history.csv; a VAE also gets its KL term."""
+def training_curves(info: RunSpec, history: list[dict], other_seeds: dict[int, list[dict]] | None = None) -> Figure:
+    """Train and validation loss per epoch from history.csv; a VAE also gets its KL term.
+
+    other_seeds: {seed: history} of the same member and latent size trained with other seeds, drawn as
+    thin faint lines behind this model's, so a reader sees how much the curves move with the seed.
+    """
     epochs = [int(float(r["epoch"])) for r in history]
 
-    def col(key: str) -> list[float]:
-        return [float(r[key]) for r in history]
+    def col(key: str, rows: list[dict] = history) -> list[float]:
+        return [float(r[key]) for r in rows]
+
+    def others(ax, key: str, color: str, legend: bool) -> None:
+        for n, rows in enumerate((other_seeds or {}).values()):
+            ax.plot([int(float(r["epoch"])) for r in rows], col(key, rows), "-", lw=0.9, alpha=0.45, color=color,
+                    label=f"other seeds ({', '.join(map(str, other_seeds))})" if legend and n == 0 else None)
 
     unit = "nats per image" if info.model.recon == "bce" else "squared error summed over pixels, per image"
     panels = 2 if info.model.kind == "vae" else 1
     fig, axes = plt.subplots(1, panels, figsize=(4.9 * panels, 3.8), squeeze=False)
     ax = axes[0, 0]
+    others(ax, "train/loss_per_image", "#444444", legend=False)
+    others(ax, "val/loss_per_image", "#d95f02", legend=True)
     ax.plot(epochs, col("train/loss_per_image"), "-o", ms=3, color="#444444", label="train")
     ax.plot(epochs, col("val/loss_per_image"), "-o", ms=3, color="#d95f02", label="validation")
     ax.set_xlabel("epoch")
@@ -352,6 +374,8 @@ def training_curves(info: RunSpec, history: list[dict]) -> Figure:
     ax.legend(frameon=False)
     if info.model.kind == "vae":
         ax = axes[0, 1]
+        others(ax, "train/kl_nats_per_image", "#444444", legend=False)
+        others(ax, "val/kl_nats_per_image", "#d95f02", legend=False)
         ax.plot(epochs, col("train/kl_nats_per_image"), "-o", ms=3, color="#444444", label="train")
         ax.plot(epochs, col("val/kl_nats_per_image"), "-o", ms=3, color="#d95f02", label="validation")
         ax.set_xlabel("epoch")
@@ -361,7 +385,8 @@ def training_curves(info: RunSpec, history: list[dict]) -> Figure:
     for a in axes[0]:
         a.xaxis.get_major_locator().set_params(integer=True)
         a.grid(alpha=0.3)
-    fig.suptitle(f"{label(info)}: training curves — validation close to train means no overfitting",
+    seed = f" (seed {info.seed}; faint: the other seeds)" if other_seeds else ""
+    fig.suptitle(f"{label(info)}: training curves{seed} — validation close to train means no overfitting",
                  x=0.02, ha="left", fontsize=12)
     fig.tight_layout()
     return fig
@@ -372,32 +397,32 @@ def training_curves(info: RunSpec, history: list[dict]) -> Figure:
 
 @styled
 def latent_side_by_side(infos: Sequence[RunSpec], codes: Sequence[np.ndarray], labels: np.ndarray,
-                        max_cols: int = 3) -> Figure:
-    """Every model's test codes in one grid, same colour per digit; >2-d codes are shown by PCA."""
+                        max_cols: int = 3, classes: ClassNames = MNIST) -> Figure:
+    """Every model's test codes in one grid, same colour per class; >2-d codes are shown by PCA."""
     n = len(infos)
     cols = min(n, max_cols)
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.5 * cols + 1.3, 3.6 * rows + 0.6), squeeze=False)
     for ax, info, z in zip(axes.flat, infos, codes):
         if info.model.latent_dim == 1:
-            _strip_codes(ax, z, labels, point_size=3)
+            _strip_codes(ax, z, labels, point_size=3, classes=classes)
             ax.set_title(f"{label(info)} (1-d code)", fontsize=11, loc="center")
         elif info.model.latent_dim == 2:
-            _scatter_codes(ax, z, labels, prior_circle=True, point_size=3)
+            _scatter_codes(ax, z, labels, prior_circle=True, point_size=3, classes=classes)
             ax.set_xlabel("z₁")
             ax.set_ylabel("z₂")
             ax.set_title(label(info), fontsize=11, loc="center")
         else:
             points, _ = project_2d(z, "pca")
-            _scatter_codes(ax, points, labels, prior_circle=False, point_size=3)
+            _scatter_codes(ax, points, labels, prior_circle=False, point_size=3, classes=classes)
             ax.set_xlabel("PCA 1")
             ax.set_ylabel("PCA 2")
             ax.set_title(f"{label(info)}\nPCA of the {info.model.latent_dim}-d code", fontsize=11, loc="center")
     for ax in list(axes.flat)[n:]:
         ax.set_axis_off()
-    _digit_legend(axes[0, -1], labels, with_prior=any(i.model.latent_dim == 2 for i in infos),
+    _class_legend(axes[0, -1], labels, with_prior=any(i.model.latent_dim == 2 for i in infos), classes=classes,
                   loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.suptitle("Test codes of every model, coloured by digit (latent units; each panel has its own scale)\n"
+    fig.suptitle(f"Test codes of every model, coloured by {classes.noun} (latent units; each panel has its own scale)\n"
                  "Look for: AE clusters spread beyond the dashed N(0, I) circle with gaps between them;\n"
                  "VAE clusters packed inside it and overlapping, more so as β grows", x=0.01, ha="left", fontsize=12)
     fig.tight_layout()
@@ -461,11 +486,14 @@ def _finite(v) -> bool:
 
 @styled
 def metric_bars(title: str, metrics_list: Sequence[Metric], infos: Sequence[RunSpec],
-                metrics: dict[str, dict[str, float]]) -> Figure:
+                metrics: dict[str, dict[str, float]],
+                bounds: dict[str, dict[str, tuple[float, float]]] | None = None) -> Figure:
     """One small bar chart per metric, one bar per model (model colours), values written on the bars.
 
-    metrics: model name -> {key: value}; NaN or missing draws an "n/a" stub. A metric with a
-    `reference` (a PCA baseline key) gets it as a dashed line; `log` metrics a log axis.
+    metrics: model name -> {key: value} (the mean over seeds); NaN or missing draws an "n/a" stub.
+    bounds: model name -> {key: (low, high)}, the 95% interval drawn as an error bar; a NaN bound
+    (one seed) draws none. A metric with a `reference` (a PCA baseline key) gets it as a dashed
+    line; `log` metrics a log axis.
     """
     colors = model_colors(infos)
     n = len(metrics_list)
@@ -486,13 +514,16 @@ def metric_bars(title: str, metrics_list: Sequence[Metric], infos: Sequence[RunS
                edgecolor="black", linewidth=0.5, width=0.75)
         if log:
             ax.set_yscale("log")
-        for xi, v, good in zip(x, vals, ok):
+        lows, highs = _error_bar(ax, x, vals, [(bounds or {}).get(i.name, {}).get(m.key) for i in infos])
+        for xi, v, good, lo, hi in zip(x, vals, ok, lows, highs):
             below = good and v < 0  # a negative bar hangs down: its label goes under it
-            ax.annotate(_fmt(v) if good else "n/a", (xi, v if good else floor), textcoords="offset points",
+            anchor = (lo if below else hi) if good else floor  # the label clears the error bar
+            ax.annotate(_fmt(v) if good else "n/a", (xi, anchor), textcoords="offset points",
                         xytext=(0, -2 if below else 2), ha="center", va="top" if below else "bottom", fontsize=9,
                         color="black" if good else "#777777",
                         bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8})
-        top = max(finite) if finite else 1.0
+        tops = [h for h, good in zip(highs, ok) if good]
+        top = max(tops) if tops else 1.0
         if m.reference:
             refs = [metrics[i.name].get(m.reference) for i in infos]
             if all(_finite(r) for r in refs):
@@ -506,7 +537,7 @@ def metric_bars(title: str, metrics_list: Sequence[Metric], infos: Sequence[RunS
         if log:
             ax.set_ylim(floor, top * 4)
         else:
-            bottom = min(0.0, min(finite)) if finite else 0.0
+            bottom = min(0.0, min(lo for lo, good in zip(lows, ok) if good)) if finite else 0.0
             ax.set_ylim(bottom * 1.35 if bottom < 0 else 0.0, top * 1.2 if top > 0 else 1.0)
         notes = [{"min": "lower is better", "max": "higher is better"}.get(m.direction or "")] + ["log scale"] * log
         note = ", ".join(n for n in notes if n)
@@ -521,6 +552,22 @@ def metric_bars(title: str, metrics_list: Sequence[Metric], infos: Sequence[RunS
     fig.suptitle(title, x=0.01, ha="left", fontsize=12)
     fig.tight_layout()
     return fig
+
+
+def _error_bar(ax, x: np.ndarray, vals: list, bounds: list) -> tuple[list[float], list[float]]:
+    """Draw each finite (low, high) interval as a black error bar at its bar; return every bar's (lows, highs),
+    the value itself where there is no interval (one seed, a metric that does not apply)."""
+    lows, highs = [], []
+    for xi, v, b in zip(x, vals, bounds):
+        if _finite(v) and b is not None and _finite(b[0]) and _finite(b[1]):
+            ax.errorbar([xi], [v], yerr=[[v - b[0]], [b[1] - v]], fmt="none", ecolor="black", elinewidth=1.1,
+                        capsize=3.5, zorder=4)
+            lows.append(min(v, b[0]))
+            highs.append(max(v, b[1]))
+        else:
+            lows.append(v)
+            highs.append(v)
+    return lows, highs
 
 
 def _fmt(v: float) -> str:

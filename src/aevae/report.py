@@ -1,17 +1,21 @@
 """The comparison report: figures + one self-contained HTML page + a Markdown summary.
 
-make_report() reads the trained models, the evaluate stage's metrics and arrays
-(metrics/arrays/<model>.npz: test codes, prior samples, interpolation strips) and the
-prepared test split, draws every figure (aevae.plots) and renders two Jinja2 templates
+make_report() reads the trained models, the evaluate stage's study (metrics/summary.json: every
+metric of every group as a mean with a Student-t 95% interval over seeds; metrics/claims.json: a
+verdict per claim and latent size, aevae.study) and arrays (metrics/arrays/<model>.npz: test codes,
+prior samples, interpolation strips) and the prepared test split, draws every figure (aevae.plots)
+and renders two Jinja2 templates
 (aevae/templates/report.html.j2, summary.md.j2) from one context: figure records and
-pandas DataFrames. The prose that is data (claims, chart groups) is in
+pandas DataFrames. Tables and bar charts are per group (a sweep member at one latent size, over
+its seeds); the figures of one model are drawn for one seed per group (ReportSettings.figure_seed).
+The prose that is data (claims, chart groups) is in
 templates/report.yaml; the metrics' keys, labels and directions in aevae.metric_registry.
 write_report() writes:
 
     reports/index.html      one file, PNGs embedded as base64 data URIs, no external CSS/JS
     reports/summary.md      the summary table in Markdown (for PRs)
     reports/figures/*.png   every figure on its own
-    reports/curves/<m>.csv  each model's history.csv, for `dvc plots show`
+    reports/curves/<m>.csv  each model's history.csv (every seed), for `dvc plots show`
 
 Every output is written atomically. Nothing here knows MLflow (tracking.log_report does).
 """
@@ -35,7 +39,9 @@ import torch
 import yaml
 
 from aevae import atomic, metric_registry, metrics, model_store, plots
+from aevae.study import CLAIMS as CLAIM_ORDER
 from aevae.config import RunSpec
+from aevae.data import ClassNames, class_names
 from aevae.data.prepared import load_manifest, load_split
 from aevae.errors import UserError
 from aevae.metric_registry import Metric
@@ -51,7 +57,9 @@ class ReportPaths:
     """Where the inputs are read and the report is written; relative to the project root by default."""
 
     models: Path = Path("models")
-    summary: Path = Path("metrics/summary.json")
+    summary: Path = Path("metrics/summary.json")  # {group: {key: {mean, ci_low, ci_high, n_seeds}}}
+    claims: Path = Path("metrics/claims.json")  # aevae.study.claims_file
+    per_model: Path = Path("metrics/models")  # <model>.json: one seed's metrics, quoted under its figures
     arrays: Path = Path("metrics/arrays")  # the evaluate stage's <model>.npz (metrics.save_arrays)
     classifier: Path = Path("metrics/classifier.json")
     prepared: Path = Path("data/prepared")
@@ -61,8 +69,9 @@ class ReportPaths:
 @dataclass(frozen=True)
 class ReportSettings:
     seed: int = 0  # scatter subsample and t-SNE
+    figure_seed: int | None = None  # the training seed whose model draws each group's figures; None: the smallest
     interp_pairs: int = 8  # strips drawn per model (the first of the evaluate stage's pairs)
-    recon_per_class: int = 2  # test inputs per digit in the reconstruction figure
+    recon_per_class: int = 2  # test inputs per class in the reconstruction figure
     prior_images: int = 100  # decoded prior samples shown per model (the first of the evaluate stage's)
     manifold_side: int = 20  # tiles per side of the decoded latent plane
     max_scatter: int = 5000  # test codes drawn per scatter (seeded sample, the same for every model)
@@ -95,6 +104,79 @@ CLAIMS: dict[str, Claim] = {c["id"]: Claim(c["id"], c["text"], tuple(c["figures"
 GROUPS: tuple[Chart, ...] = tuple(Chart(c["slug"], c["title"], tuple(c["claims"]), c["caption"])
                                   for c in _TEXT["charts"])
 LEAD: tuple[str, ...] = tuple(_TEXT["lead"])
+VERDICTS = ("supported", "contradicted", "inconclusive", "untestable")  # aevae.study's verdicts, badge order
+
+
+# -------------------------------------------------------------- the study
+
+
+@dataclass(frozen=True)
+class StudyResults:
+    """The evaluate stage's study, as the report reads it: means, intervals and verdicts over seeds."""
+
+    means: dict[str, dict[str, float]]  # group -> metric key -> mean over seeds (NaN: does not apply)
+    bounds: dict[str, dict[str, tuple[float, float]]]  # group -> key -> 95% (low, high); NaN with one seed
+    seeds: tuple[int, ...]  # the training seeds the intervals are over
+    claims: dict  # metrics/claims.json (aevae.study.claims_file)
+
+    @property
+    def interval(self) -> bool:
+        """Whether there are intervals at all (two seeds or more)."""
+        return len(self.seeds) > 1
+
+    @property
+    def header(self) -> str:
+        """What a table cell holds, for table headers."""
+        if not self.interval:
+            return "one seed (no interval): the value of that seed"
+        return f"mean ± 95% CI half-width (Student t over {len(self.seeds)} seeds)"
+
+    @property
+    def bars_note(self) -> str:
+        """What a bar and its error bar are, for chart titles."""
+        if not self.interval:
+            return "(one seed: no interval, no error bars)"
+        return f"(bars: mean over {len(self.seeds)} seeds; error bars: 95% CI, Student t)"
+
+
+def _nan(v) -> float:
+    # The evaluate stage writes NaN (a metric that does not apply, a bound of one seed) as null.
+    return math.nan if v is None else float(v)
+
+
+def read_study(summary: Path, claims: Path) -> StudyResults:
+    """Read metrics/summary.json ({group: {key: {"mean", "ci_low", "ci_high", "n_seeds"}}}) and metrics/claims.json.
+
+    Raises UserError when either is missing or in another format (a summary.json of one number per key is
+    from before seeds: rerun the evaluate stage).
+    """
+    raw = atomic.read_json(summary, "evaluate")
+    claims_data = atomic.read_json(claims, "evaluate")
+    if not raw:
+        raise UserError(f"{summary} lists no models; rerun the evaluate stage (dvc repro evaluate)")
+    cells = [cell for group in raw.values() for cell in group.values()]
+    if not all(isinstance(c, dict) and "mean" in c for c in cells) or "claims" not in claims_data:
+        raise UserError(f"{summary} or {claims} is not the study's format (mean and interval over seeds); "
+                        "rerun the evaluate stage (dvc repro evaluate)")
+    means = {g: {k: _nan(c["mean"]) for k, c in v.items()} for g, v in raw.items()}
+    bounds = {g: {k: (_nan(c["ci_low"]), _nan(c["ci_high"])) for k, c in v.items()} for g, v in raw.items()}
+    seeds = tuple(claims_data.get("seeds") or ())
+    return StudyResults(means, bounds, seeds, claims_data)
+
+
+def latent_sizes(study: StudyResults) -> list[int]:
+    """The latent sizes claims.json gives verdicts at, smallest first ("z2", "z16" -> [2, 16])."""
+    return sorted(int(k.lstrip("z")) for k in study.claims["claims"])
+
+
+def verdict_rows(study: StudyResults) -> list[dict]:
+    """One row per claim, in the study's order (aevae.study.CLAIMS; the JSON's keys are sorted):
+    {"id", "text", "cells": {latent size: the claim's verdict there (aevae.study.judge_claim)}}."""
+    rows: dict[str, dict] = {c.id: {"id": c.id, "text": c.text, "cells": {}} for c in CLAIM_ORDER}
+    for dim in latent_sizes(study):
+        for cid, verdict in study.claims["claims"][f"z{dim}"].items():
+            rows.setdefault(cid, {"id": cid, "text": verdict["text"], "cells": {}})["cells"][dim] = verdict
+    return [row for row in rows.values() if row["cells"]]
 
 
 # ------------------------------------------------------------- the figures
@@ -115,7 +197,13 @@ class Figure:
 
     @property
     def model(self) -> str | None:
+        """The model (one seed) that drew it; None for a figure across the sweep."""
         return self.spec.name if self.spec else None
+
+    @property
+    def group(self) -> str | None:
+        """The group (member at one latent size, over seeds) whose figure it is; None across the sweep."""
+        return self.spec.group if self.spec else None
 
 
 @dataclass
@@ -147,11 +235,6 @@ def _read_history(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def _as_float(values: dict) -> dict[str, float]:
-    # The evaluate stage writes NaN (a metric that does not apply) as null.
-    return {k: (float("nan") if v is None else float(v)) for k, v in values.items()}
-
-
 def _recon_examples(labels: np.ndarray, per_class: int) -> np.ndarray:
     """Indices of the first `per_class` test images of each class, laid out class 0..9, then again."""
     firsts = [np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]
@@ -165,17 +248,21 @@ def _quoted(role: str, values: dict[str, float]) -> float:
 @torch.no_grad()
 def model_figures(spec: RunSpec, model, arrays: dict[str, np.ndarray], test_images: np.ndarray,
                   test_labels: np.ndarray, history: list[dict], values: dict[str, float], s: ReportSettings,
-                  scatter_idx: np.ndarray, scored: tuple[int, float] | None = None) -> list[Figure]:
-    """The six figures of one model. The model itself is run only for the latent plane and the reconstructions;
-    codes, prior samples and interpolation strips come from the evaluate stage's `arrays` (metrics.load_arrays).
+                  scatter_idx: np.ndarray, scored: tuple[int, float] | None = None,
+                  classes: ClassNames = plots.MNIST, other_seeds: dict[int, list[dict]] | None = None) -> list[Figure]:
+    """The figures of one model (six for a 2-d code, five otherwise: no decoded plane). The model itself is run
+    only for the latent plane and the reconstructions; codes (N, latent), prior samples and interpolation strips
+    come from the evaluate stage's `arrays` (metrics.load_arrays).
 
-    scored: (prior samples the evaluate stage scored, its confidence threshold), to quote beside the samples.
+    values: this model's metrics (one seed), quoted in captions. scored: (prior samples the evaluate stage
+    scored, its confidence threshold), to quote beside the samples. classes: how labels are named.
+    other_seeds: {seed: history} of the same group's other seeds, drawn faintly in the training curves.
     """
     name, dim = spec.name, spec.model.latent_dim
     codes = arrays["test_codes"]  # (N, latent) posterior means
     figs = []
 
-    fig = plots.latent_scatter(spec, codes[scatter_idx], test_labels[scatter_idx], seed=s.seed)
+    fig = plots.latent_scatter(spec, codes[scatter_idx], test_labels[scatter_idx], seed=s.seed, classes=classes)
     figs.append(Figure(f"{name}-latent", "Latent space", "latent", plots.png(fig), spec, ("holes", "regular"),
                        wide=dim != 2))
 
@@ -183,41 +270,47 @@ def model_figures(spec: RunSpec, model, arrays: dict[str, np.ndarray], test_imag
         z1, z2, how = plots.manifold_grid(spec, codes, s.manifold_side)
         zz = torch.tensor([[a, b] for b in z2[::-1] for a in z1], dtype=torch.float32)  # top row = highest z2
         decoded = metrics.decode(model, zz).cpu().numpy().reshape(len(z2), len(z1), 28, 28)
-        fig = plots.manifold(spec, decoded, z1, z2, how)
+        fig = plots.manifold(spec, decoded, z1, z2, how, classes=classes)
         figs.append(Figure(f"{name}-manifold", "Decoded latent plane", "manifold", plots.png(fig), spec,
                            ("holes", "regular", "interp")))
 
     idx = _recon_examples(test_labels, s.recon_per_class)
     x = as_images(test_images[idx])
     recon = metrics.decode(model, metrics.encode(model, x)[0]).cpu().numpy().reshape(-1, 28, 28)
-    fig = plots.reconstructions(spec, x.numpy().reshape(-1, 28, 28), recon, test_labels[idx])
+    fig = plots.reconstructions(spec, x.numpy().reshape(-1, 28, 28), recon, test_labels[idx], classes=classes)
     figs.append(Figure(f"{name}-reconstructions", "Reconstructions", "reconstructions", plots.png(fig), spec,
                        ("compress",), quoted=_quoted("reconstructions", values)))
 
     confident = values.get(metric_registry.for_figure("prior-samples").key)
     conf = (confident, *scored) if scored and confident is not None and math.isfinite(confident) else None
-    fig = plots.prior_samples(spec, arrays["prior_images"][:s.prior_images], confident=conf)
+    fig = plots.prior_samples(spec, arrays["prior_images"][:s.prior_images], confident=conf, classes=classes)
     figs.append(Figure(f"{name}-prior-samples", "Prior samples", "prior-samples", plots.png(fig), spec,
                        ("holes", "roles")))
 
     pairs = arrays["interp_pairs"][:s.interp_pairs]
     ends = test_images[pairs].astype(np.float32) / 255.0  # (pairs, 2, 28, 28)
     fig = plots.interpolation_strips(spec, arrays["interp_strips"][:s.interp_pairs],
-                                     arrays["interp_pair_labels"][:s.interp_pairs], ends)
+                                     arrays["interp_pair_labels"][:s.interp_pairs], ends, classes=classes)
     figs.append(Figure(f"{name}-interpolation", "Interpolation", "interpolation", plots.png(fig), spec,
                        ("interp",), wide=True, quoted=_quoted("interpolation", values)))
 
-    fig = plots.training_curves(spec, history)
+    fig = plots.training_curves(spec, history, other_seeds or {})
     figs.append(Figure(f"{name}-training", "Training curves", "training", plots.png(fig), spec, ("loss",),
                        wide=True))
     return figs
 
 
-def sweep_figures(specs: list[RunSpec], codes: dict[str, np.ndarray], labels: np.ndarray,
-                  values: dict[str, dict[str, float]], scatter_idx: np.ndarray) -> list[Figure]:
-    """The figures across the sweep: latent spaces side by side, rate–distortion (VAEs only), a bar chart per group."""
+def sweep_figures(specs: list[RunSpec], codes: dict[str, np.ndarray], labels: np.ndarray, study: StudyResults,
+                  scatter_idx: np.ndarray, classes: ClassNames = plots.MNIST) -> list[Figure]:
+    """The figures across the sweep: latent spaces side by side, rate–distortion (VAEs only), a bar chart per group.
+
+    specs: one per group, named by the group (`_group_spec`); codes: group -> (N, latent) of its figure seed.
+    Bars are the means over seeds with their 95% interval as error bars (none with one seed).
+    """
+    values = study.means
     figs = []
-    fig = plots.latent_side_by_side(specs, [codes[s.name][scatter_idx] for s in specs], labels[scatter_idx])
+    fig = plots.latent_side_by_side(specs, [codes[s.name][scatter_idx] for s in specs], labels[scatter_idx],
+                                    classes=classes)
     figs.append(Figure("latent-all", "Latent spaces side by side", "latent-all", plots.png(fig), None,
                        ("holes", "regular", "beta0")))
     if any(s.model.kind == "vae" for s in specs):
@@ -226,7 +319,8 @@ def sweep_figures(specs: list[RunSpec], codes: dict[str, np.ndarray], labels: np
                            ("loss", "beta0")))
     members = metric_registry.grouped("chart")
     for chart in GROUPS:
-        fig = plots.metric_bars(chart.title, members[chart.slug], specs, values)
+        title = f"{chart.title}\n{study.bars_note}"
+        fig = plots.metric_bars(title, members[chart.slug], specs, values, study.bounds)
         figs.append(Figure(f"metrics-{chart.slug}", chart.title, "metrics", plots.png(fig), None, chart.claims,
                            chart=chart))
     return figs
@@ -247,25 +341,34 @@ def _best(values: dict[str, dict[str, float]], key: str, direction: str | None) 
 
 @dataclass
 class SummaryTable:
-    """The summary table: registry metrics with a `summary` group, one row per model, and the PCA baseline."""
+    """The summary table: registry metrics with a `summary` group, one row per group, and the PCA baseline."""
 
     groups: dict[str, tuple[Metric, ...]]  # column group -> its metrics, in page order
-    values: pd.DataFrame  # model name x metric key, floats (NaN: does not apply)
-    best: pd.DataFrame  # the same shape, True where the value is the column's best
+    values: pd.DataFrame  # group x metric key: means over seeds, floats (NaN: does not apply)
+    best: pd.DataFrame  # the same shape, True where the mean is the column's best
     pca: pd.DataFrame  # latent size x metric key: the baseline of the columns that have one
+    low: pd.DataFrame  # the same shape as values: the 95% interval's bounds (NaN with one seed)
+    high: pd.DataFrame
 
     @property
     def columns(self) -> tuple[Metric, ...]:
         return tuple(m for members in self.groups.values() for m in members)
 
 
-def summary_table(specs: list[RunSpec], values: dict[str, dict[str, float]]) -> SummaryTable:
-    """The summary table's data; best per column by each metric's direction (`_best`)."""
+def summary_table(specs: list[RunSpec], study: StudyResults) -> SummaryTable:
+    """The summary table's data, one row per group (specs named by their group); best per column judged on
+    the means, by each metric's direction (`_best`)."""
+    values = study.means
     groups = metric_registry.grouped("summary")
     columns = [m for members in groups.values() for m in members]
     names = [s.name for s in specs]
     frame = pd.DataFrame({m.key: [values[n].get(m.key, math.nan) for n in names] for m in columns}, index=names,
                          dtype=float)
+
+    def bound(i: int) -> pd.DataFrame:
+        return pd.DataFrame({m.key: [study.bounds[n].get(m.key, (math.nan, math.nan))[i] for n in names]
+                             for m in columns}, index=names, dtype=float)
+
     best = pd.DataFrame({m.key: [n in _best(values, m.key, m.direction) for n in names] for m in columns},
                         index=names)
     pca: dict[int, dict[str, float]] = {}
@@ -273,11 +376,13 @@ def summary_table(specs: list[RunSpec], values: dict[str, dict[str, float]]) -> 
         v = values[s.name]
         if any(m.reference in v for m in columns if m.reference):
             pca.setdefault(s.model.latent_dim, {m.key: v.get(m.reference, math.nan) for m in columns if m.reference})
-    return SummaryTable(groups, frame, best, pd.DataFrame.from_dict(pca, orient="index"))
+    return SummaryTable(groups, frame, best, pd.DataFrame.from_dict(pca, orient="index"), bound(0), bound(1))
 
 
-def settings_table(specs: list[RunSpec]) -> pd.DataFrame:
-    """The resolved settings each model was trained with, one row per model (strings, "–" where not a VAE's)."""
+def settings_table(specs: list[RunSpec], seeds: dict[str, list[int]]) -> pd.DataFrame:
+    """The resolved settings each group was trained with, one row per group (strings, "–" where not a VAE's).
+
+    seeds: group -> the training seeds of its models."""
 
     def vae_only(s: RunSpec, value):
         return value if s.model.kind == "vae" else "–"
@@ -288,7 +393,8 @@ def settings_table(specs: list[RunSpec]) -> pd.DataFrame:
         "activation": s.model.activation, "latent": s.model.latent_dim, "recon loss": s.model.recon,
         "β": vae_only(s, f"{s.model.beta:g}"), "KL warm-up (epochs)": vae_only(s, s.model.kl_warmup_epochs),
         "free bits (nats)": vae_only(s, f"{s.model.free_bits:g}"), "epochs": s.train.epochs,
-        "batch": s.train.batch_size, "lr": f"{s.train.lr:g}", "seed": s.train.seed} for s in specs}
+        "batch": s.train.batch_size, "lr": f"{s.train.lr:g}",
+        "seeds": ", ".join(map(str, seeds.get(s.name, [s.seed])))} for s in specs}
     return pd.DataFrame.from_dict(rows, orient="index").astype(str)
 
 
@@ -299,12 +405,34 @@ def _number(v, fmt: str) -> str:
     return "n/a" if v is None or not math.isfinite(v) else format(v, fmt)
 
 
+def _plus_minus(mean, low, high, fmt: str) -> str:
+    """"0.0461 ± 0.0012": the mean and the half-width of its (symmetric, Student-t) interval; the mean alone
+    without an interval (one seed), "n/a" without a mean."""
+    if mean is None or not math.isfinite(mean):
+        return "n/a"
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return format(mean, fmt)
+    return f"{format(mean, fmt)} ± {format((high - low) / 2, fmt)}"
+
+
+def _effect(effect: dict) -> str:
+    """A claims.json effect {"mean", "ci_low", "ci_high", "n_seeds"} as "−0.0123 [−0.02, −0.004]" (a − b)."""
+    mean, low, high = (_nan(effect.get(k)) for k in ("mean", "ci_low", "ci_high"))
+    if not math.isfinite(mean):
+        return "n/a"
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return f"{mean:.3g} (one seed: no interval)"
+    return f"{mean:.3g} [{low:.3g}, {high:.3g}]"
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("aevae", TEMPLATES),
                              autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",)),
                              undefined=jinja2.StrictUndefined)
     env.filters.update(
         number=_number,
+        pm=_plus_minus,
+        effect=_effect,
         data_uri=lambda data: "data:image/png;base64," + base64.b64encode(data).decode("ascii"),
         beta=lambda beta, kind: f"{beta:g}" if kind == "vae" else "–",
         label=plots.label,
@@ -322,7 +450,7 @@ def _layout(figures: list[Figure], specs: list[RunSpec]) -> tuple[list[Figure], 
     slugs += [slug for claim in CLAIMS.values() for slug in claim.figures if slug in by_slug]
     slugs = list(dict.fromkeys(slugs))
     slugs += [f.slug for f in figures if f.model is None and f.slug not in slugs]
-    slugs += [f.slug for s in specs for f in figures if f.model == s.name]
+    slugs += [f.slug for s in specs for f in figures if f.group == s.name]
     for n, slug in enumerate(slugs, start=1):
         by_slug[slug].number = n
     shown = set(LEAD) & set(by_slug)
@@ -339,29 +467,41 @@ def _layout(figures: list[Figure], specs: list[RunSpec]) -> tuple[list[Figure], 
     return lead, sections, unplaced
 
 
-def _measured(specs: list[RunSpec], values: dict[str, dict[str, float]], claim: str) -> list[dict]:
-    """One neutral line per metric the claim quotes: every model's value, and the PCA baseline where it has one."""
+def _measured(specs: list[RunSpec], study: StudyResults, claim: str) -> list[dict]:
+    """One neutral line per metric the claim quotes: every group's (mean, low, high), and the PCA baseline."""
+    values, bounds = study.means, study.bounds
     lines = []
     for m in metric_registry.evidence(claim):
         pca = sorted({(s.model.latent_dim, values[s.name][m.reference]) for s in specs
                       if m.reference and m.reference in values[s.name]})
-        lines.append({"metric": m, "models": [(s.name, values[s.name].get(m.key, math.nan)) for s in specs],
-                      "pca": pca})
+        models = [(s.name, values[s.name].get(m.key, math.nan), *bounds[s.name].get(m.key, (math.nan, math.nan)))
+                  for s in specs]
+        lines.append({"metric": m, "models": models, "pca": pca})
     return lines
 
 
-def render(specs: list[RunSpec], values: dict[str, dict[str, float]], figures: list[Figure], classifier: dict,
-           manifest: dict, git: dict, evaluate_params: dict) -> tuple[str, str]:
-    """(index.html, summary.md) rendered from one context; specs in page order."""
+def render(specs: list[RunSpec], study: StudyResults, figures: list[Figure], classifier: dict,
+           manifest: dict, git: dict, evaluate_params: dict, seeds: dict[str, list[int]] | None = None,
+           figure_seed: int | None = None, classes: ClassNames = plots.MNIST) -> tuple[str, str]:
+    """(index.html, summary.md) rendered from one context.
+
+    specs: one per group, named by the group, in page order. seeds: group -> its training seeds (settings
+    table); figure_seed: the seed whose models drew the per-model figures (said on the page).
+    """
     lead, sections, unplaced = _layout(figures, specs)
+    verdicts = {row["id"]: row for row in verdict_rows(study)}
     for section in sections:
-        section["measured"] = _measured(specs, values, section["id"])
+        section["measured"] = _measured(specs, study, section["id"])
+        section["verdicts"] = verdicts.get(section["id"], {}).get("cells", {})
     context = {
-        "title": TITLE, "specs": specs, "values": values, "manifest": manifest, "git": git,
+        "title": TITLE, "specs": specs, "values": study.means, "bounds": study.bounds, "study": study,
+        "manifest": manifest, "git": git, "classes": classes,
         "classifier_accuracy": classifier.get("test/accuracy", math.nan), "evaluate_params": evaluate_params,
-        "summary": summary_table(specs, values), "all_metrics": metric_registry.METRICS + metric_registry.BASELINES,
-        "settings_table": settings_table(specs), "lead": lead, "claims": sections, "unplaced": unplaced,
-        "per_model": [(s, [f for f in figures if f.model == s.name]) for s in specs],
+        "summary": summary_table(specs, study), "all_metrics": metric_registry.METRICS + metric_registry.BASELINES,
+        "settings_table": settings_table(specs, seeds or {}), "lead": lead, "claims": sections, "unplaced": unplaced,
+        "per_model": [(s, [f for f in figures if f.group == s.name]) for s in specs],
+        "verdict_rows": verdict_rows(study), "latent_sizes": latent_sizes(study), "verdicts": VERDICTS,
+        "rules": study.claims.get("rules", {}), "figure_seed": figure_seed,
     }
     env = _environment()
     markdown = env.get_template("summary.md.j2").render(context)
@@ -379,44 +519,81 @@ def make_report(paths: ReportPaths = ReportPaths(), settings: ReportSettings = R
 
     evaluate_params: the evaluate stage's params (params.yaml `evaluate:`), shown on the page and quoted
     in captions. git: git_state() of the checkout (computed when None). on_model(done, total, name) after
-    each model's figures are drawn (progress). Raises UserError when an input is missing (summary.json
-    naming no model, a model's arrays absent: rerun the evaluate stage).
+    each group's figures are drawn (progress). Raises UserError when an input is missing (summary.json
+    naming no group, a group without a trained model, a model's arrays absent: rerun the evaluate stage).
     """
     evaluate_params = dict(evaluate_params or {})
     scored = None
     if "n_prior_samples" in evaluate_params and "confidence_threshold" in evaluate_params:
         scored = (int(evaluate_params["n_prior_samples"]), float(evaluate_params["confidence_threshold"]))
-    summary = {name: _as_float(v) for name, v in atomic.read_json(paths.summary, "evaluate").items()}
-    if not summary:
-        raise UserError(f"{paths.summary} lists no models; rerun the evaluate stage (dvc repro evaluate)")
+    study = read_study(paths.summary, paths.claims)
     classifier = atomic.read_json(paths.classifier, "classifier")
     manifest = load_manifest(paths.prepared)
+    classes = class_names(manifest.get("dataset", "idx"))
     test = load_split("test", paths.prepared)
     labels = test.labels.astype(np.int64)
-    loaded = {name: model_store.load(name, paths.models) for name in summary}
-    specs = sorted((spec for _, spec in loaded.values()), key=_order)
+    by_group = _models_by_group(paths.models, study)
+    figure_seed = settings.figure_seed if settings.figure_seed is not None else \
+        min(s.seed for models in by_group.values() for s in models)
+    drawn = {g: _pick_seed(models, figure_seed) for g, models in by_group.items()}  # group -> its figure's spec
+    specs = sorted(drawn.values(), key=_order)
     rng = np.random.default_rng(settings.seed)
     n = len(labels)
     scatter_idx = np.sort(rng.choice(n, settings.max_scatter, replace=False)) if n > settings.max_scatter \
         else np.arange(n)
 
     codes: dict[str, np.ndarray] = {}
-    curves: dict[str, str] = {}
+    curves = {s.name: (paths.models / s.name / "history.csv").read_text() for ms in by_group.values() for s in ms}
     per_model: list[Figure] = []
     for spec in specs:
-        model, _ = loaded[spec.name]
-        history_file = paths.models / spec.name / "history.csv"
-        curves[spec.name] = history_file.read_text()
+        model, _ = model_store.load(spec.name, paths.models)
         arrays = _arrays(paths.arrays / f"{spec.name}.npz")
-        codes[spec.name] = arrays["test_codes"]
-        per_model += model_figures(spec, model, arrays, test.images, labels, _read_history(history_file),
-                                   summary[spec.name], settings, scatter_idx, scored)
+        codes[spec.group] = arrays["test_codes"]
+        others = {s.seed: _read_history(paths.models / s.name / "history.csv") for s in by_group[spec.group]
+                  if s.name != spec.name}
+        values = _seed_values(paths.per_model / f"{spec.name}.json", study.means[spec.group])
+        per_model += model_figures(spec, model, arrays, test.images, labels,
+                                   _read_history(paths.models / spec.name / "history.csv"), values, settings,
+                                   scatter_idx, scored, classes, others)
         if on_model:
-            on_model(len(codes), len(specs), spec.name)
-    figures = sweep_figures(specs, codes, labels, summary, scatter_idx) + per_model
+            on_model(len(codes), len(specs), spec.group)
+    groups = [_group_spec(s) for s in specs]
+    figures = sweep_figures(groups, codes, labels, study, scatter_idx, classes) + per_model
     git = git_state() if git is None else git
-    page, md = render(specs, summary, figures, classifier, manifest, git, evaluate_params)
+    seeds = {g: sorted(s.seed for s in models) for g, models in by_group.items()}
+    page, md = render(groups, study, figures, classifier, manifest, git, evaluate_params, seeds, figure_seed, classes)
     return Report(figures=figures, html=page, markdown=md, curves=curves)
+
+
+def _models_by_group(root: Path, study: StudyResults) -> dict[str, list[RunSpec]]:
+    """group -> the specs of its trained models under root (every seed), for each group of summary.json."""
+    by_group: dict[str, list[RunSpec]] = {}
+    for name in model_store.trained_names(root):
+        spec = model_store.load_spec(name, root)
+        if spec.group in study.means:
+            by_group.setdefault(spec.group, []).append(spec)
+    missing = [g for g in study.means if g not in by_group]
+    if missing:
+        raise UserError(f"no trained model in {root} for {', '.join(missing)} of the summary; rerun the pipeline"
+                        " (dvc repro)")
+    return by_group
+
+
+def _pick_seed(specs: list[RunSpec], seed: int) -> RunSpec:
+    """The spec trained with `seed`, else the one with the smallest seed."""
+    return next((s for s in specs if s.seed == seed), min(specs, key=lambda s: s.seed))
+
+
+def _group_spec(spec: RunSpec) -> RunSpec:
+    """The spec standing for its group in tables and sweep figures: named by the group (e.g. "ae-z2")."""
+    return spec.model_copy(update={"name": spec.group})
+
+
+def _seed_values(path: Path, fallback: dict[str, float]) -> dict[str, float]:
+    """One model's own metrics (metrics/models/<name>.json) for its figures' captions; the group means without it."""
+    if not path.is_file():
+        return fallback
+    return {k: _nan(v) for k, v in atomic.read_json(path, "evaluate").items() if not isinstance(v, dict)}
 
 
 def _arrays(path: Path) -> dict[str, np.ndarray]:
