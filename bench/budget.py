@@ -5,7 +5,7 @@ training to convergence, on the full MNIST; appends a dated section to bench/RES
     python bench/budget.py --model vae-beta1-z16   # another group (member-z<size>), repeatable
     python bench/budget.py --quick                 # 4,000 / 1,000 of those images, 3 epochs (smoke test)
 
-Exits 0 with one line, writing nothing, when the IDX files are absent. Each model (seed 0, params.yaml's
+Exits 0 with one line ("skipped: ..."), writing nothing, when the IDX files are absent. Each model (seed 0, params.yaml's
 settings for its sweep member) trains twice, each in its own process with one torch thread, two at once:
 
 1. at the budget: params.yaml's train (epochs and max_steps), as the train stage trains it;
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     from aevae.data.sources import has_idx_files
 
     if not has_idx_files(args.data):
-        print(f"no MNIST IDX files in {args.data}: nothing measured")
+        print(f"skipped: no MNIST IDX files in {args.data}")
         return 0
     from aevae.config import load_params
 
