@@ -3,12 +3,14 @@ training to convergence, on the full MNIST; appends a dated section to bench/RES
 
     python bench/budget.py                         # ae and vae-beta1 at latent 2, 60k/10k: ~15 min on 2 cores
     python bench/budget.py --model vae-beta1-z16   # another group (member-z<size>), repeatable
+    python bench/budget.py --steps 3000 --steps 4000   # other budgets in optimizer steps, side by side
     python bench/budget.py --quick                 # 4,000 / 1,000 of those images, 3 epochs (smoke test)
 
-Exits 0 with one line ("skipped: ..."), writing nothing, when the IDX files are absent. Each model (seed 0, params.yaml's
-settings for its sweep member) trains twice, each in its own process with one torch thread, two at once:
+Exits 0 with one line ("skipped: ..."), writing nothing, when the IDX files are absent. Each model (seed 0,
+params.yaml's settings for its sweep member) trains once per budget and once to convergence, each run in its
+own process with one torch thread, two at once:
 
-1. at the budget: params.yaml's train (epochs and max_steps), as the train stage trains it;
+1. at the budget: params.yaml's train (epochs, max_steps or each --steps), as the train stage trains it;
 2. to convergence: no steps cap, up to --max-epochs epochs, stopped once the validation loss has not
    improved for --patience epochs; its test loss is taken at the best validation epoch.
 
