@@ -15,6 +15,7 @@ from aevae.distributed import check_address, checkpoint_dir, train_sweep
 from aevae.errors import UserError, run_cli
 from aevae.progress import SweepProgress
 from aevae.tracking import SweepTracker
+from aevae.training import check_budget, planned_epochs, stopped_by
 
 RUN_FACTS = Path("logs/train_run.json")
 
@@ -24,6 +25,9 @@ def main() -> None:
     specs = resolve_sweep(params)
     manifest = load_manifest()
     train, val = load_split("train"), load_split("val")
+    world = params.ray.workers_per_model
+    for spec in specs:  # a KL warm-up longer than the budget fails here, before any tracking run or Ray
+        check_budget(spec, len(train.images), world)
     check_address()  # a bad RAY_ADDRESS fails before any tracking run is opened
     # The tracker fails fast if the server is down; leaving the block early ends its runs FAILED / KILLED.
     # Two validation images become each registered version's input example.
@@ -42,7 +46,8 @@ def main() -> None:
 
 def _train(params, specs, manifest: dict, train, val, tracker: SweepTracker) -> tuple[list[str], dict]:
     """The sweep on Ray, saving each model as it finishes; returns (failure messages, facts per saved model)."""
-    progress = SweepProgress(specs)
+    world, n_train = params.ray.workers_per_model, len(train.images)
+    progress = SweepProgress(specs, epochs={s.name: planned_epochs(s.train, n_train, world) for s in specs})
     failures, runs = [], {}
 
     def on_epoch(name: str, record: dict) -> None:
@@ -57,7 +62,8 @@ def _train(params, specs, manifest: dict, train, val, tracker: SweepTracker) -> 
             tracker.model_failed(name, outcome.error)
             return
         folder = model_store.save(model_store.MODELS_DIR, outcome.spec, outcome.state_dict, outcome.history,
-                                  {"data_sha256": manifest["data_sha256"]})
+                                  {"data_sha256": manifest["data_sha256"],
+                                   "stopped_by": stopped_by(outcome.spec.train, n_train, world)})
         runs[name] = {"device": outcome.device, "epochs_run": outcome.epochs_run, "seconds": round(outcome.seconds, 3),
                       "node_id": outcome.node_id}
         progress.done(name, outcome.epochs_run, outcome.seconds)

@@ -50,3 +50,23 @@ def test_full_size_benchmark_skips_without_data(tmp_path):
                            "--out", str(tmp_path / "RESULTS.md")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith("skipped: no MNIST IDX files")
     assert not (tmp_path / "RESULTS.md").exists()
+
+
+@pytest.mark.skipif(not (FULL_MNIST / "train-images-idx3-ubyte.gz").is_file(), reason=f"no full MNIST in {FULL_MNIST}")
+def test_quick_budget_benchmark_writes_its_table(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "budget.py"), "--quick", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"bench exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    text = out.read_text()
+    assert "training budget (quick)" in text and "|---|" in text
+    for group in ("ae-z2", "vae-beta1-z2"):
+        rows = [line for line in text.splitlines() if line.startswith(f"| {group} |")]
+        assert len(rows) == 2 and "converged" in rows[0] and "budget: 40" in rows[1], rows
+
+
+def test_budget_benchmark_skips_without_data(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "budget.py"), "--data", str(tmp_path),
+                           "--out", str(tmp_path / "RESULTS.md")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("skipped: no MNIST IDX files")
+    assert not (tmp_path / "RESULTS.md").exists()

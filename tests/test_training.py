@@ -14,10 +14,28 @@ import numpy as np
 import pytest
 import torch
 
-from aevae.config import ModelParams, RunSpec, TrainParams
+import copy
+import io
+
+import yaml
+from conftest import assert_one_line, shipped_params
+
+from aevae.config import ModelParams, RunSpec, TrainParams, load_params
 from aevae.data.sources import from_bundled
+from aevae.errors import UserError
 from aevae.models import MODEL_KINDS, as_images
-from aevae.training import CHECKPOINT, METRICS, Diverged, spec_digest, train_model
+from aevae.progress import SweepProgress
+from aevae.training import (
+    CHECKPOINT,
+    METRICS,
+    Diverged,
+    check_budget,
+    planned_epochs,
+    spec_digest,
+    steps_per_epoch,
+    stopped_by,
+    train_model,
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -219,6 +237,114 @@ def test_checkpoint_with_code_is_not_executed(digits, tmp_path):
     else:
         assert result.epochs_run == 2, "the malicious checkpoint must be ignored: train from scratch"
     assert not marker.exists(), "code in the checkpoint was executed"
+
+
+# ------------------------------------------------------------------ budget (train.max_steps)
+
+# digits["small"]: 256 images, batch 32 -> 8 steps per epoch
+
+
+def test_max_steps_stops_inside_an_epoch_and_history_says_so(digits):
+    data = (digits["small"], digits["small_val"])
+    capped = spec(train={"epochs": 4, "max_steps": 19})
+    assert steps_per_epoch(256, 32) == 8 and planned_epochs(capped.train, 256) == 3
+    assert stopped_by(capped.train, 256) == "max_steps"
+    result = train_model(capped, *data)
+    assert result.epochs_run == 3
+    assert [r["steps"] for r in result.history] == [8, 16, 19], "the third epoch stops after 3 of its 8 steps"
+
+    # the budget run is the uncapped run cut short: same batches, same weights until the cap
+    full = train_model(spec(train={"epochs": 3}), *data)
+    assert [r["steps"] for r in full.history] == [8, 16, 24]
+    assert without_seconds(full.history)[:2] == without_seconds(result.history)[:2]
+    assert weights_differ(result.model, full.model), "the cut epoch must not run all 8 steps"
+    three_steps = train_model(spec(train={"epochs": 3, "max_steps": 19}), *data)
+    assert_same_weights(three_steps.model, result.model)
+
+
+def test_max_steps_beyond_the_epochs_changes_nothing(digits):
+    data = (digits["small"], digits["small_val"])
+    loose = spec(model={"kind": "vae"}, train={"epochs": 2, "max_steps": 1000})
+    assert planned_epochs(loose.train, 256) == 2 and stopped_by(loose.train, 256) == "epochs"
+    a = train_model(loose, *data)
+    b = train_model(spec(model={"kind": "vae"}, train={"epochs": 2}), *data)
+    assert_same_weights(a.model, b.model)
+    assert without_seconds(a.history) == without_seconds(b.history)
+
+
+def test_budget_stopped_run_resumes_to_identical_weights(digits, tmp_path):
+    """Killed after 2 of the 3 planned epochs (the third cut by max_steps), resumed == uninterrupted, to the bit;
+    the KL warm-up (1 epoch) reaches beta within the budget."""
+    s = spec(model={"kind": "vae", "beta": 2.0, "kl_warmup_epochs": 1}, train={"epochs": 10, "max_steps": 20})
+    data = (digits["small"], digits["small_val"])
+    interrupted = train_model(s, *data, checkpoint_dir=tmp_path / "a", stop_after=2)
+    assert interrupted.epochs_run == 2
+    resumed = train_model(s, *data, checkpoint_dir=tmp_path / "a")
+    assert resumed.epochs_run == 1 and [r["steps"] for r in resumed.history] == [8, 16, 20]
+    assert [r["kl_weight"] for r in resumed.history] == [0.0, 2.0, 2.0]
+    fresh = train_model(s, *data, checkpoint_dir=tmp_path / "b")
+    assert_same_weights(resumed.model, fresh.model)
+    assert without_seconds(resumed.history) == without_seconds(fresh.history)
+    again = train_model(s, *data, checkpoint_dir=tmp_path / "a")
+    assert again.epochs_run == 0, "a run stopped by its budget is finished: nothing more to train"
+    assert_same_weights(again.model, fresh.model)
+
+
+def test_kl_warmup_longer_than_the_budget_is_one_line(digits):
+    s = spec(name="v", model={"kind": "vae", "kl_warmup_epochs": 3}, train={"epochs": 10, "max_steps": 20})
+    with pytest.raises(UserError) as info:
+        check_budget(s, 256)
+    message = str(info.value)
+    assert_one_line(message)
+    for part in ("'v'", "kl_warmup_epochs = 3", "3 epochs", "max_steps = 20", "256 images"):
+        assert part in message, message
+    with pytest.raises(UserError):
+        train_model(s, digits["small"], digits["small_val"])
+    check_budget(s, 128)  # half the data: 5 epochs in the same steps, the warm-up ends
+    check_budget(spec(model={"kind": "ae", "kl_warmup_epochs": 3}, train={"epochs": 1}), 256)  # an AE has no KL
+
+
+def test_progress_counts_the_planned_epochs():
+    s = spec(train={"epochs": 20, "max_steps": 19})
+    out = io.StringIO()
+    progress = SweepProgress([s], stream=out, every=0.0, epochs={s.name: planned_epochs(s.train, 256)})
+    rec = {"epoch": 1, "seconds": 2.0, "train/loss_per_image": 1.0, "train/recon_per_image": 1.0,
+           "train/kl_nats_per_image": 0.0, "val/loss_per_image": 1.0}
+    progress.epoch(s.name, rec)
+    progress.done(s.name, 3, 6.0)
+    lines = out.getvalue().splitlines()
+    assert "epoch   1/3" in lines[1] and "ETA    4s" in lines[1], lines
+    assert "3 epochs trained" in lines[2] and "resumed" not in lines[2], lines
+
+
+@pytest.mark.parametrize("value, expected", [(0, "greater than 0"), (-5, "greater than 0"), ("many", "integer"),
+                                             (2.5, "integer")])
+def test_max_steps_validation_is_one_line(value, expected, tmp_path):
+    params = copy.deepcopy(shipped_params())
+    params["train"]["max_steps"] = value
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(UserError) as info:
+        load_params(path)
+    message = str(info.value)
+    assert_one_line(message)
+    assert "train.max_steps" in message and repr(value) in message and expected in message, message
+
+
+def test_max_steps_null_means_no_cap(tmp_path):
+    params = copy.deepcopy(shipped_params())
+    params["train"]["max_steps"] = None
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    train = load_params(path).train
+    assert train.max_steps is None and planned_epochs(train, 54_000) == train.epochs
+
+
+def test_shipped_budget_keeps_the_bundled_run_and_caps_the_full_one():
+    """The shipped default: all epochs on the bundled 3,600 training digits, max_steps on the full 54,000."""
+    train = TrainParams(**shipped_params()["train"])
+    assert stopped_by(train, 3_600) == "epochs"
+    assert stopped_by(train, 54_000) == "max_steps" and planned_epochs(train, 54_000) < train.epochs
 
 
 # ------------------------------------------------------------------ determinism

@@ -62,7 +62,9 @@ class ModelParams(_Strict):
 
 
 class TrainParams(_Strict):
-    epochs: PositiveInt = 20
+    epochs: PositiveInt = 20  # upper bound: max_steps ends training earlier on a large training set
+    # Optimizer steps cap (null: none): the budget that fits the data (aevae.training.planned_epochs).
+    max_steps: PositiveInt | None = None
     batch_size: PositiveInt = 128
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: NonNegativeFloat = 0.0

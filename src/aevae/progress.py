@@ -67,9 +67,13 @@ class Progress:
 
 
 class SweepProgress:
-    def __init__(self, specs: list[RunSpec], stream=sys.stdout, every: float | None = None):
+    """`[model] epoch e/total ... ETA` lines; `epochs` maps a name to its planned epochs (fewer than
+    train.epochs when train.max_steps ends training first: aevae.training.planned_epochs)."""
+
+    def __init__(self, specs: list[RunSpec], stream=sys.stdout, every: float | None = None,
+                 epochs: dict[str, int] | None = None):
         self.every_s = every_s(3.0) if every is None else every
-        self.epochs = {s.name: s.train.epochs for s in specs}
+        self.epochs = {s.name: (epochs or {}).get(s.name, s.train.epochs) for s in specs}
         self.width = max(len(n) for n in self.epochs)
         self.stream = stream
         self.last_line = {name: 0.0 for name in self.epochs}

@@ -5,12 +5,18 @@ a seeded permutation, so there is no DataLoader and no per-sample Python.
 Losses are accumulated on the device and read once per epoch (no per-step
 host sync). A checkpoint is written atomically after every epoch and a
 resumed run continues exactly where the interrupted one stopped.
+
+The budget: `train.epochs` passes over the data, or fewer when `train.max_steps` optimizer steps come
+first (the last epoch then stops part-way). A budget in steps costs the same on 3,600 digits as on
+54,000, where 20 epochs would cost 15x more; every model of the sweep gets the same steps, so the
+comparison stays fair, which early stopping (a different length per model) would not keep.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +26,8 @@ import numpy as np
 import torch
 
 from aevae import atomic
-from aevae.config import RunSpec
+from aevae.config import RunSpec, TrainParams
+from aevae.errors import UserError
 from aevae.losses import recon_per_image
 from aevae.models import EVAL_BATCH, AutoEncoder, as_images, build_model
 from aevae.rng import epoch_generator
@@ -55,6 +62,42 @@ class TrainResult:
     model: AutoEncoder
     history: list[dict] = field(default_factory=list)  # one record per epoch, all epochs so far
     epochs_run: int = 0  # epochs trained by this call (fewer than the total after a resume)
+
+
+def steps_per_epoch(n_images: int, batch_size: int, world: int = 1) -> int:
+    """Optimizer steps in one pass over n_images split over `world` data-parallel workers (rank 0's share)."""
+    return math.ceil(math.ceil(n_images / world) / batch_size)
+
+
+def planned_epochs(train: TrainParams, n_images: int, world: int = 1) -> int:
+    """Epochs the budget allows: train.epochs, or fewer when train.max_steps ends training first.
+
+    The last of them may be partial (the steps cap falls inside it). Never raises.
+    """
+    if train.max_steps is None:
+        return train.epochs
+    return min(train.epochs, math.ceil(train.max_steps / steps_per_epoch(n_images, train.batch_size, world)))
+
+
+def stopped_by(train: TrainParams, n_images: int, world: int = 1) -> str:
+    """What ends training: "max_steps" when the steps cap comes before train.epochs, else "epochs"."""
+    full = train.epochs * steps_per_epoch(n_images, train.batch_size, world)
+    return "max_steps" if train.max_steps is not None and train.max_steps < full else "epochs"
+
+
+def check_budget(spec: RunSpec, n_images: int, world: int = 1) -> None:
+    """UserError (one line) when a VAE's KL warm-up would not end within the epochs the budget allows.
+
+    A warm-up that never reaches beta trains a model whose final loss is not the beta-ELBO it is
+    reported as. Warm-up ends at epoch index kl_warmup_epochs, so it needs more planned epochs than that.
+    """
+    m, planned = spec.model, planned_epochs(spec.train, n_images, world)
+    if m.kind != "vae" or m.kl_warmup_epochs < planned:
+        return
+    budget = (f"train.max_steps = {spec.train.max_steps} allows on {n_images:,} images"
+              if stopped_by(spec.train, n_images, world) == "max_steps" else "train.epochs allows")
+    raise UserError(f"model '{spec.name}': model.kl_warmup_epochs = {m.kl_warmup_epochs} does not end within the"
+                    f" {planned} epochs {budget}; lower kl_warmup_epochs below {planned} or raise the budget")
 
 
 def spec_digest(spec: RunSpec, data_sha256: str = "") -> str:
@@ -100,15 +143,16 @@ class LossOf(torch.nn.Module):
 
 
 def _run_epoch(step: torch.nn.Module, opt, x: torch.Tensor, spec: RunSpec, epoch: int, weight: float,
-               shard: tuple[int, int]) -> torch.Tensor:
-    """One pass over x (N, 1, 28, 28) with KL weight `weight`; returns (3,) device tensor of per-image means of
-    [total, recon, kl]."""
+               shard: tuple[int, int], max_batches: int) -> torch.Tensor:
+    """One pass over x (N, 1, 28, 28) with KL weight `weight`, cut after `max_batches` optimizer steps (the
+    budget's last epoch); returns (3,) device tensor of per-image means of [total, recon, kl] over the images seen."""
     step.train()
     rank, world = shard
     order = torch.randperm(len(x), generator=epoch_generator(spec.train.seed, epoch)).to(x.device)
     order = order[rank::world]  # data-parallel: each worker takes its own share
-    sums = torch.zeros(3, device=x.device)
     bs = spec.train.batch_size
+    order = order[: max_batches * bs]  # the whole permutation is drawn first, so a cut epoch shares its batches
+    sums = torch.zeros(3, device=x.device)
     for start in range(0, len(order), bs):
         batch = x[order[start : start + bs]]
         with _autocast(x.device, spec.train.precision):
@@ -136,8 +180,8 @@ def evaluate_loss(model: AutoEncoder, x: torch.Tensor, kl_weight: float | None =
     return sums / len(x)
 
 
-def _record(epoch: int, train: list[float], val: list[float], weight: float, seconds: float) -> dict:
-    rec: dict = {"epoch": epoch + 1}
+def _record(epoch: int, steps: int, train: list[float], val: list[float], weight: float, seconds: float) -> dict:
+    rec: dict = {"epoch": epoch + 1, "steps": steps}  # steps: optimizer steps so far, the budget's unit
     rec.update({f"train/{k}": v for k, v in zip(METRICS, train)})
     rec.update({f"val/{k}": v for k, v in zip(METRICS, val)})
     rec["kl_weight"] = weight
@@ -214,10 +258,16 @@ def train_model(
 ) -> TrainResult:
     """Train one sweep member, resuming from `checkpoint_dir` when it holds its checkpoint.
 
-    `wrap` lets a data-parallel caller put the model in DDP; `shard` is (rank,
-    world size); only rank 0 writes checkpoints. `stop_after` ends the call after
-    that many epochs (tests use it to simulate an interruption).
+    Trains planned_epochs(...) epochs: train.epochs, or up to train.max_steps optimizer steps, the
+    last epoch cut part-way (each history record's `steps` counts them). `wrap` lets a data-parallel
+    caller put the model in DDP; `shard` is (rank, world size); only rank 0 writes checkpoints.
+    `stop_after` ends the call after that many epochs (tests use it to simulate an interruption).
+    Raises: Diverged; UserError from check_budget (a KL warm-up longer than the budget).
     """
+    world = shard[1]
+    check_budget(spec, len(train_images), world)
+    per_epoch = steps_per_epoch(len(train_images), spec.train.batch_size, world)
+    max_steps = spec.train.max_steps or math.inf
     device = torch.device(device)
     torch.manual_seed(spec.train.seed)  # weights init and the VAE's sampling noise
     model = build_model(spec.model).to(device)
@@ -235,15 +285,16 @@ def train_model(
     x_train, x_val = as_images(train_images, device), as_images(val_images, device)
     baseline = trivial_loss(x_train, x_val, spec.model.recon)
     result = TrainResult(model=model, history=history)
-    for epoch in range(start, spec.train.epochs):
+    for epoch in range(start, planned_epochs(spec.train, len(train_images), world)):
         if stop_after is not None and result.epochs_run >= stop_after:
             break
         t0 = time.perf_counter()
         weight = _epoch_kl_weight(spec, epoch)  # computed once, passed to the loss (train and val alike)
-        train = _run_epoch(step, opt, x_train, spec, epoch, weight, shard).tolist()  # the one sync per epoch
+        batches = int(min(per_epoch, max_steps - epoch * per_epoch))  # the steps left in the budget
+        train = _run_epoch(step, opt, x_train, spec, epoch, weight, shard, batches).tolist()  # the one sync per epoch
         val = evaluate_loss(model, x_val, weight, spec.train.precision).tolist()
         _check_diverged(spec, epoch, train, val, baseline)
-        record = _record(epoch, train, val, weight, time.perf_counter() - t0)
+        record = _record(epoch, epoch * per_epoch + batches, train, val, weight, time.perf_counter() - t0)
         history.append(record)
         result.epochs_run += 1
         if ckpt and shard[0] == 0:
