@@ -84,8 +84,8 @@ def test_agreeing_seeds_give_a_zero_width_interval_and_varying_seeds_a_wide_one(
             half = stats.t.ppf(0.975, 2) * stats.tstd(values) / math.sqrt(3)
             assert iv["n_seeds"] == 3 and iv["mean"] == pytest.approx(sum(values) / 3)
             assert (iv["ci_low"], iv["ci_high"]) == pytest.approx((iv["mean"] - half, iv["mean"] + half))
-            assert iv["ci_low"] <= min(values) and max(values) <= iv["ci_high"]  # wider than the seeds' spread
-            assert iv["ci_high"] - iv["ci_low"] > 1e6 * (pca["ci_high"] - pca["ci_low"]) + 1e-9
+            # Wide: with 3 seeds the interval (± 2.48 s) always spans every seed's value (at most 1.15 s away).
+            assert iv["ci_low"] < min(values) and max(values) < iv["ci_high"]
 
 
 def test_claims_file_is_strict_json_and_every_verdict_follows_its_rule(seeded):

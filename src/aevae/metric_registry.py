@@ -8,7 +8,7 @@ reference numbers) instead of spelling keys:
 - the report's summary table (`summary` group), bar charts (`chart` group), "measured"
   lines and all-metrics table;
 - retrain's validation of the champion/challenger criteria (`by_key`, `applies`);
-- pipeline/evaluate.py's console line (`console`);
+- pipeline/evaluate.py's console table (`console`; study.console_lines);
 - the README's metrics table (`markdown_table`, checked by tests/test_metric_registry.py);
 - the tests, which parametrize over `METRICS`.
 
@@ -40,7 +40,7 @@ class Metric:
     fmt: str = ".4g"  # summary-table number format
     log: bool = False  # bar chart on a log axis (values span orders of magnitude)
     reference: str | None = None  # a BASELINES key drawn as the dashed line on its bar chart
-    console: bool = False  # printed per model by the evaluate stage
+    console: bool = False  # printed per group (mean ± interval over seeds) by the evaluate stage
     evidence: str | None = None  # the report claim whose "Measured" line quotes it (report_text.yaml ids)
     figure: str | None = None  # the figure role that quotes or draws it: see `for_figure`
     judges: tuple[str, ...] = ()  # model kinds whose default retrain criterion it is (config.RetrainParams)

@@ -367,9 +367,9 @@ def judge_claims(records: Sequence[SeedRecord], claims: Sequence[Claim] = CLAIMS
 # ------------------------------------------------------------------- console
 
 
-def _cell(stats: Mapping[str, float | int | None], fmt: str) -> str:
+def _cell(entry: Mapping[str, float | int | None], fmt: str) -> str:
     """"mean ± half-width" of one summary entry; the mean alone without an interval (one seed), "–" without a value."""
-    mean, low, high = (stats.get(k) for k in ("mean", "ci_low", "ci_high"))
+    mean, low, high = (entry.get(k) for k in ("mean", "ci_low", "ci_high"))
     if mean is None or not math.isfinite(mean):
         return "–"
     if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
