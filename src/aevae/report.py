@@ -227,7 +227,7 @@ class Report:
 def _order(spec: RunSpec) -> tuple:
     # AEs first, then VAEs by beta: the sweep reads left to right from "no KL" to "strong KL".
     m = spec.model
-    return (m.latent_dim, m.kind == "vae", m.beta, spec.name)
+    return (m.latent_dim, m.kind == "vae", m.beta, m.activation == "linear", spec.name)
 
 
 def _read_history(path: Path) -> list[dict]:
