@@ -430,11 +430,14 @@ def latent_side_by_side(infos: Sequence[RunSpec], codes: Sequence[np.ndarray], l
 
 
 @styled
-def rate_distortion(infos: Sequence[RunSpec], metrics: dict[str, dict[str, float]]) -> Figure:
+def rate_distortion(infos: Sequence[RunSpec], metrics: dict[str, dict[str, float]],
+                    bounds: dict[str, dict[str, tuple[float, float]]] | None = None) -> Figure:
     """One point per VAE (x: KL nats per image, y: recon nats per image), labelled with beta; AEs as lines.
 
     The axes' metrics are the registry's "rate" and "distortion" roles; the distortion is per pixel
-    in metrics and drawn per image (x PIXELS). metrics: model name -> {key: value}.
+    in metrics and drawn per image (x PIXELS). metrics: model name -> {key: value} (means over seeds);
+    bounds: model name -> {key: (low, high)}, the 95% intervals drawn as error bars in both directions
+    (none where a bound is NaN: one seed).
     """
     colors = model_colors(infos)
     fig, ax = plt.subplots(figsize=(7.6, 5.2))
@@ -453,6 +456,12 @@ def rate_distortion(infos: Sequence[RunSpec], metrics: dict[str, dict[str, float
         y = [distortion(i.name) for i in series]
         ax.plot(x, y, "-", color="#999999", lw=1, zorder=1)
         for i, xi, yi in zip(series, x, y):
+            b = (bounds or {}).get(i.name, {})
+            xb, yb = b.get(rate_key, (math.nan, math.nan)), b.get(distortion_key, (math.nan, math.nan))
+            if all(_finite(v) for v in (*xb, *yb)):
+                ax.errorbar([xi], [yi], xerr=[[xi - xb[0]], [xb[1] - xi]],
+                            yerr=[[yi - yb[0] * PIXELS], [yb[1] * PIXELS - yi]], fmt="none", ecolor="#555555",
+                            elinewidth=1, capsize=3, zorder=2)
             ax.scatter([xi], [yi], s=70, marker=markers[k % len(markers)], color=colors[i.name], zorder=3,
                        edgecolors="black", linewidths=0.6)
             ax.annotate(f"β={i.model.beta:g}", (xi, yi), textcoords="offset points", xytext=(7, 6), fontsize=10)
