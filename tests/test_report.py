@@ -250,6 +250,9 @@ def test_report_opens_with_a_verdict_per_claim_and_latent_size_and_shows_interva
     assert "mean ± 95% CI half-width (Student t over 3 seeds)" in summary
     assert re.search(r"<td[^>]*>\d\.\d{4} ± \d\.\d{4}</td>", summary)  # MSE per pixel: mean ± half-width
     assert "## Verdicts" in md and "Student t over 3 seeds" in md
+    md_rows = [line for line in md.split("## Summary")[0].splitlines() if line.startswith("| ") and ": " in line]
+    assert len(md_rows) == len(study.CLAIMS)
+    assert all(len(re.split(r"(?<!\\)\|", row)[1:-1]) == 3 for row in md_rows)  # claim + 2 sizes; q(z\|x) escaped
     assert sum(line.startswith("| ") and ("supported" in line or "inconclusive" in line or "untestable" in line
                                           or "contradicted" in line) for line in md.splitlines()) == len(study.CLAIMS)
 

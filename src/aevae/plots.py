@@ -117,7 +117,8 @@ def _scatter_codes(ax, codes: np.ndarray, labels: np.ndarray, prior_circle: bool
     ax.scatter(codes[:, 0], codes[:, 1], c=colors, s=point_size, alpha=0.55, linewidths=0, rasterized=True)
     for c in np.unique(labels):
         cx, cy = np.median(codes[labels == c], axis=0)
-        ax.text(cx, cy, classes.name(c), ha="center", va="center", fontsize=13 if classes is MNIST else 9, fontweight="bold", color=DIGIT_COLORS[c % 10],
+        ax.text(cx, cy, classes.name(c), ha="center", va="center", fontsize=13 if classes is MNIST else 9,
+                fontweight="bold", color=DIGIT_COLORS[c % 10],
                 path_effects=[pe.withStroke(linewidth=3, foreground="white")])
     if prior_circle:
         t = np.linspace(0, 2 * np.pi, 200)
@@ -192,7 +193,8 @@ def latent_scatter(info: RunSpec, codes: np.ndarray, labels: np.ndarray, seed: i
         ax.set_xlabel(f"{name} 1 {unit}", fontsize=9 if method == "tsne" else None)
         ax.set_ylabel(f"{name} 2")
     _class_legend(axes[1], labels, with_prior=False, classes=classes, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.suptitle(f"{label(info)}: test codes coloured by {classes.noun} — look for separated, gap-free clusters", x=0.02,
+    fig.suptitle(f"{label(info)}: test codes coloured by {classes.noun} — look for separated, gap-free clusters",
+                 x=0.02,
                  ha="left")
     return fig
 
@@ -333,13 +335,15 @@ def interpolation_strips(info: RunSpec, strips: np.ndarray, pair_labels: np.ndar
             ax.set_title(name, fontsize=10.5, loc="center")
             ax.set_yticks([])
     first = axes[0]
-    first.set_yticks([tile * (i + 0.5) + 1 for i in range(pairs)], [f"{classes.name(a)} → {classes.name(b)}" for a, b in pair_labels])
+    first.set_yticks([tile * (i + 0.5) + 1 for i in range(pairs)],
+                     [f"{classes.name(a)} → {classes.name(b)}" for a, b in pair_labels])
     for ax in axes:
         ax.tick_params(length=0)
         for spine in ax.spines.values():
             spine.set_visible(False)
     fig.suptitle(f"{label(info)}: straight lines between the codes of two test images x₁ and x₂\n"
-                 f"Look for gradual morphing vs sudden jumps or non-{classes.noun}s mid-way", x=0.02, ha="left", fontsize=11)
+                 f"Look for gradual morphing vs sudden jumps or non-{classes.noun}s mid-way", x=0.02, ha="left",
+                 fontsize=11)
     return fig
 
 
@@ -430,11 +434,14 @@ def latent_side_by_side(infos: Sequence[RunSpec], codes: Sequence[np.ndarray], l
 
 
 @styled
-def rate_distortion(infos: Sequence[RunSpec], metrics: dict[str, dict[str, float]]) -> Figure:
+def rate_distortion(infos: Sequence[RunSpec], metrics: dict[str, dict[str, float]],
+                    bounds: dict[str, dict[str, tuple[float, float]]] | None = None) -> Figure:
     """One point per VAE (x: KL nats per image, y: recon nats per image), labelled with beta; AEs as lines.
 
     The axes' metrics are the registry's "rate" and "distortion" roles; the distortion is per pixel
-    in metrics and drawn per image (x PIXELS). metrics: model name -> {key: value}.
+    in metrics and drawn per image (x PIXELS). metrics: model name -> {key: value} (means over seeds);
+    bounds: model name -> {key: (low, high)}, the 95% intervals drawn as error bars in both directions
+    (none where a bound is NaN: one seed).
     """
     colors = model_colors(infos)
     fig, ax = plt.subplots(figsize=(7.6, 5.2))
@@ -453,6 +460,12 @@ def rate_distortion(infos: Sequence[RunSpec], metrics: dict[str, dict[str, float
         y = [distortion(i.name) for i in series]
         ax.plot(x, y, "-", color="#999999", lw=1, zorder=1)
         for i, xi, yi in zip(series, x, y):
+            b = (bounds or {}).get(i.name, {})
+            xb, yb = b.get(rate_key, (math.nan, math.nan)), b.get(distortion_key, (math.nan, math.nan))
+            if all(_finite(v) for v in (*xb, *yb)):
+                ax.errorbar([xi], [yi], xerr=[[xi - xb[0]], [xb[1] - xi]],
+                            yerr=[[yi - yb[0] * PIXELS], [yb[1] * PIXELS - yi]], fmt="none", ecolor="#555555",
+                            elinewidth=1, capsize=3, zorder=2)
             ax.scatter([xi], [yi], s=70, marker=markers[k % len(markers)], color=colors[i.name], zorder=3,
                        edgecolors="black", linewidths=0.6)
             ax.annotate(f"β={i.model.beta:g}", (xi, yi), textcoords="offset points", xytext=(7, 6), fontsize=10)

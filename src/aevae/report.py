@@ -227,7 +227,7 @@ class Report:
 def _order(spec: RunSpec) -> tuple:
     # AEs first, then VAEs by beta: the sweep reads left to right from "no KL" to "strong KL".
     m = spec.model
-    return (m.latent_dim, m.kind == "vae", m.beta, spec.name)
+    return (m.latent_dim, m.kind == "vae", m.beta, m.activation == "linear", spec.name)
 
 
 def _read_history(path: Path) -> list[dict]:
@@ -314,7 +314,7 @@ def sweep_figures(specs: list[RunSpec], codes: dict[str, np.ndarray], labels: np
     figs.append(Figure("latent-all", "Latent spaces side by side", "latent-all", plots.png(fig), None,
                        ("holes", "regular", "beta0")))
     if any(s.model.kind == "vae" for s in specs):
-        fig = plots.rate_distortion(specs, values)
+        fig = plots.rate_distortion(specs, values, study.bounds)
         figs.append(Figure("rate-distortion", "Rate–distortion across β", "rate-distortion", plots.png(fig), None,
                            ("loss", "beta0")))
     members = metric_registry.grouped("chart")

@@ -35,5 +35,5 @@ CLASS_NAMES: dict[str, ClassNames] = {
 
 
 def class_names(dataset: str) -> ClassNames:
-    """The class names of `dataset` (the prepared manifest's "dataset"); any unknown dataset gets "class 0".."class 9"."""
+    """The class names of `dataset` (the prepared manifest's "dataset"); an unknown one gets "class 0".."class 9"."""
     return CLASS_NAMES.get(dataset, CLASS_NAMES["idx"])
