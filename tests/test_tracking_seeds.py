@@ -116,9 +116,12 @@ def test_seed_children_aggregates_and_verdicts_in_the_local_store(tmp_path):
     assert {v.tags["run_name"]: v.run_id for v in versions} == {r.info.run_name: r.info.run_id
                                                                for r in seeds if r.data.tags["model"] == "ae"}
 
-    # evaluate again: the same aggregate runs take the numbers, none is added.
-    dvc(["repro", "-f", "evaluate"], root)
-    assert len(client.search_runs(["1"], "tags.aevae.aggregate = 'true'")) == 2
+    # evaluate alone again (-s: not train, which would open a new pipeline run): the same aggregate runs
+    # take the numbers, none is added.
+    dvc(["repro", "-f", "-s", "evaluate"], root)
+    aggregates = client.search_runs(["1"], "tags.aevae.aggregate = 'true'")
+    assert sorted(r.info.run_name for r in aggregates) == ["ae-mean", "vae-beta1-mean"]
+    assert len(client.get_metric_history(agg.info.run_id, key)) == 2  # logged once per evaluation
 
 
 def test_a_decision_over_seeds_records_the_bound_the_mean_and_the_seeds():
