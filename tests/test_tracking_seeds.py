@@ -116,6 +116,19 @@ def test_seed_children_aggregates_and_verdicts_in_the_local_store(tmp_path):
     assert {v.tags["run_name"]: v.run_id for v in versions} == {r.info.run_name: r.info.run_id
                                                                for r in seeds if r.data.tags["model"] == "ae"}
 
-    # evaluate again: the same aggregate runs take the numbers, none is added.
-    dvc(["repro", "-f", "evaluate"], root)
-    assert len(client.search_runs(["1"], "tags.aevae.aggregate = 'true'")) == 2
+    # evaluate alone again (-s: not train, which would open a new pipeline run): the same aggregate runs
+    # take the numbers, none is added.
+    dvc(["repro", "-f", "-s", "evaluate"], root)
+    aggregates = client.search_runs(["1"], "tags.aevae.aggregate = 'true'")
+    assert sorted(r.info.run_name for r in aggregates) == ["ae-mean", "vae-beta1-mean"]
+    assert len(client.get_metric_history(agg.info.run_id, key)) == 2  # logged once per evaluation
+
+
+def test_a_decision_over_seeds_records_the_bound_the_mean_and_the_seeds():
+    stat = {"mean": 0.26, "ci_low": 0.24, "ci_high": 0.28, "n_seeds": 3}
+    check = retrain._check(retrain.Criterion(metric="test/recon_bce_nats_per_pixel", goal="min", min_improvement=0.001),
+                           {"test/recon_bce_nats_per_pixel": stat}, {"test/recon_bce_nats_per_pixel": 0.27})
+    assert (check.challenger, check.challenger_mean, check.n_seeds, check.passed) == (0.28, 0.26, 3, False)
+    assert "upper 95% bound over 3 seeds 0.28 (mean 0.26) vs 0.27" in check.line()  # a better mean alone does not win
+    tags = retrain.Decision("ae", "ae", "4", "1", "kept", [check], seed=0).change("fp", "r.json")["version_tags"]
+    assert tags["aevae.challenger.test/recon_bce_nats_per_pixel"] == "0.28" and tags["aevae.n_seeds"] == "3"

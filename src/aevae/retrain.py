@@ -306,6 +306,9 @@ class Decision:
                 tags[f"aevae.challenger.{ch.metric}"] = f"{ch.challenger:.6g}"
                 tags[f"aevae.champion.{ch.metric}"] = f"{ch.champion:.6g}"
                 tags[f"aevae.passed.{ch.metric}"] = str(ch.passed).lower()
+                tags[f"aevae.challenger_mean.{ch.metric}"] = f"{ch.challenger_mean:.6g}"
+            if self.checks:  # the challenger's numbers are the worse 95% bound over this many seeds (challenger_value)
+                tags["aevae.n_seeds"] = str(min(ch.n_seeds for ch in self.checks))
             change["version_tags"] = tags
         return change
 

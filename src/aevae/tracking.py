@@ -532,9 +532,7 @@ def log_aggregates(mlflow_client, run: dict, specs: list[RunSpec], summary: dict
     from mlflow.entities import RunTag
 
     parent = run["parent_run_id"]
-    found = mlflow_client.search_runs(
-        [run["experiment_id"]], f"tags.mlflow.parentRunId = '{parent}' and tags.{AGGREGATE_TAG} = 'true'")
-    ids = {r.data.tags.get("model"): r.info.run_id for r in found}
+    ids = aggregate_runs(mlflow_client, run)
     parent_tags = mlflow_client.get_run(parent).data.tags
     for group, stats in summary.items():
         members = [s for s in specs if s.group == group]
@@ -544,7 +542,7 @@ def log_aggregates(mlflow_client, run: dict, specs: list[RunSpec], summary: dict
         if group not in ids:
             tags = {k: v for k, v in parent_tags.items() if not k.startswith(("mlflow.", "aevae."))}
             tags.update({k: v for k, v in model_tags(spec).items() if k != "seed"})
-            tags.update({"mlflow.parentRunId": parent, "aevae.role": "aggregate", AGGREGATE_TAG: "true",
+            tags.update({"mlflow.parentRunId": parent, "aevae.role": "aggregate", AGGREGATE_TAG: "true", "dvc.stage": "evaluate",
                          "seeds": json.dumps(seeds), "n_seeds": str(len(seeds))})
             ids[group] = mlflow_client.create_run(run["experiment_id"], run_name=f"{group}-mean", tags=tags).info.run_id
             seed_child = run["children"].get(spec.name)  # the params the seeds share: all but train.seed
@@ -557,6 +555,13 @@ def log_aggregates(mlflow_client, run: dict, specs: list[RunSpec], summary: dict
                                     tags=[RunTag(k, v) for k, v in nonfinite.items()] if i == 0 else [])
         mlflow_client.set_terminated(ids[group], "FINISHED")
     return ids
+
+
+def aggregate_runs(mlflow_client, run: dict) -> dict[str, str]:
+    """{group: run id} of the aggregate children of the recorded pipeline run (see recorded_run)."""
+    found = mlflow_client.search_runs([run["experiment_id"]], f"tags.mlflow.parentRunId = '{run['parent_run_id']}'"
+                                                              f" and tags.{AGGREGATE_TAG} = 'true'")
+    return {r.data.tags.get("model"): r.info.run_id for r in found}
 
 
 def verdict_tags(claims: dict) -> dict[str, str]:
@@ -699,9 +704,10 @@ def _restore_alias(mlflow_client, name: str, alias: str, version: str | None):
 
 
 def log_report(report_dir: Path, figures_by_model: dict[str, list[Path]]) -> None:
-    """The report stage's outputs: index.html and summary.md to the parent run, each model's figures to its child.
+    """The report stage's outputs: index.html and summary.md to the parent run, each model's figures to its run.
 
-    Same guard as log_evaluation: only runs that trained the weights now in models/.
+    `figures_by_model` is keyed by run name (a seed's child run) or by group (its aggregate run, when
+    every model is tracked). Same guard as log_evaluation: only runs that trained the weights now in models/.
     """
     run = _run_to_log_into("the report")
     if run is None:
@@ -712,6 +718,8 @@ def log_report(report_dir: Path, figures_by_model: dict[str, list[Path]]) -> Non
             path = Path(report_dir) / name
             if path.is_file():
                 mlflow_client.log_artifact(run["parent_run_id"], str(path), artifact_path="report")
+        aggregates = aggregate_runs(mlflow_client, run) if run["complete"] else {}
         for name, files in figures_by_model.items():
-            for path in files if name in run["children"] else ():
-                mlflow_client.log_artifact(run["children"][name], str(path), artifact_path="figures")
+            run_id = run["children"].get(name) or aggregates.get(name)
+            for path in files if run_id else ():
+                mlflow_client.log_artifact(run_id, str(path), artifact_path="figures")
