@@ -313,12 +313,11 @@ def prior_vs_gmm(info: RunSpec, prior_images: np.ndarray, gmm_images: np.ndarray
             spine.set_visible(False)
         ax.set_title(what, fontsize=11, loc="center")
         if share is not None:
-            ax.set_xlabel(f"confident on {share:.0%} of {confident[2]}", fontsize=10.5)
-    note = f" (top-class p > {confident[3]:g})" if confident else ""
-    fig.suptitle(f"{label(info)}: {len(prior_images)} decoded codes from the prior (left) and from a 10-component\n"
-                 f"GMM fit to its own training codes (right){note}. Look for digits on the right where the\n"
-                 "left has blurs: then the decoder is fine and the prior is the wrong density to sample",
-                 x=0.01, ha="left", fontsize=11)
+            ax.set_xlabel(f"classifier confident (top-class p > {confident[3]:g}) on {share:.0%} of {confident[2]}",
+                          fontsize=10.5)
+    fig.suptitle(f"{label(info)}: {len(prior_images)} decoded codes from the prior (left) and from a 10-component GMM\n"
+                 "fit to its own training codes (right). Look for digits on the right where the left has blurs:\n"
+                 "then the decoder is fine and N(0, I) is the wrong density to sample", x=0.01, ha="left", fontsize=11)
     fig.tight_layout()
     return fig
 
