@@ -1,7 +1,7 @@
 """The comparison report: figures + one self-contained HTML page + a Markdown summary.
 
 make_report() reads the trained models, the evaluate stage's metrics and arrays
-(metrics/arrays/<model>.npz: test codes, prior samples, interpolation strips) and the
+(metrics/arrays/<model>.npz: test codes, prior and GMM samples, interpolation strips) and the
 prepared test split, draws every figure (aevae.plots) and renders two Jinja2 templates
 (aevae/templates/report.html.j2, summary.md.j2) from one context: figure records and
 pandas DataFrames. The prose that is data (claims, chart groups) is in
