@@ -7,7 +7,7 @@ of the article and latent size; aevae.study).
 The same keys (aevae.metric_registry) go to each model's MLflow child run. Each model is evaluated
 in its own Ray task, on a local instance or the cluster at RAY_ADDRESS, with one torch thread per CPU
 it reserves (ray.cpus_per_model); this driver gathers the results and alone writes files and talks to
-MLflow. The arrays the report's figures need (test codes, prior samples, interpolation strips) go to
+MLflow. The arrays the report's figures need (test codes, prior and GMM samples, interpolation strips) go to
 metrics/arrays/<model>.npz, so the report does not run the models again for them.
 """
 

@@ -22,7 +22,7 @@ ALL = METRICS + BASELINES
 
 @pytest.mark.parametrize("metric", ALL, ids=lambda m: m.key)
 def test_every_record_is_well_formed(metric):
-    assert re.fullmatch(r"(test|prior|interp|pca)/[a-z0-9_]+", metric.key)
+    assert re.fullmatch(r"(test|prior|gmm|interp|pca)/[a-z0-9_]+", metric.key)
     assert metric.direction in ("min", "max", None)
     assert metric.unit and metric.label and metric.description
     assert metric.kinds and set(metric.kinds) <= KINDS
@@ -42,7 +42,7 @@ def test_keys_are_unique_and_every_group_and_role_resolves():
     assert len(keys) == len(set(keys))
     assert metric_registry.KEYS == tuple(m.key for m in METRICS)
     assert set(metric_registry.grouped("chart")) == {g.slug for g in report.GROUPS}  # every chart has metrics
-    for role in ("reconstructions", "prior-samples", "interpolation", "rate", "distortion"):
+    for role in ("reconstructions", "prior-samples", "gmm-samples", "interpolation", "rate", "distortion"):
         assert metric_registry.for_figure(role).figure == role
     with pytest.raises(KeyError):
         metric_registry.for_figure("no-such-figure")

@@ -239,6 +239,23 @@ def test_recon_error_uses_the_mean_code_and_agrees_with_the_training_loss(digits
     assert M.reconstruction_error(tiny_vae, x) == out  # eval mode: no sampling noise
 
 
+# ------------------------------------------------- ex-post density (GMM)
+
+
+def test_gmm_samples_are_seeded_shuffled_and_follow_the_codes():
+    rng = np.random.default_rng(0)
+    centres = np.array([[-20.0, 0.0], [20.0, 0.0]])
+    codes = np.concatenate([c + rng.normal(size=(3000, 2)) for c in centres])  # two far clusters, AE-like scale
+    z = M.gmm_samples(codes, 500, seed=3, max_codes=1000)
+    assert z.shape == (500, 2) and z.dtype == np.float32
+    np.testing.assert_array_equal(z, M.gmm_samples(codes, 500, seed=3, max_codes=1000))  # deterministic
+    assert not np.array_equal(z, M.gmm_samples(codes, 500, seed=4, max_codes=1000))
+    near = np.linalg.norm(z[:, None, :] - centres[None], axis=2).min(1)
+    assert np.quantile(near, 0.99) < 5.0  # nothing in the gap between the clusters, where N(0, I) would land
+    assert 0.3 < (z[:100, 0] > 0).mean() < 0.7  # shuffled: the first samples are not one component's
+    assert M.gmm_samples(codes[:4], 10, seed=0).shape == (10, 2)  # fewer codes than components still fits
+
+
 # ------------------------------------------------------------ the real run
 
 
@@ -265,6 +282,7 @@ def test_evaluate_model_on_tiny_ae_and_vae(evaluated, tiny_vae):
     assert vae_only == {"test/kl_nats_per_image", "test/neg_elbo_nats_per_image", "test/iw_nll_nats_per_image"}
     for m in (ae, vae):
         for key in ("prior/mean_confidence", "prior/confident_fraction", "prior/class_coverage", "prior/holes_fraction",
+                    "gmm/mean_confidence", "gmm/confident_fraction", "gmm/class_coverage",
                     "test/knn_accuracy", "test/linear_probe_accuracy", "interp/mean_confidence"):
             assert 0.0 <= m[key] <= 1.0, key
         assert m["interp/smoothness_ratio"] >= 1.0 and m["test/active_units"] <= 2
@@ -277,13 +295,20 @@ def test_evaluate_model_on_tiny_ae_and_vae(evaluated, tiny_vae):
     assert again == vae
 
 
+def test_a_gmm_fit_to_the_ae_codes_generates_better_than_the_prior(evaluated):
+    """Ghosh et al. (2020), section 4: the AE's decoder makes digits once fed codes from its own code density."""
+    ae = evaluated["ae"]
+    assert ae["gmm/classifier_fid"] < ae["prior/classifier_fid"]
+    assert ae["gmm/confident_fraction"] > ae["prior/confident_fraction"]
+
+
 def test_evaluation_arrays_round_trip_and_are_what_figures_need(evaluated, tiny_vae, tmp_path):
     evaluation = M.evaluate(tiny_vae, *evaluated["args"], FAST)
     M.save_arrays(tmp_path / "vae.npz", evaluation)
     arrays = M.load_arrays(tmp_path / "vae.npz")
     n_test = len(evaluated["args"][2])
     assert arrays["test_codes"].shape == (n_test, 2)
-    assert arrays["prior_images"].shape == (FAST.n_prior_samples, 28, 28)
+    assert arrays["prior_images"].shape == arrays["gmm_images"].shape == (FAST.n_prior_samples, 28, 28)
     assert arrays["interp_strips"].shape == (FAST.interp_pairs, FAST.interp_steps, 28, 28)
     assert arrays["interp_pairs"].shape == arrays["interp_pair_labels"].shape == (FAST.interp_pairs, 2)
     for key, value in evaluation.arrays().items():

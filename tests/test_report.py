@@ -38,7 +38,7 @@ from conftest import cached_classifier
 from project import make_project
 
 MODELS = {"ae": {"kind": "ae"}, "vae-beta1": {"kind": "vae", "beta": 1.0}}
-PER_MODEL = ("latent", "manifold", "reconstructions", "prior-samples", "interpolation", "training")
+PER_MODEL = ("latent", "manifold", "reconstructions", "prior-samples", "gmm-samples", "interpolation", "training")
 SWEEP = ("latent-all", "rate-distortion", *(f"metrics-{g.slug}" for g in report.GROUPS))
 FAST = EvaluateParams(seed=0, n_prior_samples=200, iw_samples=4, interp_pairs=4, interp_steps=6)
 PARAMS = {
@@ -150,6 +150,17 @@ def test_page_states_provenance_and_summarises_every_model(run):
     rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| model")]
     assert [r.split("|")[1].strip() for r in rows] == [*MODELS, "PCA baseline"]
     assert "n/a" in rows[0]  # the AE has no KL: written as n/a, not nan
+
+
+def test_page_reads_prior_against_gmm_samples_for_every_model(run):
+    """The generation section's sentence: each model's prior/ score beside its gmm/ twin, from summary.json."""
+    page = (run["root"] / "reports" / "index.html").read_text()
+    summary = json.loads((run["root"] / "metrics" / "summary.json").read_text())
+    sentence = re.search(r"Decoder or density\?(.*?)</p>", page, re.S).group(1)
+    for name in MODELS:
+        fid = " → <b>".join(format(summary[name][f"{data}/classifier_fid"], ".1f") for data in ("prior", "gmm"))
+        assert f"<b>{name}</b> classifier-FID {fid}</b>" in sentence
+    assert page.index("Decoder or density?") < page.index('id="claim-reparam"')  # under the holes claim
 
 
 def test_stage_writes_curves_for_dvc_plots_and_warns_without_a_run(run):

@@ -128,7 +128,7 @@ class EvaluateParams(_Strict):
 class Criterion(_Strict):
     """One test a challenger must pass against the champion: improve `metric` by at least `min_improvement`."""
 
-    metric: str = Field(pattern=r"^(test|prior|interp)/[a-z0-9_]+$")
+    metric: str = Field(pattern=r"^(test|prior|gmm|interp)/[a-z0-9_]+$")
     goal: Literal["min", "max"] = "min"
     min_improvement: NonNegativeFloat = 0.0
 

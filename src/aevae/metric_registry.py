@@ -12,7 +12,8 @@ reference numbers) instead of spelling keys:
 - the README's metrics table (`markdown_table`, checked by tests/test_metric_registry.py);
 - the tests, which parametrize over `METRICS`.
 
-Keys name the data (`test/`, `prior/` z ~ N(0, I), `interp/`, `pca/`) and the unit.
+Keys name the data (`test/`, `prior/` z ~ N(0, I), `gmm/` codes drawn from a Gaussian mixture fit to
+the training codes, `interp/`, `pca/`) and the unit.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ PCA_MSE = Metric("pca/recon_mse_per_pixel", "squared error per pixel, [0,1] scal
 PCA_BCE = Metric("pca/recon_bce_nats_per_pixel", "nats per pixel", "min", "PCA recon BCE (nats per pixel)",
                  "the same, as Bernoulli NLL (reconstruction clipped into (1e-4, 1 - 1e-4))")
 BASELINES: tuple[Metric, ...] = (PCA_MSE, PCA_BCE)
+_GMM = "samples of a GMM fit to the training codes"  # summary-table column group of the gmm/ metrics
 
 
 METRICS: tuple[Metric, ...] = (
@@ -112,6 +114,20 @@ METRICS: tuple[Metric, ...] = (
     Metric("prior/class_coverage", "share of classes", "max", "class coverage (share of 10)",
            "classes among the confident prior samples", "classes covered (share)",
            summary="prior samples z ~ N(0, I)", chart="generation", fmt=".2f"),
+    # Ex-post density estimation (Ghosh et al. 2020, "From Variational to Deterministic Autoencoders", section 4):
+    # the prior scores again, for codes drawn from a density fit to the model's own training codes.
+    Metric("gmm/classifier_fid", "Fréchet distance", "min", "GMM-sample classifier-FID (feature units²)",
+           "decoded samples of a 10-component GMM fit to the model's training codes vs test images (ex-post density"
+           " estimation, Ghosh et al. 2020 §4): is a poor prior sample the decoder's fault or the prior's?",
+           "classifier-FID", summary=_GMM, chart="gmm", fmt=".1f", evidence="roles"),
+    Metric("gmm/mean_confidence", "probability", "max", "GMM-sample mean classifier confidence",
+           "reference classifier's top-class probability on those GMM samples"),
+    Metric("gmm/confident_fraction", "share", "max", "GMM-sample confident share",
+           "GMM samples classified with confidence > `evaluate.confidence_threshold`", "confident (share)",
+           summary=_GMM, chart="gmm", fmt=".3f", evidence="roles", figure="gmm-samples"),
+    Metric("gmm/class_coverage", "share of classes", "max", "GMM-sample class coverage (share of 10)",
+           "classes among the confident GMM samples", "classes covered (share)", summary=_GMM, chart="gmm",
+           fmt=".2f"),
     Metric("test/knn_accuracy", "accuracy", "max", "kNN accuracy of class from z",
            "5-NN digit label from z (codes fit on train)", "kNN accuracy", summary="structure", chart="structure",
            fmt=".3f", console=True, evidence="regular", card=True),
@@ -148,8 +164,8 @@ def grouped(field: Literal["summary", "chart"]) -> dict[str, tuple[Metric, ...]]
 
 
 def for_figure(role: str) -> Metric:
-    """The metric a figure quotes or draws: "reconstructions", "prior-samples", "interpolation" (captions),
-    "rate" and "distortion" (the rate–distortion plot's axes). KeyError for any other role."""
+    """The metric a figure quotes or draws: "reconstructions", "prior-samples", "gmm-samples", "interpolation"
+    (captions), "rate" and "distortion" (the rate–distortion plot's axes). KeyError for any other role."""
     return {m.figure: m for m in METRICS if m.figure}[role]
 
 

@@ -306,6 +306,36 @@ def prior_samples(info: RunSpec, images: np.ndarray, per_row: int = 10,
 
 
 @styled
+def prior_vs_gmm(info: RunSpec, prior_images: np.ndarray, gmm_images: np.ndarray, per_row: int = 10,
+                 confident: tuple[float, float, int, float] | None = None) -> Figure:
+    """Decoded z ~ N(0, I) (left) beside decoded codes of a GMM fit to the training codes (right).
+
+    images: (n, 28, 28) in [0, 1], the same number on both sides. confident: (prior share, GMM share
+    the classifier is confident on, how many samples each share is over, the top-class probability
+    it takes to count). Ex-post density estimation: Ghosh et al. (2020), section 4.
+    """
+    rows = -(-len(prior_images) // per_row)
+    fig, axes = plt.subplots(1, 2, figsize=(11.0, 0.55 * rows + 1.6))
+    shares = confident[:2] if confident else (None, None)
+    for ax, images, what, share in zip(axes, (prior_images, gmm_images),
+                                       ("z ~ N(0, I)", "z ~ GMM fit to the training codes"), shares):
+        ax.imshow(_grid_image(images, nrow=per_row, padding=2, pad_value=1.0), interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        ax.set_title(what, fontsize=11, loc="center")
+        if share is not None:
+            ax.set_xlabel(f"classifier confident (top-class p > {confident[3]:g}) on {share:.0%} of {confident[2]}",
+                          fontsize=10.5)
+    fig.suptitle(f"{label(info)}: {len(prior_images)} decoded codes from the prior (left) and from a 10-component GMM\n"
+                 "fit to its own training codes (right). Look for digits on the right where the left has blurs:\n"
+                 "then the decoder is fine and N(0, I) is the wrong density to sample", x=0.01, ha="left", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+@styled
 def interpolation_strips(info: RunSpec, strips: np.ndarray, pair_labels: np.ndarray,
                          endpoints: np.ndarray | None = None, classes: ClassNames = MNIST) -> Figure:
     """strips: (pairs, steps, 28, 28) decoded along straight lines between the codes of two test images.

@@ -3,7 +3,7 @@
 make_report() reads the trained models, the evaluate stage's study (metrics/summary.json: every
 metric of every group as a mean with a Student-t 95% interval over seeds; metrics/claims.json: a
 verdict per claim and latent size, aevae.study) and arrays (metrics/arrays/<model>.npz: test codes,
-prior samples, interpolation strips) and the prepared test split, draws every figure (aevae.plots)
+prior and GMM samples, interpolation strips) and the prepared test split, draws every figure (aevae.plots)
 and renders two Jinja2 templates
 (aevae/templates/report.html.j2, summary.md.j2) from one context: figure records and
 pandas DataFrames. Tables and bar charts are per group (a sweep member at one latent size, over
@@ -287,6 +287,8 @@ def model_figures(spec: RunSpec, model, arrays: dict[str, np.ndarray], test_imag
     figs.append(Figure(f"{name}-prior-samples", "Prior samples", "prior-samples", plots.png(fig), spec,
                        ("holes", "roles")))
 
+    figs.append(gmm_figure(spec, arrays, values, s, scored))
+
     pairs = arrays["interp_pairs"][:s.interp_pairs]
     ends = test_images[pairs].astype(np.float32) / 255.0  # (pairs, 2, 28, 28)
     fig = plots.interpolation_strips(spec, arrays["interp_strips"][:s.interp_pairs],
@@ -298,6 +300,30 @@ def model_figures(spec: RunSpec, model, arrays: dict[str, np.ndarray], test_imag
     figs.append(Figure(f"{name}-training", "Training curves", "training", plots.png(fig), spec, ("loss",),
                        wide=True))
     return figs
+
+
+def gmm_figure(spec: RunSpec, arrays: dict[str, np.ndarray], values: dict[str, float], s: ReportSettings,
+               scored: tuple[int, float] | None = None) -> Figure:
+    """Prior samples beside samples of the GMM fit to the training codes (metrics.gmm_samples), both decoded by
+    the evaluate stage; captions quote both confident shares. scored: as for `model_figures`."""
+    shares = [values.get(metric_registry.for_figure(role).key) for role in ("prior-samples", "gmm-samples")]
+    finite = scored and all(v is not None and math.isfinite(v) for v in shares)
+    fig = plots.prior_vs_gmm(spec, arrays["prior_images"][:s.prior_images], arrays["gmm_images"][:s.prior_images],
+                             confident=(*shares, *scored) if finite else None)
+    return Figure(f"{spec.name}-gmm-samples", "Prior vs fitted-density samples", "gmm-samples", plots.png(fig), spec,
+                  ("holes", "roles"), wide=True, quoted=_quoted("gmm-samples", values))
+
+
+def gmm_reading(specs: list[RunSpec], values: dict[str, dict[str, float]]) -> list[dict]:
+    """Per model, each gmm/ summary metric beside its prior/ twin: [{"model", "pairs": [(Metric, prior, gmm)]}].
+
+    The data of the report's sentence on where poor prior samples come from (decoder or density).
+    """
+    gmm = [m for m in metric_registry.METRICS if m.key.startswith("gmm/") and m.summary]
+    twins = [(metric_registry.by_key("prior/" + m.key.split("/", 1)[1]), m) for m in gmm]
+    return [{"model": spec.name, "pairs": [(g, values[spec.name].get(p.key, math.nan),
+                                            values[spec.name].get(g.key, math.nan)) for p, g in twins]}
+            for spec in specs]
 
 
 def sweep_figures(specs: list[RunSpec], codes: dict[str, np.ndarray], labels: np.ndarray, study: StudyResults,
@@ -502,6 +528,7 @@ def render(specs: list[RunSpec], study: StudyResults, figures: list[Figure], cla
         "per_model": [(s, [f for f in figures if f.group == s.name]) for s in specs],
         "verdict_rows": verdict_rows(study), "latent_sizes": latent_sizes(study), "verdicts": VERDICTS,
         "rules": study.claims.get("rules", {}), "figure_seed": figure_seed,
+        "gmm_reading": gmm_reading(specs, study.means),
     }
     env = _environment()
     markdown = env.get_template("summary.md.j2").render(context)
