@@ -158,7 +158,7 @@ def test_page_reads_prior_against_gmm_samples_for_every_model(run):
     summary = json.loads((run["root"] / "metrics" / "summary.json").read_text())
     sentence = re.search(r"Decoder or density\?(.*?)</p>", page, re.S).group(1)
     for name in MODELS:
-        fid = " → <b>".join(format(summary[name][f"{data}/classifier_fid"], ".1f") for data in ("prior", "gmm"))
+        fid = " → <b>".join(format(summary[name][f"{data}/classifier_fid"]["mean"], ".1f") for data in ("prior", "gmm"))
         assert f"<b>{name}</b> classifier-FID {fid}</b>" in sentence
     assert page.index("Decoder or density?") < page.index('id="claim-reparam"')  # under the holes claim
 
