@@ -143,7 +143,7 @@ def _lock_outs(root: Path) -> list[dict]:
 
 def test_data_parallel_model_via_ray_train(tmp_path):
     params = {**SMALL_PARAMS, "train": {**SMALL_PARAMS["train"], "epochs": 2},
-              "sweep": {"latent_dims": [2], "models": [{"name": "vae-ddp", "model": {"kind": "vae"}}]},
+              "sweep": {"latent_dims": [2], "seeds": [0], "models": [{"name": "vae-ddp", "model": {"kind": "vae"}}]},
               "ray": {"cpus_per_model": 1, "workers_per_model": 2}}
     root = make_project(tmp_path / "p", params, git=False)
     stage("prepare", root)
