@@ -337,9 +337,9 @@ def gmm_samples(codes, n: int, seed: int = 0, n_components: int = GMM_COMPONENTS
     if len(codes) > max_codes:
         codes = codes[np.sort(rng.choice(len(codes), max_codes, replace=False))]
     gmm = GaussianMixture(n_components=min(n_components, len(codes)), covariance_type="full", random_state=seed)
-    # As many BLAS/OpenMP threads as torch may use (one per CPU a Ray task reserves): more threads than free
-    # cores make the k-means initialisation spin, 30x slower on a busy machine (measured: 54 s vs 1.8 s).
-    with threadpool_limits(limits=torch.get_num_threads()):
+    # One BLAS/OpenMP thread: the fit is small (seconds), its result does not depend on the thread count, and
+    # spare threads make the k-means initialisation spin on a busy machine (measured: 54 s vs 1.8 s, 3,600 codes).
+    with threadpool_limits(limits=1):
         gmm.fit(codes)
     z, _ = gmm.sample(n)  # grouped by component: shuffled so any first k are a fair sample
     return z[rng.permutation(n)].astype(np.float32)
