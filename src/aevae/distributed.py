@@ -333,12 +333,19 @@ def _cluster_facts(started_locally: bool, gcs: str) -> dict:
 
 
 def _run_task(fn: Callable, key: str, args: tuple, cpus: float, names: tuple[str, ...], *shared) -> TaskOutcome:
-    """Body of one `map_tasks` task: fn(*args, **shared) with as many torch threads as CPUs reserved."""
-    import torch
+    """Body of one `map_tasks` task: fn(*args, **shared) with as many torch, BLAS and OpenMP threads as CPUs reserved.
 
-    torch.set_num_threads(max(1, int(cpus)))
+    The BLAS/OpenMP pools (scikit-learn's kNN, silhouette, GMM, PCA) would otherwise size themselves to
+    the whole machine and spin against the task beside them.
+    """
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threads = max(1, int(cpus))
+    torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    value = fn(*args, **dict(zip(names, shared)))
+    with threadpool_limits(limits=threads):
+        value = fn(*args, **dict(zip(names, shared)))
     return TaskOutcome(key, value, _node_id(), time.perf_counter() - t0)
 
 
