@@ -180,7 +180,9 @@ def test_one_seed_and_one_size_keep_the_members_names():
 @pytest.mark.parametrize("raw, fragment", [
     ({"train": {"seed": 1}}, "train.seed = 1 is no longer read"),
     ({"sweep": {"models": [{"name": "ae", "train": {"seed": 1}}]}}, "sweep.models.0.train.seed = 1 is not allowed"),
-    ({"sweep": {"seeds": [0, 0], "models": [{"name": "ae"}]}}, "a seed is listed twice"),
+    ({"sweep": {"seeds": [0, 0], "models": [{"name": "ae"}]}}, "sweep.seeds = [0, 0] lists a value twice"),
+    ({"sweep": {"latent_dims": [2, 2], "models": [{"name": "ae"}]}}, "sweep.latent_dims = [2, 2] lists a value twice"),
+    ({"sweep": {"seeds": [2**32], "models": [{"name": "ae"}]}}, "sweep.seeds.0 = 4294967296 is not allowed"),
     ({"sweep": {"seeds": [], "models": [{"name": "ae"}]}}, "sweep.seeds"),
 ])
 def test_seed_mistakes_are_one_line(tmp_path, raw, fragment):

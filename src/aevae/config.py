@@ -8,7 +8,7 @@ comes from the environment instead, so the same params run anywhere.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -83,7 +83,7 @@ class SweepParams(_Strict):
     latent_dims: list[PositiveInt] = Field(default_factory=lambda: [2], min_length=1)
     # Every member x latent size trains once per seed (weights init, batch order, the VAE's noise);
     # the study reports each metric as a mean with a 95% interval over them (aevae.study).
-    seeds: list[NonNegativeInt] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, lt=2**32)]] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     models: list[SweepMember] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -91,10 +91,10 @@ class SweepParams(_Strict):
         names = [m.name for m in self.models]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"duplicate model name(s) {dupes}; give every sweep member its own name")
-        for values, what in ((self.latent_dims, "latent size"), (self.seeds, "seed")):
+            raise ValueError(f"models: duplicate model name(s) {dupes}; give every sweep member its own name")
+        for values, key in ((self.latent_dims, "latent_dims"), (self.seeds, "seeds")):
             if len(set(values)) != len(values):
-                raise ValueError(f"a {what} is listed twice in {values}; list each once")
+                raise ValueError(f"{key} = {values} lists a value twice; list each once")
         return self
 
 
@@ -196,7 +196,7 @@ def _format_error(exc: ValidationError, source: str, root: type[BaseModel] = Par
         return f"{source}: missing key '{key}'; add it (see the README's params table)"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "value_error" and isinstance(err.get("input"), dict):  # a whole-section check
-        return f"{source}: {key}.models: {msg}"
+        return f"{source}: {key}.{msg}"
     return f"{source}: {key} = {err.get('input')!r} is not allowed: {msg}"
 
 

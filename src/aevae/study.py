@@ -12,8 +12,9 @@ per-seed values into
   so pairing removes that shared noise), with its Student-t interval;
 - a verdict per claim, decided by the rule written next to it:
   * a directional comparison ("A is better than B on metric m") is
-    `supported` when the interval of A's improvement over B lies above 0,
-    `contradicted` when it lies below 0, else `inconclusive`;
+    `supported` when the interval of A − B lies wholly on A's better side of 0
+    (below 0 for a metric to minimise, above for one to maximise),
+    `contradicted` when it lies wholly on the other side, else `inconclusive`;
   * an equivalence comparison ("A is about B") is `supported` when the whole
     interval of A − B lies within ±tolerance · |B|, `contradicted` when it lies
     wholly outside that band, else `inconclusive` (two one-sided tests, TOST:
@@ -286,8 +287,9 @@ def _finite_or_nan(value) -> float:
 
 
 RULES = {
-    "directional": "supported when the 95% interval of the paired improvement (a over b, seed by seed) lies"
-                   " above 0, contradicted when it lies below 0, else inconclusive",
+    "directional": "the effect shown is a − b, seed by seed; supported when its 95% interval lies wholly on a's"
+                   " better side of 0 (below 0 when lower is better, above 0 when higher is better), contradicted"
+                   " when it lies wholly on the other side, else inconclusive",
     "equivalence": "supported when the whole 95% interval of a − b lies within ±tolerance·|mean of b|,"
                    " contradicted when it lies wholly outside that band, else inconclusive (TOST)",
     "claim": "supported when every comparison is, contradicted when any is, else inconclusive; untestable"
