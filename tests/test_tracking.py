@@ -83,3 +83,21 @@ def test_unreachable_server_fails_within_seconds(tmp_path):
     assert proc.returncode == 2 and time.monotonic() - t0 < 30
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "MLflow server" in lines[0] and "does not answer" in lines[0]
+
+
+def test_serve_check_names_the_registered_models_and_the_missing_alias(tmp_path, monkeypatch):
+    """`make serve`'s check against a real SQLite store: one line instead of MLflow's traceback."""
+    from aevae.errors import UserError
+    from aevae.tracking import check_registered
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    MlflowClient(uri).create_registered_model("aevae-ae-z2")
+    with pytest.raises(UserError, match=r"no registered model 'aevae-vae'.*one of: ae-z2"):
+        check_registered("models:/aevae-vae@champion")
+    with pytest.raises(UserError, match=r"has no alias 'champion'.*make retrain.*VERSION=latest"):
+        check_registered("models:/aevae-ae-z2@champion")
+    with pytest.raises(UserError, match=r"has no version 3"):
+        check_registered("models:/aevae-ae-z2/3")
+    with pytest.raises(UserError, match=r"has no version latest"):
+        check_registered("models:/aevae-ae-z2/latest")  # registered, but no version yet
