@@ -28,8 +28,10 @@ def _sweep_specs(epochs: int | None):
 
     params = load_params(REPO / "params.yaml")
     specs = resolve_sweep(params, source=str(REPO / "params.yaml"))
-    if epochs:
-        specs = [s.model_copy(update={"train": s.train.model_copy(update={"epochs": epochs})}) for s in specs]
+    if epochs:  # --quick: the first seed at the first latent size (5 models, not the study's 30), few epochs
+        first = (params.sweep.seeds[0], params.sweep.latent_dims[0])
+        specs = [s.model_copy(update={"train": s.train.model_copy(update={"epochs": epochs})}) for s in specs
+                 if (s.seed, s.model.latent_dim) == first]
     return specs, params
 
 

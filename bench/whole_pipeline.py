@@ -29,7 +29,8 @@ def _set_subreaper() -> bool:
 
 
 def _quick_params(params: dict) -> dict:
-    """Tiny pipeline: every `epochs` knob set to 1, and the offline (bundled) data source."""
+    """Tiny pipeline: every `epochs` knob set to 1, one seed at one latent size (5 models, not the study's 30),
+    and the offline (bundled) data source."""
     params = copy.deepcopy(params)
 
     def walk(node):
@@ -44,6 +45,8 @@ def _quick_params(params: dict) -> dict:
                 walk(v)
 
     walk(params)
+    sweep = params.setdefault("sweep", {})
+    sweep["seeds"], sweep["latent_dims"] = sweep.get("seeds", [0])[:1], sweep.get("latent_dims", [2])[:1]
     params.setdefault("data", {})["source"] = "bundled"
     return params
 
