@@ -74,7 +74,7 @@ def test_after_a_cache_restore_nothing_is_logged_into_the_wrong_run(tmp_path):
     root = make_project(tmp_path / "p", params)
     dvc(["repro"], root)  # A
     params_b = copy.deepcopy(params)
-    params_b["train"]["seed"] = 1
+    params_b["sweep"]["seeds"] = [1]
     write_params(root, params_b)
     dvc(["repro"], root)  # B
     run_b = json.loads((root / "logs" / "mlflow_run.json").read_text())
