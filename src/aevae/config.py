@@ -120,6 +120,7 @@ class EvaluateParams(_Strict):
     seed: int = 0
     n_prior_samples: int = Field(1000, ge=10)
     iw_samples: int = Field(64, ge=1)
+    iw_images: PositiveInt | None = 2000  # test images (a seeded subset, the same for every model) of KL/ELBO/IW-NLL
     interp_pairs: PositiveInt = 32
     interp_steps: int = Field(10, ge=3)
     confidence_threshold: float = Field(0.9, gt=0.0, lt=1.0)

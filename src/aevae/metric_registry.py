@@ -83,7 +83,7 @@ METRICS: tuple[Metric, ...] = (
            "BCE reconstruction + KL: the VAE objective", "−ELBO nats / image", kinds=("vae",),
            summary="VAE objective", chart="objective", fmt=".1f", judges=("vae",), card=True),
     Metric("test/iw_nll_nats_per_image", "nats per image", "min", "IW-NLL bound (nats per image)",
-           "importance-weighted NLL estimate, k = `evaluate.iw_samples`", "IW-NLL nats / image", kinds=("vae",),
+           "importance-weighted NLL estimate, k = `evaluate.iw_samples`, on `evaluate.iw_images` test images", "IW-NLL nats / image", kinds=("vae",),
            summary="VAE objective", chart="objective", fmt=".1f"),
     Metric("test/active_units", "count", None, "active units (count)",
            "latent dimensions whose mean code varies across images (Cov > 0.01)", chart="regularity"),

@@ -59,7 +59,12 @@ SILHOUETTE_MAX_POINTS = 2000  # seeded sample for the silhouette (quadratic in p
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2016), section 5.2
 HOLES_PERCENTILE = 99.0  # nearest-neighbour radius of the encoded data that counts as "inside"
 GMM_COMPONENTS = 10  # Ghosh et al. (2020), section 4: a 10-component full-covariance GMM on MNIST codes
-GMM_MAX_CODES = 10_000  # seeded subsample of the training codes the GMM is fit on (EM is linear in points)
+# Sizes that keep a full-size (60k/10k) evaluation to seconds per model; the bundled 3,600 / 1,000 digits are
+# below all of them, so its numbers do not change. Subsets are seeded by evaluate.seed alone, hence the same
+# images for every model and seed: comparisons between models stay paired (common random numbers).
+FIT_MAX_CODES = 10_000  # training codes the GMM, kNN and linear probe are fit on (a 54k fit costs 5x, buys ~nothing)
+MMD_MAX_CODES = 2_000  # test codes MMD² compares with the prior samples: its kernel matrix is quadratic
+                       # (10k codes: 1 GB per float64 copy and 25 s per model)
 
 
 # ----------------------------------------------------------------- helpers
@@ -67,6 +72,15 @@ GMM_MAX_CODES = 10_000  # seeded subsample of the training codes the GMM is fit 
 
 def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def seeded_subset(n: int, at_most: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded sample of at most `at_most` of n items; all n, in order, when n <= at_most
+    or at_most is None. Depends on (n, at_most, seed) only, so every model evaluated with one seed sees the
+    same items (paired comparisons)."""
+    if at_most is None or n <= at_most:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, at_most, replace=False))
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -323,7 +337,7 @@ def prior_samples(model: AutoEncoder, n: int, seed: int = 0) -> tuple[torch.Tens
 
 
 def gmm_samples(codes, n: int, seed: int = 0, n_components: int = GMM_COMPONENTS,
-                max_codes: int = GMM_MAX_CODES) -> np.ndarray:
+                max_codes: int = FIT_MAX_CODES) -> np.ndarray:
     """(n, latent) float32 codes drawn from a Gaussian mixture fit to `codes` (N, latent), in random order.
 
     Ex-post density estimation (Ghosh et al. 2020, "From Variational to Deterministic Autoencoders",
@@ -332,10 +346,8 @@ def gmm_samples(codes, n: int, seed: int = 0, n_components: int = GMM_COMPONENTS
     seeded subsample of at most `max_codes` codes, with at most as many components as codes.
     Deterministic for a seed. Raises nothing a user can cause.
     """
-    codes = np.asarray(codes, dtype=np.float64)
+    codes = np.asarray(codes, dtype=np.float64)[seeded_subset(len(codes), max_codes, seed)]
     rng = np.random.default_rng(seed)
-    if len(codes) > max_codes:
-        codes = codes[np.sort(rng.choice(len(codes), max_codes, replace=False))]
     gmm = GaussianMixture(n_components=min(n_components, len(codes)), covariance_type="full", random_state=seed)
     # One BLAS/OpenMP thread: the fit is small (seconds), its result does not depend on the thread count, and
     # spare threads make the k-means initialisation spin on a busy machine (measured: 54 s vs 1.8 s, 3,600 codes).
@@ -518,15 +530,19 @@ def evaluate(model: AutoEncoder, train_images, train_labels, test_images, test_l
         test = {f"recon_{k}": v for k, v in reconstruction_error(model, test_x).items()}
         lap("recon")
 
-        test.update(vae_terms(model, test_x, k=p.iw_samples, seed=p.seed, batch_rows=IW_BATCH_ROWS))
+        iw_x = test_x[torch.from_numpy(seeded_subset(len(test_x), p.iw_images, p.seed))]
+        test.update(vae_terms(model, iw_x, k=p.iw_samples, seed=p.seed, batch_rows=IW_BATCH_ROWS))
         lap("vae_terms")
 
         test_codes = _np(encode(model, test_x)[0])
-        train_codes = _np(encode(model, train_images)[0])
+        fit = seeded_subset(len(train_labels), FIT_MAX_CODES, p.seed)
+        train_codes = _np(encode(model, train_images[fit])[0])  # index first: uint8 is 4x smaller
+        fit_labels = np.asarray(train_labels)[fit]
         z, prior_images = prior_samples(model, p.n_prior_samples, p.seed)
         own = gaussian_fit_samples(test_codes, p.n_prior_samples, p.seed)
+        mmd_codes = test_codes[seeded_subset(len(test_codes), MMD_MAX_CODES, p.seed)]
         test.update(active_units=float(active_units(test_codes, ACTIVE_UNIT_THRESHOLD)),
-                    mmd_to_prior=mmd_rbf(test_codes, _np(z)),
+                    mmd_to_prior=mmd_rbf(mmd_codes, _np(z)),
                     moment_kl_to_prior_nats=moment_kl_to_prior(test_codes),
                     holes_fraction_own_gaussian=holes_fraction(test_codes, own, HOLES_PERCENTILE))
         prior = {"holes_fraction": holes_fraction(test_codes, _np(z), HOLES_PERCENTILE)}
@@ -541,7 +557,7 @@ def evaluate(model: AutoEncoder, train_images, train_labels, test_images, test_l
         gmm = generation_metrics(gmm_images, classifier, reference_features, p.confidence_threshold)
         lap("gmm")
 
-        test.update(latent_structure(train_codes, train_labels, test_codes, test_labels,
+        test.update(latent_structure(train_codes, fit_labels, test_codes, test_labels,
                                      KNN_K, SILHOUETTE_MAX_POINTS, p.seed))
         lap("structure")
 
@@ -569,8 +585,9 @@ def evaluate_model(model: AutoEncoder, train_images, train_labels, test_images, 
     """All metrics of one model: {key: value} for every metric_registry.METRICS key, in its order.
 
     test/*   on the test images: recon MSE / BCE per pixel (mean code), KL, negative ELBO and
-             IW-NLL (nats per image), active units (count), MMD² and moment KL (nats) of the
-             test codes vs N(0, I), kNN / linear-probe accuracy (codes fit on train), silhouette;
+             IW-NLL (nats per image; on at most params.iw_images of them), active units (count), MMD²
+             (at most MMD_MAX_CODES codes) and moment KL (nats) of the test codes vs N(0, I), kNN /
+             linear-probe accuracy (fit on at most FIT_MAX_CODES training codes), silhouette;
     prior/*  on z ~ N(0, I): holes fraction, and the decoded samples' classifier-FID (vs the
              test images), mean confidence, confident fraction, class coverage;
     gmm/*    the same four scores for as many codes drawn from a 10-component GMM fit to the
