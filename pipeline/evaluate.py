@@ -64,7 +64,7 @@ def main() -> None:
 
     cluster = map_tasks(metrics.evaluate, {name: (models[name][0],) for name in names}, shared,
                         params.ray.cpus_per_model, params.ray.max_retries, on_done,
-                        on_wait=lambda running: progress.update(len(evaluations), f"running: {', '.join(running)}"))
+                        on_wait=lambda _left: progress.update(len(evaluations)))  # queued ones too: no names
     results, pca = {}, {}
     with atomic.atomic_dir(OUT / "arrays") as arrays:  # all models' arrays appear together, or none
         for name in names:
@@ -80,11 +80,12 @@ def main() -> None:
     # Where each model was evaluated: facts about the run, not results, so not a DVC output.
     atomic.write_json(RUN_FACTS, {**cluster, "models": runs})
     # Sweep order (member, size, seed) from params.yaml; models/ holds exactly this sweep (the train stage's output).
-    seed_records = study.from_results(results, resolve_sweep(params))
+    specs = resolve_sweep(params)
+    seed_records = study.from_results(results, specs)
     summary, claims = study.aggregate(seed_records), study.claims_file(seed_records)
     atomic.write_json(OUT / "summary.json", summary)
     atomic.write_json(OUT / "claims.json", claims)
-    log_evaluation(results, resolve_sweep(params))
+    log_evaluation(results, specs)
     shown = [m for m in metric_registry.METRICS if m.console]
     print("\n".join(study.console_lines(summary, claims, shown)))
 

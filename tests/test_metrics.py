@@ -317,3 +317,24 @@ def test_evaluation_arrays_round_trip_and_are_what_figures_need(evaluated, tiny_
     first = (tmp_path / "vae.npz").read_bytes()
     M.save_arrays(tmp_path / "vae.npz", evaluation)
     assert (tmp_path / "vae.npz").read_bytes() == first  # reproducible bytes: dvc.lock's hash is stable
+
+
+def test_seeded_subset_is_all_items_below_its_size_and_the_same_sorted_sample_above():
+    assert M.seeded_subset(5, 10, seed=0).tolist() == [0, 1, 2, 3, 4] == M.seeded_subset(5, None, seed=0).tolist()
+    a, b = M.seeded_subset(1000, 100, seed=3), M.seeded_subset(1000, 100, seed=3)
+    assert len(set(a.tolist())) == 100 and np.array_equal(a, b) and np.all(np.diff(a) > 0)
+    assert not np.array_equal(a, M.seeded_subset(1000, 100, seed=4))
+
+
+def test_likelihood_terms_are_estimated_on_the_seeded_iw_images_subset(digits, classifier, tiny_vae):
+    """evaluate.iw_images caps the test images of KL / -ELBO / IW-NLL (k decoder passes each): the same
+    seeded images for every model, and the other metrics still see the whole test set."""
+    args = (digits["train_images"], digits["train_labels"], digits["test_images"], digits["test_labels"], classifier)
+    capped = M.evaluate_model(tiny_vae, *args, FAST.model_copy(update={"iw_images": 50}))
+    rows = torch.from_numpy(M.seeded_subset(len(digits["test_images"]), 50, FAST.seed))
+    direct = M.vae_terms(tiny_vae, as_images(digits["test_images"])[rows], k=FAST.iw_samples, seed=FAST.seed)
+    for key, value in direct.items():
+        assert capped[f"test/{key}"] == pytest.approx(value, rel=1e-12)
+    full = M.evaluate_model(tiny_vae, *args, FAST)
+    assert capped["test/recon_mse_per_pixel"] == full["test/recon_mse_per_pixel"]
+    assert capped["test/iw_nll_nats_per_image"] != full["test/iw_nll_nats_per_image"]

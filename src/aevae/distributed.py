@@ -364,8 +364,8 @@ def map_tasks(
     classifier) goes to the object store once and every task reads the same copy; each task runs torch
     with `cpus_per_task` threads, so on a 2-core machine two tasks run at once. on_done gets each
     TaskOutcome as it finishes, in the driver's process (`error` set when its worker or node died more
-    often than max_retries allows; an exception raised by fn is re-raised here); on_wait(keys still
-    running) about once a second. fn must be importable by the workers (a function of this package) and
+    often than max_retries allows; an exception raised by fn is re-raised here); on_wait(keys not yet
+    done, running or queued) about once a second. fn must be importable by the workers (a function of this package) and
     its results picklable. Returns facts about the cluster used.
     """
     started_locally, gcs = connect()

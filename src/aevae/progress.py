@@ -77,7 +77,7 @@ class SweepProgress:
         self.width = max(len(n) for n in self.epochs)
         self.stream = stream
         self.last_line = {name: 0.0 for name in self.epochs}
-        print(f"training {len(specs)} models: {', '.join(self.epochs)}", file=stream, flush=True)
+        print(f"training {len(specs)} model{'s' if len(specs) != 1 else ''}: {', '.join(self.epochs)}", file=stream, flush=True)
 
     def _line(self, name: str, text: str) -> None:
         print(f"[{name:<{self.width}}] {text}", file=self.stream, flush=True)
