@@ -87,6 +87,15 @@ class DigitClassifier(nn.Module):
         """(N, hidden) penultimate-layer activations (after ReLU, before dropout)."""
         return self._batched(images, self.body)
 
+    def scores(self, images) -> tuple[torch.Tensor, torch.Tensor]:
+        """((N, n_classes) softmax probabilities, (N, hidden) features) in one batched pass (eval mode)."""
+        both = self._batched(images, self._features_and_probs)  # (N, hidden + n_classes)
+        return both[:, self.cfg.hidden :], both[:, : self.cfg.hidden]
+
+    def _features_and_probs(self, batch: torch.Tensor) -> torch.Tensor:
+        features = self.body(batch)  # (B, hidden); the head's dropout is off in eval mode
+        return torch.cat([features, torch.softmax(self.head(features), dim=1)], dim=1)
+
     def accuracy(self, images, labels) -> float:
         """Share of images whose most probable class is the label, in [0, 1]."""
         pred = self.predict_proba(images).argmax(1).cpu()

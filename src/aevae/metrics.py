@@ -142,7 +142,8 @@ def _flat64(images) -> np.ndarray:
 def pca_reconstruct(train_images, test_images, n_components: int, seed: int = 0) -> np.ndarray:
     """PCA fit on train, test projected and reconstructed: (N, 784) floats (not clipped)."""
     train, test = _flat64(train_images), _flat64(test_images)
-    pca = PCA(n_components=n_components, svd_solver="full", random_state=seed).fit(train)
+    # covariance_eigh: exact like "full" (same components), 10x faster when images outnumber pixels (54k x 784).
+    pca = PCA(n_components=n_components, svd_solver="covariance_eigh", random_state=seed).fit(train)
     return pca.inverse_transform(pca.transform(test))
 
 
@@ -266,13 +267,21 @@ def holes_fraction(codes, prior_samples, percentile: float = 99.0) -> float:
     farther than that radius lies where no data was encoded. ~1 - percentile/100
     when codes and prior samples come from the same distribution.
     """
+    return holes_fractions(codes, [prior_samples], percentile)[0]
+
+
+def holes_fractions(codes, sample_sets, percentile: float = 99.0) -> list[float]:
+    """`holes_fraction` of each (n, latent) array in `sample_sets` against the same codes (N, latent): the
+    codes' neighbour index and radius are built once (the self-query over 10k codes is the costly part)."""
     codes = np.asarray(codes, dtype=np.float64)
-    prior_samples = np.asarray(prior_samples, dtype=np.float64)
     nn_index = NearestNeighbors(n_neighbors=2).fit(codes)
     own, _ = nn_index.kneighbors(codes)  # column 0 is the point itself
     radius = np.percentile(own[:, 1], percentile)
-    dist, _ = nn_index.kneighbors(prior_samples, n_neighbors=1)
-    return float((dist[:, 0] > radius).mean())
+    out = []
+    for samples in sample_sets:
+        dist, _ = nn_index.kneighbors(np.asarray(samples, dtype=np.float64), n_neighbors=1)
+        out.append(float((dist[:, 0] > radius).mean()))
+    return out
 
 
 # -------------------------------------------------------------- generation
@@ -365,11 +374,11 @@ def generation_metrics(images, classifier: DigitClassifier, reference_features, 
     - confident_fraction: share of images with top-class probability > threshold;
     - class_coverage: distinct classes among the confident images / number of classes, in [0, 1].
     """
-    probs = classifier.predict_proba(images).cpu()
-    top, pred = probs.max(1)
+    probs, features = classifier.scores(images)
+    top, pred = probs.cpu().max(1)
     confident = top > threshold
     return {
-        "classifier_fid": classifier_fid(classifier.features(images), reference_features),
+        "classifier_fid": classifier_fid(features, reference_features),
         "mean_confidence": float(top.mean()),
         "confident_fraction": float(confident.float().mean()),
         "class_coverage": len(set(pred[confident].tolist())) / probs.shape[1],
@@ -541,11 +550,12 @@ def evaluate(model: AutoEncoder, train_images, train_labels, test_images, test_l
         z, prior_images = prior_samples(model, p.n_prior_samples, p.seed)
         own = gaussian_fit_samples(test_codes, p.n_prior_samples, p.seed)
         mmd_codes = test_codes[seeded_subset(len(test_codes), MMD_MAX_CODES, p.seed)]
+        holes_own, holes_prior = holes_fractions(test_codes, [own, _np(z)], HOLES_PERCENTILE)
         test.update(active_units=float(active_units(test_codes, ACTIVE_UNIT_THRESHOLD)),
                     mmd_to_prior=mmd_rbf(mmd_codes, _np(z)),
                     moment_kl_to_prior_nats=moment_kl_to_prior(test_codes),
-                    holes_fraction_own_gaussian=holes_fraction(test_codes, own, HOLES_PERCENTILE))
-        prior = {"holes_fraction": holes_fraction(test_codes, _np(z), HOLES_PERCENTILE)}
+                    holes_fraction_own_gaussian=holes_own)
+        prior = {"holes_fraction": holes_prior}
         lap("regularity")
 
         if reference_features is None:
