@@ -87,14 +87,20 @@ HOLES = study.Claim("h", "holes", (study.Comparison(study.Operand(study.VAE_BETA
                                                       lower_is_better=True),))
 
 
+def first(verdict: dict) -> dict:
+    """The first comparison of a claim's verdict (claims.json keeps them in a mapping, for dvc metrics)."""
+    return next(iter(verdict["comparisons"].values()))
+
+
 def test_claim_verdicts_from_records():
     supported = study.judge_claim(HOLES, _records([0.13, 0.12, 0.14], [0.02, 0.03, 0.02]), 2)
     assert supported["verdict"] == study.SUPPORTED
-    effect = supported["comparisons"][0]["effect"]
-    assert effect["ci_high"] < 0 and supported["comparisons"][0]["a"] == "vae-beta1"
+    effect = first(supported)["effect"]
+    assert effect["ci_high"] < 0 and first(supported)["a"] == "vae-beta1"
+    assert list(supported["comparisons"]) == ["vae-beta1:holes_fraction_own_gaussian - ae:holes_fraction_own_gaussian"]
     straddles = study.judge_claim(HOLES, _records([0.13, 0.02, 0.10], [0.02, 0.12, 0.11]), 2)
     assert straddles["verdict"] == study.INCONCLUSIVE
-    assert straddles["comparisons"][0]["effect"]["ci_low"] < 0 < straddles["comparisons"][0]["effect"]["ci_high"]
+    assert first(straddles)["effect"]["ci_low"] < 0 < first(straddles)["effect"]["ci_high"]
     one_seed = study.judge_claim(HOLES, _records([0.13], [0.02]), 2)
     assert one_seed["verdict"] == study.INCONCLUSIVE and "one seed" in one_seed["reason"]
 

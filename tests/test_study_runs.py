@@ -96,7 +96,7 @@ def test_claims_file_is_strict_json_and_every_verdict_follows_its_rule(seeded):
     assert set(judged) == {c.id for c in study.CLAIMS}  # written with sorted keys
     for claim in judged.values():
         assert claim["verdict"] in VERDICTS
-        for cmp in claim["comparisons"]:
+        for cmp in claim["comparisons"].values():
             effect = cmp["effect"]
             assert cmp["verdict"] in VERDICTS - {study.UNTESTABLE} and effect["n_seeds"] == 3
             if "≈" not in cmp["statistic"]:  # directional: an interval straddling 0 decides nothing
@@ -148,3 +148,8 @@ def test_dvc_metrics_diff_compares_the_means(seeded, one_seed):
     assert diff[f"ae.{key}.n_seeds"] == {"old": 3, "new": 1, "diff": -2}
     assert diff[f"ae.{key}.ci_low"]["new"] is None  # one seed: no interval
     assert "ae.pca/recon_mse_per_pixel.mean" not in diff  # unchanged (the PCA baseline ignores seeds): not listed
+    # claims.json keeps comparisons in a mapping, so the effects are in the diff too (DVC skips lists).
+    claims = one_seed[2]["metrics/claims.json"]
+    effect = "claims.z2.holes.comparisons.vae-beta1:holes_fraction_own_gaussian - ae:holes_fraction_own_gaussian"
+    assert claims[f"{effect}.effect.n_seeds"] == {"old": 3, "new": 1, "diff": -2}
+    assert claims[f"{effect}.effect.mean"]["new"] is not None

@@ -326,12 +326,14 @@ def _per_seed(records: Sequence[SeedRecord], member: str, latent_dim: int, metri
 def judge_claim(claim: Claim, records: Sequence[SeedRecord], latent_dim: int) -> dict:
     """A claim's verdict at one latent size: {"claim", "text", "latent_dim", "verdict", "comparisons", "reason"?}.
 
-    Each comparison gives the statistic, the groups compared ("a", "b"), their metric keys, the
-    paired effect a − b in the metric's unit with its 95% interval over seeds, and its own verdict.
+    "comparisons" maps a key `<a>:<a metric> - <b>:<b metric>` (metric names without their data prefix) to the
+    statistic, the groups compared ("a", "b"), their metric keys, the paired effect a − b in the metric's unit
+    with its 95% interval over seeds, and its own verdict: a mapping, not a list, so `dvc metrics show/diff`
+    lists every effect (DVC skips lists).
     "reason" says why a claim is untestable (a definition, or a role missing from the sweep at this
     size, named) or inconclusive for want of seeds. Raises nothing.
     """
-    out: dict = {"claim": claim.id, "text": claim.text, "latent_dim": latent_dim, "comparisons": []}
+    out: dict = {"claim": claim.id, "text": claim.text, "latent_dim": latent_dim, "comparisons": {}}
     if not claim.comparisons:
         return {**out, "verdict": UNTESTABLE, "reason": claim.not_measured}
     verdicts, missing = [], []
@@ -345,10 +347,11 @@ def judge_claim(claim: Claim, records: Sequence[SeedRecord], latent_dim: int) ->
         effect = paired_difference(va, vb)
         verdict = comparison_verdict(cmp, effect, mean_ci(list(vb.values())).mean)
         verdicts.append(verdict)
-        out["comparisons"].append({"statistic": cmp.describe(), "a": a, "b": b, "a_metric": cmp.a.metric,
-                                   "b_metric": cmp.b.metric, "effect": effect.as_dict(), "verdict": verdict})
+        key = f"{a}:{cmp.a.metric.split('/')[-1]} - {b}:{cmp.b.metric.split('/')[-1]}"
+        out["comparisons"][key] = {"statistic": cmp.describe(), "a": a, "b": b, "a_metric": cmp.a.metric,
+                                   "b_metric": cmp.b.metric, "effect": effect.as_dict(), "verdict": verdict}
     out["verdict"] = combine(verdicts)
-    thin = [c for c in out["comparisons"] if c["effect"]["n_seeds"] < 2]
+    thin = [c for c in out["comparisons"].values() if c["effect"]["n_seeds"] < 2]
     if missing:
         out["reason"] = f"the sweep has no {' and no '.join(dict.fromkeys(missing))} at latent size {latent_dim}"
     elif out["verdict"] == INCONCLUSIVE and len({r.seed for r in records if r.latent_dim == latent_dim}) < 2:
