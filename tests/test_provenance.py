@@ -48,3 +48,26 @@ def test_a_stream_is_a_pure_function_of_seed_and_stream(make):
     assert torch.equal(draw(3, 1), draw(3, 1))
     assert not torch.equal(draw(3, 1), draw(3, 2))
     assert not torch.equal(draw(3, 1), draw(4, 1))
+
+
+def test_the_pipelines_own_outputs_do_not_make_a_tree_dirty(tmp_path):
+    """A run rewrites dvc.lock, metrics and reports: a tree whose only changes are those is clean (tester finding)."""
+    def git(*args):
+        subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "dvc.yaml").write_text("stages:\n  evaluate:\n    cmd: x\n    outs:\n      - metrics/models:\n"
+                                       "          cache: false\n    metrics:\n      - metrics/summary.json:\n"
+                                       "          cache: false\n  report:\n    cmd: y\n    outs:\n      - reports/summary.md\n")
+    files = ["dvc.lock", "metrics/models/ae.json", "metrics/summary.json", "reports/summary.md", "params.yaml"]
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("one\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "init")
+    for name in files[:-1]:
+        (tmp_path / name).write_text("rewritten by a run\n")
+    assert git_state(tmp_path)["dirty"] is False
+    (tmp_path / "params.yaml").write_text("an edited input\n")
+    assert git_state(tmp_path)["changed"] == ["params.yaml"]

@@ -37,15 +37,41 @@ def _git(cwd: Path | None, *args: str) -> str | None:
     return proc.stdout if proc.returncode == 0 else None
 
 
+def pipeline_outputs(root: Path | None = None) -> list[str]:
+    """Paths the pipeline writes itself: dvc.lock and every `outs`, `metrics` and `plots` entry of
+    root/dvc.yaml. A run rewrites them, so their changes say nothing about uncommitted inputs.
+    Never raises ([] plus dvc.lock when dvc.yaml is missing or unreadable)."""
+    import yaml
+
+    found = ["dvc.lock"]
+    try:
+        stages = (yaml.safe_load((Path(root or ".") / "dvc.yaml").read_text()) or {}).get("stages", {})
+    except (OSError, yaml.YAMLError, AttributeError):
+        return found
+    for stage in stages.values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind, []) or []:
+                found += list(entry) if isinstance(entry, dict) else [entry]
+    return found
+
+
+def _is_output(path: str, outputs: list[str]) -> bool:
+    return any(path == out or path.startswith(out.rstrip("/") + "/") for out in outputs)
+
+
 def git_state(cwd: Path | None = None) -> dict:
     """{"commit": sha or "unknown", "dirty": bool | None, "changed": [paths]} of the working tree at `cwd`.
 
-    dirty is None outside a git checkout; only tracked files count (untracked outputs such as
-    mlflow.db do not make a tree dirty). Never raises: provenance must not stop a stage.
+    dirty is None outside a git checkout; only tracked inputs count: untracked files (mlflow.db) and the
+    pipeline's own outputs (`pipeline_outputs`: dvc.lock, metrics, reports) do not make a tree dirty, so
+    a report of committed code and params says "clean" although its own run rewrote metrics/.
+    Never raises: provenance must not stop a stage.
     """
     commit = (_git(cwd, "rev-parse", "HEAD") or "").strip()
     if not commit:
         return {"commit": "unknown", "dirty": None, "changed": []}
     status = _git(cwd, "status", "--porcelain", "--untracked-files=no") or ""
-    changed = [line[3:] for line in status.splitlines() if line.strip()]
+    outputs = pipeline_outputs(cwd)
+    changed = [path for path in (line[3:] for line in status.splitlines() if line.strip())
+               if not _is_output(path, outputs)]
     return {"commit": commit, "dirty": bool(changed), "changed": changed}
