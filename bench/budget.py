@@ -35,7 +35,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from common import DEFAULT_OUT, REPO, fmt_s, loadavg, log, machine_info, table  # noqa: E402
+from common import append_section, DEFAULT_OUT, REPO, fmt_s, loadavg, log, machine_info, table  # noqa: E402
 
 DEFAULT_DATA = BENCH.parents[1] / "shared" / "data" / "mnist"
 
@@ -170,9 +170,7 @@ def _append(args, groups: list[str], budgets: list, rows: dict, seconds: float, 
                          f"{cost:+.2f} ({100 * cost / c['test']:+.1f}%)", fmt_s(b["wall_s"]), fmt_s(b["cpu_s"])])
     lines += table(["model", "trained for (steps)", "test loss", "vs converged", "wall s", "CPU s"], body)
     lines += ["", f"_Section time: {seconds:.0f} s._", ""]
-    with open(args.out, "a") as f:
-        f.write("\n" + "\n".join(lines))
-    print("\n".join(lines))
+    append_section(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -119,6 +119,13 @@ def fmt_s(x: float | None) -> str:
     return "—" if x is None else (f"{x:.2f}" if x < 100 else f"{x:.0f}")
 
 
+def append_section(out: Path, lines: list[str]) -> None:
+    """Append a results section (Markdown lines) to `out` (bench/RESULTS.md) and print it."""
+    with open(out, "a") as f:
+        f.write("\n" + "\n".join(lines))
+    print("\n".join(lines), flush=True)
+
+
 def table(header: list[str], rows: list[list]) -> list[str]:
     """A Markdown table, one line per row."""
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]

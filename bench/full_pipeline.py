@@ -29,7 +29,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from common import REPO, log, machine_info, table, venv_bin  # noqa: E402
+from common import append_section, REPO, log, machine_info, table, venv_bin  # noqa: E402
 from whole_pipeline import _set_subreaper  # noqa: E402
 
 DEFAULT_DATA = BENCH.parents[1] / "shared" / "data" / "mnist"
@@ -139,9 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(result["lines"][-30:]), file=sys.stderr)
         return result["rc"]
     text = report(result, args.data)
-    with args.out.open("a") as f:
-        f.write("\n" + "\n".join(text))
-    print("\n".join(text), flush=True)
+    append_section(args.out, text)
     return 0
 
 

@@ -32,7 +32,7 @@ import numpy as np
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from common import fmt_s, log, machine_info, table  # noqa: E402
+from common import append_section, fmt_s, log, machine_info, table  # noqa: E402
 from speed import ours_time_to_target, run_baseline  # noqa: E402
 
 DEFAULT_DATA = BENCH.parents[1] / "shared" / "data" / "mnist"
@@ -138,9 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             f"total {time.perf_counter() - t0:.0f} s", "",
             "### Single model: ours vs the pytorch/examples recipe", "", *speed, "",
             "### Training throughput: share of FP32 peak", "", *throughput, ""]
-    with args.out.open("a") as f:
-        f.write("\n" + "\n".join(text))
-    print("\n".join(text), flush=True)
+    append_section(args.out, text)
     return 0
 
 

@@ -30,7 +30,7 @@ def test_quick_benchmark_writes_every_section(tmp_path):
         assert "|---|" in body, f"section {title!r} has no table"
 
 
-FULL_MNIST = REPO.parents[1] / "shared" / "data" / "mnist"
+FULL_MNIST = REPO.parent / "shared" / "data" / "mnist"
 
 
 @pytest.mark.skipif(not (FULL_MNIST / "train-images-idx3-ubyte.gz").is_file(), reason=f"no full MNIST in {FULL_MNIST}")
