@@ -89,7 +89,7 @@ HOLES = study.Claim("h", "holes", (study.Comparison(study.Operand(study.VAE_BETA
 
 def first(verdict: dict) -> dict:
     """The first comparison of a claim's verdict (claims.json keeps them in a mapping, for dvc metrics)."""
-    return next(iter(verdict["comparisons"].values()))
+    return min(verdict["comparisons"].values(), key=lambda c: c["order"])
 
 
 def test_claim_verdicts_from_records():
@@ -97,7 +97,9 @@ def test_claim_verdicts_from_records():
     assert supported["verdict"] == study.SUPPORTED
     effect = first(supported)["effect"]
     assert effect["ci_high"] < 0 and first(supported)["a"] == "vae-beta1"
-    assert list(supported["comparisons"]) == ["vae-beta1:holes_fraction_own_gaussian - ae:holes_fraction_own_gaussian"]
+    assert list(supported["comparisons"]) == \
+        ["vae-beta1:test/holes_fraction_own_gaussian-vs-ae:test/holes_fraction_own_gaussian"]
+    assert first(supported)["order"] == 0 and first(supported)["better"] == "lower"
     straddles = study.judge_claim(HOLES, _records([0.13, 0.02, 0.10], [0.02, 0.12, 0.11]), 2)
     assert straddles["verdict"] == study.INCONCLUSIVE
     assert first(straddles)["effect"]["ci_low"] < 0 < first(straddles)["effect"]["ci_high"]

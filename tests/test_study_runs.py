@@ -150,6 +150,6 @@ def test_dvc_metrics_diff_compares_the_means(seeded, one_seed):
     assert "ae.pca/recon_mse_per_pixel.mean" not in diff  # unchanged (the PCA baseline ignores seeds): not listed
     # claims.json keeps comparisons in a mapping, so the effects are in the diff too (DVC skips lists).
     claims = one_seed[2]["metrics/claims.json"]
-    effect = "claims.z2.holes.comparisons.vae-beta1:holes_fraction_own_gaussian - ae:holes_fraction_own_gaussian"
+    effect = "claims.z2.holes.comparisons.vae-beta1:test/holes_fraction_own_gaussian-vs-ae:test/holes_fraction_own_gaussian"
     assert claims[f"{effect}.effect.n_seeds"] == {"old": 3, "new": 1, "diff": -2}
     assert claims[f"{effect}.effect.mean"]["new"] is not None

@@ -19,6 +19,8 @@ from pydantic import (
     NonNegativeInt,
     PositiveInt,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -29,8 +31,21 @@ PARAMS_FILE = "params.yaml"
 
 
 class _Strict(BaseModel):
-    # extra="forbid" turns a misspelt key into an error instead of a silent default.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # extra="forbid" turns a misspelt key into an error instead of a silent default; strict=True refuses
+    # `true` or "100" where an integer is expected (lax mode read them as 1 and 100) and ints pass as floats.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _yaml_float_strings(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML 1.1 reads 1e-3 (no dot) as a string: take it where a float is expected, as users write it."""
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, str) and field is not None and float in (field.annotation, *get_args(field.annotation)):
+            try:
+                return float(value)
+            except ValueError:
+                return value
+        return value
 
 
 class DataParams(_Strict):
@@ -187,10 +202,17 @@ def _format_error(exc: ValidationError, source: str, root: type[BaseModel] = Par
 
     `root` is the schema that was validated and `where` the key path leading to it (a sweep member's overrides).
     """
-    err = exc.errors()[0]
-    key = ".".join([where, *map(str, err["loc"])] if where else map(str, err["loc"])) or "(top level)"
+    errors = exc.errors()
+    err = errors[0]
+    loc = err["loc"]
+    if err["type"] != "extra_forbidden" and loc and isinstance(loc[-1], str) and loc[-1] not in _allowed_keys(loc, root):
+        # A union (e.g. `bool | "auto"`) reports once per member, its loc ending in the member's tag: name the
+        # field and give every member's wish.
+        wishes = [e["msg"].removeprefix("Input should be ") for e in errors if e["loc"][:-1] == loc[:-1]]
+        err, loc = {**err, "msg": "Input should be " + " or ".join(dict.fromkeys(wishes))}, loc[:-1]
+    key = ".".join([where, *map(str, loc)] if where else map(str, loc)) or "(top level)"
     if err["type"] == "extra_forbidden":
-        allowed = _allowed_keys(err["loc"], root)
+        allowed = _allowed_keys(loc, root)
         hint = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
         return f"{source}: unknown key '{key}'{hint}"
     if err["type"] == "missing":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -21,9 +22,28 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt  # SIGTERM (kill, a scheduler's timeout) unwinds like Ctrl-C: open runs end as KILLED
 
 
+def _end_with_parent() -> None:
+    """SIGTERM this process when the one that started it dies (Linux: PR_SET_PDEATHSIG).
+
+    `dvc repro` starts a stage and waits; killed itself, it would leave the stage (and its Ray instance)
+    training alone, writing models/ while a rerun starts a second copy in the same folders. With this the
+    stage stops as on any SIGTERM: runs end KILLED, checkpoints stay, the rerun resumes. Best effort.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the stage outlives a killed parent, as before
+        return
+    if os.getppid() == 1:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_cli(main: Callable[[], None]) -> None:
-    """Run a stage's main(); turn UserError into one line on stderr and exit 2, a signal into exit 130."""
+    """Run a stage's main(); turn UserError into one line on stderr and exit 2, a signal into exit 130.
+    The stage also ends (as on SIGTERM) when the process that started it, e.g. `dvc repro`, is killed."""
     signal.signal(signal.SIGTERM, _interrupt)
+    _end_with_parent()
     try:
         main()
     except UserError as exc:

@@ -326,10 +326,11 @@ def _per_seed(records: Sequence[SeedRecord], member: str, latent_dim: int, metri
 def judge_claim(claim: Claim, records: Sequence[SeedRecord], latent_dim: int) -> dict:
     """A claim's verdict at one latent size: {"claim", "text", "latent_dim", "verdict", "comparisons", "reason"?}.
 
-    "comparisons" maps a key `<a>:<a metric> - <b>:<b metric>` (metric names without their data prefix) to the
-    statistic, the groups compared ("a", "b"), their metric keys, the paired effect a − b in the metric's unit
-    with its 95% interval over seeds, and its own verdict: a mapping, not a list, so `dvc metrics show/diff`
-    lists every effect (DVC skips lists).
+    "comparisons" maps a key `<a>:<a metric>-vs-<b>:<b metric>` to the comparison's place in the claim
+    ("order": files are written with sorted keys), the statistic, the groups compared ("a", "b"), their
+    metric keys, which side of the effect is a's better one ("better": lower, higher or equivalent), the
+    paired effect a − b in the metric's unit with its 95% interval over seeds, and its own verdict: a
+    mapping, not a list, so `dvc metrics show/diff` list every effect (DVC skips lists).
     "reason" says why a claim is untestable (a definition, or a role missing from the sweep at this
     size, named) or inconclusive for want of seeds. Raises nothing.
     """
@@ -347,9 +348,10 @@ def judge_claim(claim: Claim, records: Sequence[SeedRecord], latent_dim: int) ->
         effect = paired_difference(va, vb)
         verdict = comparison_verdict(cmp, effect, mean_ci(list(vb.values())).mean)
         verdicts.append(verdict)
-        key = f"{a}:{cmp.a.metric.split('/')[-1]} - {b}:{cmp.b.metric.split('/')[-1]}"
-        out["comparisons"][key] = {"statistic": cmp.describe(), "a": a, "b": b, "a_metric": cmp.a.metric,
-                                   "b_metric": cmp.b.metric, "effect": effect.as_dict(), "verdict": verdict}
+        better = "equivalent" if cmp.equivalence_tolerance is not None else ("lower" if cmp.lower_is_better else "higher")
+        out["comparisons"][f"{a}:{cmp.a.metric}-vs-{b}:{cmp.b.metric}"] = {
+            "order": len(out["comparisons"]), "statistic": cmp.describe(), "a": a, "b": b, "a_metric": cmp.a.metric,
+            "b_metric": cmp.b.metric, "better": better, "effect": effect.as_dict(), "verdict": verdict}
     out["verdict"] = combine(verdicts)
     thin = [c for c in out["comparisons"].values() if c["effect"]["n_seeds"] < 2]
     if missing:

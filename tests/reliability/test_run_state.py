@@ -53,6 +53,44 @@ def test_a_stopped_train_stage_ends_its_runs_killed(tmp_path, how):
     assert not (root / "logs" / "mlflow_run.json").exists(), "the run file still points at a run"
 
 
+def _stage_pids(root, script: str) -> list[int]:
+    """Processes running `python <script>` in the project `root`."""
+    pids = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                cmdline = open(f"/proc/{entry.name}/cmdline", "rb").read().split(b"\0")
+                cwd = os.readlink(f"/proc/{entry.name}/cwd")
+            except OSError:
+                continue
+            if script.encode() in cmdline and cwd == str(root):
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_killing_dvc_stops_the_stage_it_started(tmp_path):
+    """`kill <dvc>` during train (tester finding): the stage must not train on alone, orphaned, beside a rerun."""
+    params = copy.deepcopy(SMALL_PARAMS)
+    params["train"]["epochs"] = 200
+    root = make_project(tmp_path / "p", params)  # a git + DVC project, as a user has
+    log = tmp_path / "dvc.log"
+    proc = start([str(BIN / "dvc"), "repro", "train"], root, log)  # prepare, then train
+    deadline = time.monotonic() + 240
+    while max(checkpoint_epochs(root), default=0) < 1:
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
+    stages = _stage_pids(root, "pipeline/train.py")
+    assert len(stages) == 1, stages
+    proc.send_signal(signal.SIGTERM)  # dvc alone, as `kill <pid>` does
+    proc.wait(timeout=60)
+    deadline = time.monotonic() + 120
+    while _stage_pids(root, "pipeline/train.py"):
+        assert time.monotonic() < deadline, f"the train stage outlived dvc:\n{log.read_text()}"
+        time.sleep(0.5)
+    statuses = _statuses(root)
+    assert statuses and set(statuses.values()) == {"KILLED"}, statuses  # it stopped as on SIGTERM, not SIGKILL
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_an_error_after_the_runs_opened_ends_them_failed(tmp_path):
     params = copy.deepcopy(SMALL_PARAMS)
