@@ -76,28 +76,26 @@ _SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "
 def check_registered(model_uri: str) -> None:
     """`make serve`'s check before MLflow starts: models:/<name>@<alias> or models:/<name>/<version|latest> exists.
 
-    Uses MLFLOW_TRACKING_URI (the Makefile sets the project's store). Raises UserError, one line naming the
+    Uses tracking_uri() (the Makefile sets the project's store). Raises UserError, one line naming the
     models that are registered or how to get the alias, instead of MLflow's traceback.
     """
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
-    check_reachable(uri)
+    uri = tracking_uri()
+    mlflow_client = client()  # checks that the store answers
     ref = model_uri.removeprefix("models:/")
     name, alias = ref.split("@", 1) if "@" in ref else (ref.split("/", 1)[0], None)
     version = None if alias else (ref.split("/", 1) + [""])[1]
-    client = MlflowClient(uri)
-    known = sorted(m.name.removeprefix("aevae-") for m in client.search_registered_models())
+    known = sorted(m.name.removeprefix("aevae-") for m in mlflow_client.search_registered_models())
     if name not in {f"aevae-{k}" for k in known}:
         raise UserError(f"no registered model '{name}' in {uri}; MODEL= one of: {', '.join(known) or 'none yet'}"
                         " (make repro registers one per model)")
     try:
         if alias:
-            client.get_model_version_by_alias(name, alias)
+            mlflow_client.get_model_version_by_alias(name, alias)
         elif version != "latest":
-            client.get_model_version(name, version)
-        elif not client.search_model_versions(f"name = '{name}'", max_results=1):
+            mlflow_client.get_model_version(name, version)
+        elif not mlflow_client.search_model_versions(f"name = '{name}'", max_results=1):
             raise MlflowException("no version")
     except MlflowException:
         fix = ("`make retrain` sets champion; serve a version meanwhile: VERSION=latest" if alias == "champion"
