@@ -74,7 +74,9 @@ def test_killing_dvc_stops_the_stage_it_started(tmp_path):
     params["train"]["epochs"] = 200
     root = make_project(tmp_path / "p", params)  # a git + DVC project, as a user has
     log = tmp_path / "dvc.log"
-    proc = start([str(BIN / "dvc"), "repro", "train"], root, log)  # prepare, then train
+    # SHELL=/bin/sh: dvc runs each cmd through $SHELL -c, and dash (unlike bash) forks rather than execs a lone
+    # command, so without `exec` in the cmd the stage's parent is a shell that outlives dvc (CI has no SHELL).
+    proc = start([str(BIN / "dvc"), "repro", "train"], root, log, SHELL="/bin/sh")  # prepare, then train
     deadline = time.monotonic() + 240
     while max(checkpoint_epochs(root), default=0) < 1:
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
