@@ -102,6 +102,13 @@ def test_bad_params_give_one_line_naming_key_and_value(tmp_path, mutate, expecte
         assert text in message, f"{text!r} missing from: {message}"
 
 
+@pytest.mark.parametrize("section", ["model", "train"])
+def test_the_allowed_keys_hint_leaves_out_what_the_sweep_sets(tmp_path, section):
+    """model.latent_dim and train.seed come from sweep.latent_dims / sweep.seeds: offering them would mislead."""
+    message = _error(tmp_path, _set(section, "nosuchkey", 1))
+    assert "allowed keys" in message and "latent_dim" not in message and "seed" not in message, message
+
+
 def test_duplicate_names_message_is_short_and_names_sweep_models(tmp_path):
     message = _error(tmp_path, lambda p: _member(p, "ae-linear").update(name="ae"))
     assert "sweep.models" in message

@@ -235,7 +235,11 @@ def _allowed_keys(loc: tuple, root: type[BaseModel] = Params) -> list[str]:
         if not models:
             return []
         node = models[0]
-    return sorted(node.model_fields)
+    return sorted(k for k in node.model_fields if (node, k) not in _SET_BY_SWEEP)
+
+
+# Fields the sweep sets (resolve_sweep); params.yaml may not: a hint must not offer them.
+_SET_BY_SWEEP = {(ModelParams, "latent_dim"), (TrainParams, "seed")}
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
