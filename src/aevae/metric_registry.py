@@ -49,6 +49,11 @@ class Metric:
     infinite_when: str = ""  # why it can be ±inf (written as null with this reason in metrics/models/*.json)
 
     @property
+    def short_header(self) -> str:
+        """The header with its column group's short name ("prior classifier-FID"), for tables without group rows."""
+        return GROUP_PREFIX.get(self.summary, "") + self.header
+
+    @property
     def arrow(self) -> str:
         """" ↓" (lower is better), " ↑" (higher is better) or ""."""
         return {"min": " ↓", "max": " ↑", None: ""}[self.direction]
@@ -65,6 +70,9 @@ PCA_BCE = Metric("pca/recon_bce_nats_per_pixel", "nats per pixel", "min", "PCA r
                  "the same, as Bernoulli NLL (reconstruction clipped into (1e-4, 1 - 1e-4))")
 BASELINES: tuple[Metric, ...] = (PCA_MSE, PCA_BCE)
 _GMM = "samples of a GMM fit to the training codes"  # summary-table column group of the gmm/ metrics
+# Short names of the summary-table column groups, for tables that have no group row (console, markdown).
+GROUP_PREFIX = {"reconstruction": "recon ", "prior samples z ~ N(0, I)": "prior ", _GMM: "GMM ",
+                "interpolation": "interp. "}
 
 
 METRICS: tuple[Metric, ...] = (

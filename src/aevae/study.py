@@ -400,7 +400,7 @@ def console_lines(summary: Mapping[str, Mapping[str, Mapping]], claims: Mapping,
     seeds = claims["seeds"]
     spread = (f"mean ± half-width of the {claims['level']:.0%} interval over seeds {', '.join(map(str, seeds))}"
               if len(seeds) > 1 else f"seed {seeds[0]} only: no interval (add seeds: sweep.seeds)")
-    rows = [["group", *(m.header for m in shown)]]
+    rows = [["group", *(m.short_header for m in shown)]]
     rows += [[group, *(_cell(values.get(m.key, {}), m.fmt) for m in shown)] for group, values in summary.items()]
     sizes = list(claims["claims"])
     verdicts = [["claim", *sizes]]
