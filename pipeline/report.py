@@ -22,8 +22,10 @@ def main() -> None:
     groups = dict.fromkeys(spec.group for spec in resolve_sweep(params))
     progress = Progress("report", len(groups), "groups")
     result = report.make_report(report.ReportPaths(out=OUT), settings, evaluate_params=p.model_dump(),
-                                on_model=lambda done, total, name: progress.update(done, f"{name}'s figures"))
+                                on_model=lambda done, total, name: progress.update(done, f"{name}'s figures"),
+                                on_step=progress.line)
     figures_by_model = report.write_report(result, OUT)
+    progress.line("logging the report and figures to MLflow")
     log_report(OUT, figures_by_model)
     print(f"report: {OUT / 'index.html'} ({len(result.figures)} figures, {len(result.html) / 1e6:.1f} MB), "
           f"{OUT / 'summary.md'}")

@@ -73,3 +73,6 @@ def test_every_stage_prints_progress_with_an_eta(tmp_path):
     assert sum(LINE.match(line)[1] == "classifier" for line in lines) >= 2 * 51  # a line per step: 3,600 / 64
     assert re.search(r"^\[ae\s*\] epoch\s+2/3 .* ETA\s+\d+s$", out, re.M), out  # train: every epoch at interval 0
     assert re.search(r"^\[evaluate\] 2/2 models \(100%\)", out, re.M), out
+    # after the last group's figures the report says what it does next, instead of going quiet
+    assert re.search(r"^\[report\] figures across the sweep .*\n\[report\] rendering the page", out, re.M), out
+    assert re.search(r"^\[report\] logging the report and figures to MLflow$", out, re.M), out

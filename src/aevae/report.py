@@ -541,12 +541,14 @@ def render(specs: list[RunSpec], study: StudyResults, figures: list[Figure], cla
 
 def make_report(paths: ReportPaths = ReportPaths(), settings: ReportSettings = ReportSettings(),
                 evaluate_params: dict | None = None, git: dict | None = None,
-                on_model: Callable[[int, int, str], None] | None = None) -> Report:
+                on_model: Callable[[int, int, str], None] | None = None,
+                on_step: Callable[[str], None] | None = None) -> Report:
     """Read the models, metrics, arrays and test split; draw every figure; return the report (nothing written yet).
 
     evaluate_params: the evaluate stage's params (params.yaml `evaluate:`), shown on the page and quoted
     in captions. git: git_state() of the checkout (computed when None). on_model(done, total, name) after
-    each group's figures are drawn (progress). Raises UserError when an input is missing (summary.json
+    each group's figures are drawn (progress); on_step(text) before each later step, which can take tens of
+    seconds (t-SNE, embedding the figures). Raises UserError when an input is missing (summary.json
     naming no group, a group without a trained model, a model's arrays absent: rerun the evaluate stage).
     """
     evaluate_params = dict(evaluate_params or {})
@@ -584,10 +586,13 @@ def make_report(paths: ReportPaths = ReportPaths(), settings: ReportSettings = R
                                    scatter_idx, scored, classes, others)
         if on_model:
             on_model(len(codes), len(specs), spec.group)
+    step = on_step or (lambda _text: None)
     groups = [_group_spec(s) for s in specs]
+    step("figures across the sweep (latent spaces side by side, t-SNE above 2 dims, bar charts)")
     figures = sweep_figures(groups, codes, labels, study, scatter_idx, classes) + per_model
     git = git_state() if git is None else git
     seeds = {g: sorted(s.seed for s in models) for g, models in by_group.items()}
+    step(f"rendering the page ({len(figures)} figures)")
     page, md = render(groups, study, figures, classifier, manifest, git, evaluate_params, seeds, figure_seed, classes)
     return Report(figures=figures, html=page, markdown=md, curves=curves)
 
