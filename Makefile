@@ -42,7 +42,7 @@ PORT  ?= 5001
 MODEL_URI = models:/aevae-$(MODEL)$(if $(VERSION),/$(VERSION),@$(ALIAS))
 serve: setup
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
-		$(PY) -c "from aevae.errors import run_cli; from aevae.tracking import check_registered; run_cli(lambda: check_registered('$(MODEL_URI)'))"
+		$(PY) -c "from aevae.errors import run_cli; from aevae.model_registry import check_registered; run_cli(lambda: check_registered('$(MODEL_URI)'))"
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
 		mlflow models serve -m $(MODEL_URI) --env-manager local -h 127.0.0.1 -p $(PORT)
 

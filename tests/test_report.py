@@ -311,7 +311,7 @@ def test_fashion_mnist_figures_and_text_name_the_classes(tmp_path):
 
 
 def test_log_report_files_the_page_under_the_parent_and_figures_under_each_child(tmp_path, monkeypatch, capsys):
-    from aevae import tracking
+    from aevae import mlflow_store, tracking
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -324,8 +324,8 @@ def test_log_report_files_the_page_under_the_parent_and_figures_under_each_child
     tracking.log_report(tmp_path / "reports", {"ae": [figure]})  # no run recorded: one warning, nothing logged
     assert "warning:" in capsys.readouterr().err and not (tmp_path / "mlflow.db").exists()
 
-    client = tracking.client()
-    exp = tracking.experiment_id(client)
+    client = mlflow_store.client()
+    exp = mlflow_store.experiment_id(client)
     parent = client.create_run(exp).info.run_id
     child = client.create_run(exp, tags={"mlflow.parentRunId": parent}).info.run_id
     # The run recorded the weights it trained: only a child whose model file is still those weights is logged to.
@@ -334,7 +334,7 @@ def test_log_report_files_the_page_under_the_parent_and_figures_under_each_child
     (tmp_path / "models" / "stale").mkdir(parents=True)
     (tmp_path / "models" / "stale" / "model.pt").write_bytes(b"retrained since")
     stale = client.create_run(exp, tags={"mlflow.parentRunId": parent}).info.run_id
-    atomic.write_json(tracking.RUN_FILE, {"tracking_uri": tracking.tracking_uri(), "parent_run_id": parent,
+    atomic.write_json(tracking.RUN_FILE, {"tracking_uri": mlflow_store.tracking_uri(), "parent_run_id": parent,
                                           "experiment_id": exp, "children": {"ae": child, "stale": stale},
                                           "model_sha256": {"ae": hashlib.sha256(b"weights").hexdigest(),
                                                            "stale": hashlib.sha256(b"old weights").hexdigest()}})

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import pytest
 from mlflow import MlflowClient
 
-from aevae import retrain, tracking
+from aevae import mlflow_store, model_registry, retrain
 from aevae.config import Params
 from aevae.errors import UserError
 from mlflow_server import mlflow_server
@@ -93,7 +93,7 @@ class _FlakyRegistry:
 
     def __init__(self, fail_at: int):
         self.aliases = {"aevae-ae": {"champion": "1"}, "aevae-vae": {"champion": "1", "challenger": "2"}}
-        self.model_tags = {"aevae-ae": {}, "aevae-vae": {tracking.FINGERPRINT_TAG: "old"}}
+        self.model_tags = {"aevae-ae": {}, "aevae-vae": {model_registry.FINGERPRINT_TAG: "old"}}
         self.version_tags: dict = {}
         self.writes, self.fail_at = 0, fail_at
 
@@ -130,9 +130,9 @@ class _FlakyRegistry:
 
 _CHANGES = [
     {"model": "ae", "version": "2", "set": {"champion": "2"}, "delete": ["challenger"],
-     "version_tags": {"aevae.decision": "promoted"}, "model_tags": {tracking.FINGERPRINT_TAG: "new"}},
+     "version_tags": {"aevae.decision": "promoted"}, "model_tags": {model_registry.FINGERPRINT_TAG: "new"}},
     {"model": "vae", "version": "3", "set": {"champion": "3"}, "delete": ["challenger"],
-     "version_tags": {"aevae.decision": "promoted"}, "model_tags": {tracking.FINGERPRINT_TAG: "new"}},
+     "version_tags": {"aevae.decision": "promoted"}, "model_tags": {model_registry.FINGERPRINT_TAG: "new"}},
 ]
 
 
@@ -141,27 +141,27 @@ def test_a_server_failure_while_applying_undoes_every_change(fail_at):
     registry = _FlakyRegistry(fail_at)
     before = copy.deepcopy((registry.aliases, registry.model_tags))
     with pytest.raises(UserError, match="every alias and tag is as it was"):
-        tracking.apply_retrain(registry, copy.deepcopy(_CHANGES))
+        model_registry.apply_retrain(registry, copy.deepcopy(_CHANGES))
     assert (registry.aliases, registry.model_tags) == before
     assert registry.version_tags == {}
 
 
 def test_apply_moves_aliases_and_tags_when_the_server_answers():
     registry = _FlakyRegistry(fail_at=0)
-    tracking.apply_retrain(registry, copy.deepcopy(_CHANGES))
+    model_registry.apply_retrain(registry, copy.deepcopy(_CHANGES))
     assert registry.aliases == {"aevae-ae": {"champion": "2"}, "aevae-vae": {"champion": "3"}}
-    assert registry.model_tags["aevae-vae"][tracking.FINGERPRINT_TAG] == "new"
+    assert registry.model_tags["aevae-vae"][model_registry.FINGERPRINT_TAG] == "new"
     assert registry.version_tags[("aevae-ae", "2", "aevae.decision")] == "promoted"
 
 
 def test_a_promotion_without_a_champion_names_the_first_version_only_when_it_is(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    client = tracking.client()  # a real local store
+    client = mlflow_store.client()  # a real local store
     client.create_registered_model("aevae-ae")
     for _ in range(2):
         client.create_model_version("aevae-ae", source=str(tmp_path))
-    assert tracking.version_count(client, "ae") == 2 and tracking.version_count(client, "vae") == 0
+    assert model_registry.version_count(client, "ae") == 2 and model_registry.version_count(client, "vae") == 0
     first = retrain.Decision("ae", "ae", "1", None, "promoted", first=True)
     heir = retrain.Decision("ae", "ae", "2", None, "promoted", first=False)
     assert first.line() == "ae: v1 is the new champion (first version)"

@@ -15,7 +15,7 @@ import math
 import pytest
 from mlflow import MlflowClient
 
-from aevae import retrain, study, tracking
+from aevae import mlflow_store, retrain, study, tracking
 from aevae.config import Params, resolve_sweep
 from project import SMALL_PARAMS, dvc, make_project
 
@@ -35,7 +35,7 @@ def _seeded_params(seeds=(0, 1), epochs=2) -> dict:
 def test_child_tags_place_each_seed_in_its_group():
     specs = resolve_sweep(Params.model_validate({**_seeded_params(), "sweep": {
         **_seeded_params()["sweep"], "latent_dims": [2, 16]}}))
-    tags = {s.name: tracking.model_tags(s) for s in specs}
+    tags = {s.name: mlflow_store.model_tags(s) for s in specs}
     assert tags["ae-z16-s1"] == {"model": "ae-z16", "member": "ae", "seed": "1", "latent_dim": "16",
                                  "model.kind": "ae"}
     assert len({(t["model"], t["seed"]) for t in tags.values()}) == len(specs) == 8

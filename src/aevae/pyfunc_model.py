@@ -1,6 +1,6 @@
 """The registered model: an MLflow pyfunc over aevae.inference, for people downstream of training.
 
-tracking.register_model logs this file as the model's code (MLflow "models from code": nothing is
+model_registry.register_model logs this file as the model's code (MLflow "models from code": nothing is
 pickled) with the weights-only model.pt and config.json as an artifact, the few aevae modules the
 file imports as code_paths, and requirements pinned to public packages. So a registered version
 loads and serves (`mlflow models serve`) on a machine without this checkout:
@@ -8,7 +8,7 @@ loads and serves (`mlflow models serve`) on a machine without this checkout:
     model = mlflow.pyfunc.load_model("models:/aevae-vae-beta1@champion")
     model.predict(images, params={"method": "encode"})  # images: float32 (B, 784) in [0, 1]
 
-A second module that knows MLflow, beside tracking.py, because MLflow executes this file wherever
+A module that knows MLflow beside mlflow_store, tracking and model_registry, because MLflow executes this file wherever
 the model is loaded; it holds the pyfunc's contract (signature, code, requirements) and nothing else.
 """
 

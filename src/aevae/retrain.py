@@ -44,7 +44,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import filelock
 
-from aevae import atomic, metric_registry, tracking
+from aevae import atomic, metric_registry, mlflow_store, model_registry, tracking
 from aevae.config import Criterion, Params, RunSpec, load_params, resolve_sweep
 from aevae.errors import UserError, run_cli
 from aevae.provenance import git_state, sha256_file
@@ -291,14 +291,14 @@ class Decision:
         return f"{self.model}: {head}" + (": " + "; ".join(ch.line() for ch in self.checks) if self.checks else "")
 
     def change(self, fp: str, record: str) -> dict:
-        """The alias moves and tags this decision asks for (see tracking.apply_retrain)."""
+        """The alias moves and tags this decision asks for (see model_registry.apply_retrain)."""
         change = {"model": self.model, "version": self.challenger, "set": {}, "delete": [],
-                  "model_tags": {tracking.FINGERPRINT_TAG: fp}}
+                  "model_tags": {model_registry.FINGERPRINT_TAG: fp}}
         if self.decision == "promoted":
-            change["set"][tracking.CHAMPION] = self.challenger
-            change["delete"].append(tracking.CHALLENGER)  # a losing challenger of the old champion is moot
+            change["set"][model_registry.CHAMPION] = self.challenger
+            change["delete"].append(model_registry.CHALLENGER)  # a losing challenger of the old champion is moot
         elif self.decision == "kept":
-            change["set"][tracking.CHALLENGER] = self.challenger
+            change["set"][model_registry.CHALLENGER] = self.challenger
         if self.decision != "unchanged":
             tags = {"aevae.decision": self.decision, "aevae.compared_to": self.champion_before or "none",
                     "aevae.retrain_record": record}
@@ -342,25 +342,25 @@ def decide(mlflow_client, params: Params, rules: dict[str, list[Criterion]]) -> 
         for spec in challengers(params):
             name, group, kind = spec.name, spec.group, spec.model.kind
             run_id = run["children"].get(name)
-            version = tracking.version_from_run(mlflow_client, group, run_id) if run_id else None
+            version = model_registry.version_from_run(mlflow_client, group, run_id) if run_id else None
             if version is None:  # recorded_run already refused a run tracked in another store
                 raise UserError(f"model '{name}' of the last pipeline run has no registered version on"
-                                f" {_safe_uri(tracking.tracking_uri())}; run `dvc repro -f train` and retry")
+                                f" {_safe_uri(mlflow_store.tracking_uri())}; run `dvc repro -f train` and retry")
             # The challenger is what models/<name> holds: the registered weights must be those on disk.
-            mine = tracking.download_model_files(mlflow_client, group, version, Path(tmp) / f"{group}-v{version}")
+            mine = model_registry.download_model_files(mlflow_client, group, version, Path(tmp) / f"{group}-v{version}")
             if sha256_file(mine / "model.pt") != sha256_file(Path("models") / name / "model.pt"):
                 raise UserError(f"models/{name} is not the model registered as version {version} of"
-                                f" {tracking.registered_name(group)}; run `dvc repro -f train` and retry")
-            champion = tracking.model_aliases(mlflow_client, group).get(tracking.CHAMPION)
+                                f" {model_registry.registered_name(group)}; run `dvc repro -f train` and retry")
+            champion = model_registry.model_aliases(mlflow_client, group).get(model_registry.CHAMPION)
             if champion is None:
-                earlier = tracking.version_count(mlflow_client, group) > len(
+                earlier = model_registry.version_count(mlflow_client, group) > len(
                     [s for s in resolve_sweep(params) if s.group == group])  # this run registered one per seed
                 decisions.append(Decision(group, kind, version, None, "promoted", first=not earlier, seed=spec.seed))
                 continue
             if champion == version:
                 decisions.append(Decision(group, kind, version, champion, "unchanged", seed=spec.seed))
                 continue
-            theirs = tracking.download_model_files(mlflow_client, group, champion, Path(tmp) / f"{group}-v{champion}")
+            theirs = model_registry.download_model_files(mlflow_client, group, champion, Path(tmp) / f"{group}-v{champion}")
             print(f"{group}: evaluating champion v{champion} on the current test split", flush=True)
             champ = scoring.evaluate(theirs)
             stats = group_stats(group)
@@ -397,14 +397,14 @@ def retrain(force: bool = False) -> None:
     params = load_params()
     rules = policy(params)
     names = [s.group for s in challengers(params)]  # one registered model per group
-    mlflow_client = tracking.client()  # an unreachable server fails here, before any work
+    mlflow_client = mlflow_store.client()  # an unreachable server fails here, before any work
     dvc_repro("prepare")
     from aevae.data.prepared import load_manifest
 
     fp = fingerprint(params, load_manifest())
     fp_text = json.dumps(fp, sort_keys=True)
-    with tracking.server_errors("reading the last retrain's fingerprint"):
-        last = {name: tracking.retrain_fingerprint(mlflow_client, name) for name in names}
+    with mlflow_store.server_errors("reading the last retrain's fingerprint"):
+        last = {name: model_registry.retrain_fingerprint(mlflow_client, name) for name in names}
     if not force and all(v == fp_text for v in last.values()):
         print("nothing to do: data, code and params are those of the last retrain (--force to run anyway)")
         return
@@ -415,7 +415,7 @@ def retrain(force: bool = False) -> None:
         print(f"retrain: {'changed: ' + ', '.join(changed) if changed else 'forced'}", flush=True)
     started = time.gmtime()
     dvc_repro("--no-run-cache")
-    with tracking.server_errors("comparing challengers with champions"):
+    with mlflow_store.server_errors("comparing challengers with champions"):
         decisions = decide(mlflow_client, params, rules)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", started)
     record_path = RECORDS_DIR / f"{stamp}.json"
@@ -426,12 +426,12 @@ def retrain(force: bool = False) -> None:
         "forced": force,
         "fingerprint": fp,
         "git_commit": git_state()["commit"],  # for the reader; the fingerprint hashes the code itself
-        "tracking_uri": _safe_uri(tracking.tracking_uri()),
+        "tracking_uri": _safe_uri(mlflow_store.tracking_uri()),
         "pipeline_run_id": run.get("parent_run_id"),
         "models": {d.model: d.as_dict() for d in decisions},
     })
     try:  # the record first, then the registry: a failure leaves neither a record nor a moved alias
-        tracking.apply_retrain(mlflow_client, [d.change(fp_text, record_path.name) for d in decisions])
+        model_registry.apply_retrain(mlflow_client, [d.change(fp_text, record_path.name) for d in decisions])
     except BaseException:
         record_path.unlink(missing_ok=True)
         raise

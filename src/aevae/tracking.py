@@ -1,18 +1,15 @@
-"""MLflow: one parent run per pipeline run, a child run per model and seed, an aggregate child per model.
-The only module that knows MLflow.
+"""MLflow runs: one parent run per pipeline run, a child run per model and seed, an aggregate child per group.
 
 Child runs are named like models/<name> and tagged `model` (the group aggregated over seeds),
-`member`, `seed` and `latent_dim` (model_tags); the evaluate stage adds one aggregate child per
-group holding the mean and 95% interval over seeds under the seed children's metric keys
+`member`, `seed` and `latent_dim` (mlflow_store.model_tags); the evaluate stage adds one aggregate
+child per group holding the mean and 95% interval over seeds under the seed children's metric keys
 (log_aggregates; why not parent metrics: see AGGREGATE_TAG) and puts the claims' verdicts on the
-parent as tags (verdict_tags). The Model Registry holds one model per group, aevae-<group>, with a
-version per seed (registered_name).
+parent as tags (verdict_tags). Each trained model is also registered (aevae.model_registry); the
+store itself (where it is, a client) is aevae.mlflow_store.
 
-The store is MLFLOW_TRACKING_URI when set (a remote server), else an SQLite
-file in the project (mlflow.db, by absolute path) with artifacts beside it in
-mlartifacts/. Only the stage's driver process talks to MLflow: Ray workers
-send their per-epoch records back to it, so workers on a cluster need no
-route to the tracking server and an outage is handled in one place.
+Only the stage's driver process talks to MLflow: Ray workers send their per-epoch records back
+to it, so workers on a cluster need no route to the tracking server and an outage is handled in
+one place.
 
 The train stage opens the parent run and, once every model is trained and
 tracked, records its id in logs/mlflow_run.json; later stages (evaluate,
@@ -25,19 +22,11 @@ as FAILED or KILLED and leaves no run file behind.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import io
 import json
-import logging
 import math
-import os
 import platform
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -45,135 +34,12 @@ from typing import Any
 from aevae import atomic, model_card
 from aevae.config import Params, RunSpec
 from aevae.errors import UserError
+from aevae.mlflow_store import client, experiment_id, first_line, model_tags, server_errors, tracking_uri
+from aevae.model_registry import describe_test_metrics, register_model
 from aevae.provenance import git_state, sha256_file
 
-EXPERIMENT = "aevae"
 RUN_FILE = Path("logs/mlflow_run.json")
-_PROBE_TIMEOUT_S = 5
 _PACKAGES = ("aevae", "torch", "torchvision", "ray", "mlflow", "dvc", "scikit-learn", "numpy")
-
-
-def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI when set, else the project's SQLite store (mlflow.db, by absolute path). Never raises."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-    return uri or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
-
-
-def _configure() -> None:
-    # MLflow's INFO lines and its pickle warning are not for the user of a pipeline: errors only.
-    logging.getLogger("mlflow").setLevel(logging.ERROR)
-    logging.getLogger("alembic").setLevel(logging.ERROR)
-    # MLflow's default is 7 retries with backoff: minutes of hanging on a dead server. Fail in seconds.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-
-
-# Schemes MLflow's tracking store accepts; anything else (a typo, "localhost:5000") fails here, not in MLflow.
-_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
-
-
-def check_registered(model_uri: str) -> None:
-    """`make serve`'s check before MLflow starts: models:/<name>@<alias> or models:/<name>/<version|latest> exists.
-
-    Uses tracking_uri() (the Makefile sets the project's store). Raises UserError, one line naming the
-    models that are registered or how to get the alias, instead of MLflow's traceback.
-    """
-    from mlflow.exceptions import MlflowException
-
-    uri = tracking_uri()
-    mlflow_client = client()  # checks that the store answers
-    ref = model_uri.removeprefix("models:/")
-    name, alias = ref.split("@", 1) if "@" in ref else (ref.split("/", 1)[0], None)
-    version = None if alias else (ref.split("/", 1) + [""])[1]
-    known = sorted(m.name.removeprefix("aevae-") for m in mlflow_client.search_registered_models())
-    if name not in {f"aevae-{k}" for k in known}:
-        raise UserError(f"no registered model '{name}' in {uri}; MODEL= one of: {', '.join(known) or 'none yet'}"
-                        " (make repro registers one per model)")
-    try:
-        if alias:
-            mlflow_client.get_model_version_by_alias(name, alias)
-        elif version != "latest":
-            mlflow_client.get_model_version(name, version)
-        elif not mlflow_client.search_model_versions(f"name = '{name}'", max_results=1):
-            raise MlflowException("no version")
-    except MlflowException:
-        fix = ("`make retrain` sets champion; serve a version meanwhile: VERSION=latest" if alias == "champion"
-               else "pick an existing alias or VERSION=latest")
-        raise UserError(f"'{name}' has no {'alias ' + repr(alias) if alias else 'version ' + version} in {uri};"
-                        f" {fix}") from None
-
-
-def check_reachable(uri: str) -> None:
-    """MLFLOW_TRACKING_URI must lead to a working MLflow store: a clear UserError within seconds otherwise.
-
-    Checks the scheme, an SQLite file's folder, and that an http(s) server answers MLflow's REST API
-    (not merely that something listens: an ordinary web server, a proxy's error page or a port that
-    accepts and never answers all fail here). Raises UserError; returns None when the store will do.
-    """
-    scheme, sep, rest = uri.partition("://")
-    if not sep and ":" not in uri:
-        return  # a plain path: MLflow's file store
-    if not sep or scheme.split("+")[0] not in _SCHEMES:
-        raise UserError(f"MLFLOW_TRACKING_URI={uri} has no scheme MLflow knows (one of {', '.join(_SCHEMES)});"
-                        f" for a server write http://host:port, or unset it to track in the local mlflow.db")
-    if scheme == "sqlite":
-        path = rest[1:].split("?")[0]  # sqlite:///rel.db, sqlite:////abs.db: the slash after the empty host
-        if path and not Path(path).parent.is_dir():
-            raise UserError(f"the folder of the SQLite store in MLFLOW_TRACKING_URI={uri} does not exist;"
-                            " create it or fix the URI")
-        return
-    if scheme in ("http", "https"):
-        _probe_server(uri)
-
-
-def _probe_server(uri: str) -> None:
-    fix = "start it, fix the URI, or unset it to track in the local mlflow.db"
-    probe = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?experiment_name={EXPERIMENT}"
-    try:
-        with urllib.request.urlopen(probe, timeout=_PROBE_TIMEOUT_S) as resp:
-            body = resp.read(65536)
-    except urllib.error.HTTPError as exc:
-        if exc.code in (401, 403):
-            return  # an auth proxy in front of MLflow: the client sends the credentials the probe lacks
-        body = exc.read(65536) if exc.code == 404 else b""  # MLflow's 404 for a missing experiment is JSON
-        if exc.code != 404:
-            raise UserError(f"the server at MLFLOW_TRACKING_URI={uri} answers HTTP {exc.code} to MLflow's API;"
-                            f" is it an MLflow server? {fix}") from None
-    except (urllib.error.URLError, OSError) as exc:  # refused, no such host, or a timeout
-        reason = getattr(exc, "reason", exc)
-        raise UserError(f"the MLflow server at MLFLOW_TRACKING_URI={uri} does not answer ({reason}); {fix}") from None
-    try:
-        answer = json.loads(body)
-    except ValueError:
-        answer = None
-    if not isinstance(answer, dict) or not ("experiment" in answer or "error_code" in answer):
-        raise UserError(f"the server at MLFLOW_TRACKING_URI={uri} answers, but not as an MLflow tracking server"
-                        f" (no MLflow JSON at /api/2.0/mlflow); {fix}")
-
-
-def client():
-    """An MlflowClient on tracking_uri() for tracking and the registry.
-
-    Raises: UserError (one line, within seconds) when a remote server does not answer.
-    """
-    from mlflow import MlflowClient
-
-    _configure()
-    uri = tracking_uri()
-    check_reachable(uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
-def experiment_id(mlflow_client) -> str:
-    """Id of the "aevae" experiment, created on first use (local artifacts go to mlartifacts/)."""
-    exp = mlflow_client.get_experiment_by_name(EXPERIMENT)
-    if exp is not None:
-        return exp.experiment_id
-    artifacts = None
-    if tracking_uri().startswith("sqlite:///"):  # keep local artifacts in the project, by absolute path
-        artifacts = (Path.cwd().resolve() / "mlartifacts").as_uri()
-    return mlflow_client.create_experiment(EXPERIMENT, artifact_location=artifacts)
 
 
 def _versions() -> dict[str, str]:
@@ -201,16 +67,6 @@ def repro_tags(manifest: dict, params: Params, stage: str) -> dict[str, str]:
         "dvc.stage": stage,
         **_versions(),
     }
-
-
-def model_tags(spec: RunSpec) -> dict[str, str]:
-    """The tags that place a child run in the study: filter the UI with e.g. `tags.model = 'ae-z2'`.
-
-    `model` is the group aggregated over seeds (member, plus -z<size> with several latent sizes),
-    `member` the sweep member, `seed` the training seed, `latent_dim` the latent size.
-    """
-    return {"model": spec.group, "member": spec.member, "seed": str(spec.seed),
-            "latent_dim": str(spec.model.latent_dim), "model.kind": spec.model.kind}
 
 
 def flat_params(spec: RunSpec, params: Params) -> dict[str, str]:
@@ -280,7 +136,7 @@ class SweepTracker:
             self._end(_status_for(exc))
             if isinstance(exc, OSError) or type(exc).__module__.startswith("mlflow"):
                 raise UserError(f"MLflow failed while opening the pipeline run ({type(exc).__name__}:"
-                                f" {_first_line(exc)}); check the server at {tracking_uri()} and rerun") from None
+                                f" {first_line(exc)}); check the server at {tracking_uri()} and rerun") from None
             raise
         self.logged_epochs = {spec.name: set() for spec in specs}
         self.model_sha256: dict[str, str] = {}
@@ -318,7 +174,7 @@ class SweepTracker:
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # keep training; report once at the end
-            self.error = f"MLflow tracking failed ({type(exc).__name__}: {_first_line(exc)[:200]})"
+            self.error = f"MLflow tracking failed ({type(exc).__name__}: {first_line(exc)[:200]})"
             return None
 
     def epoch(self, name: str, record: dict) -> None:
@@ -378,58 +234,6 @@ class SweepTracker:
 def _status_for(exc: BaseException) -> str:
     """KILLED for a signal (Ctrl-C, SIGTERM, Ray's sys.exit on SIGTERM), FAILED for anything else."""
     return "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def registered_name(group: str) -> str:
-    """The Model Registry name of a group (RunSpec.group: the member, plus -z<size>): aevae-<group>.
-
-    One registered model per group, one version per trained seed (tagged `seed`): the seeds are
-    interchangeable draws of the same recipe, so they are versions of one model, not models of their own.
-    """
-    return f"aevae-{group}"
-
-
-def register_model(mlflow_client, run_id: str, model_dir: Path, spec: RunSpec, description: str,
-                   example_images=None) -> str:
-    """Log models/<name>/ as an MLflow pyfunc (aevae.pyfunc_model) and register it as a new version of
-    aevae-<group> tagged with model_tags (seed, latent_dim, ...); returns the new version.
-
-    The version is self-contained: its code is pyfunc_model.py (models from code, nothing pickled) plus
-    the aevae modules it imports (code_paths), its weights are model.pt loaded with weights_only=True,
-    its requirements are pinned public packages. It carries a signature, an input example (the first
-    `example_images`, (k, 28, 28) uint8, as float32 (k, 784) in [0, 1]) and `description`.
-    A server that fails raises MlflowException or OSError (SweepTracker keeps the first and reports it).
-    """
-    import mlflow
-    import mlflow.pyfunc
-    import numpy as np
-
-    from aevae import pyfunc_model
-
-    mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_registry_uri(tracking_uri())
-    example = None
-    if example_images is not None:
-        example = (np.asarray(example_images, dtype=np.float32).reshape(len(example_images), -1) / 255.0,
-                   {"method": "reconstruct"})
-    # MLflow prints "Successfully registered..." and its example validation: keep the stage's output to one line.
-    with tempfile.TemporaryDirectory(prefix="aevae-code-") as tmp, mlflow.start_run(run_id=run_id), \
-            contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=pyfunc_model.__file__, code_paths=[str(pyfunc_model.code_dir(Path(tmp)))],
-            artifacts={pyfunc_model.ARTIFACT: str(model_dir)}, signature=pyfunc_model.signature(spec.model),
-            input_example=example, pip_requirements=pyfunc_model.pip_requirements(),
-            registered_model_name=registered_name(spec.group), await_registration_for=30)
-    version_id = str(info.registered_model_version)
-    mlflow_client.update_model_version(registered_name(spec.group), version_id, description=description)
-    for key, value in {**model_tags(spec), "run_name": spec.name}.items():
-        mlflow_client.set_model_version_tag(registered_name(spec.group), version_id, key, value)
-    return version_id
 
 
 def log_dataset(mlflow_client, run_id: str, manifest: dict) -> None:
@@ -521,7 +325,7 @@ def log_evaluation(results: dict[str, dict[str, float]], specs: list[RunSpec],
         for name, values in results.items():
             if name in run["children"]:
                 _log_metrics(mlflow_client, run["children"][name], values, 0)
-                _describe_test_metrics(mlflow_client, groups.get(name, name), run["children"][name], values)
+                describe_test_metrics(mlflow_client, groups.get(name, name), run["children"][name], values)
         if not run["complete"]:
             return
         if summary_file.is_file():
@@ -603,135 +407,6 @@ def verdict_tags(claims: dict) -> dict[str, str]:
         for claim_id, verdict in by_claim.items():
             tags[f"aevae.verdict.{claim_id}.{dim}"] = str(verdict["verdict"])
     return tags
-
-
-def _describe_test_metrics(mlflow_client, model_name: str, run_id: str, values: dict[str, float]) -> None:
-    """Evaluate runs after train registered the version: complete that version's description with test metrics."""
-    version_id = version_from_run(mlflow_client, model_name, run_id)
-    if version_id is None:  # registration failed in the train stage; it said so there
-        return
-    current = mlflow_client.get_model_version(registered_name(model_name), version_id).description or ""
-    mlflow_client.update_model_version(registered_name(model_name), version_id,
-                                       description=model_card.with_test_metrics(current, values))
-
-
-# ------------------------------------------------- retrain: champion / challenger aliases (aevae.retrain)
-
-CHAMPION, CHALLENGER = "champion", "challenger"
-FINGERPRINT_TAG = "aevae.retrain.fingerprint"  # on the registered model: what the last retrain saw
-
-
-@contextlib.contextmanager
-def server_errors(doing: str, outcome: str = "no alias was changed"):
-    """An MLflow call that fails (server down, HTTP error) becomes one UserError line; bugs still raise."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        yield
-    except (MlflowException, OSError) as exc:  # requests' errors are OSErrors
-        raise UserError(f"MLflow failed while {doing} ({type(exc).__name__}: {_first_line(exc)[:200]}); {outcome};"
-                        f" check the server at {tracking_uri()} and rerun") from None
-
-
-def _registered_model(mlflow_client, model_name: str):
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return mlflow_client.get_registered_model(registered_name(model_name))
-    except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
-
-
-def model_aliases(mlflow_client, model_name: str) -> dict[str, str]:
-    """{alias: version} of aevae-<model>; {} when it is not registered yet."""
-    model = _registered_model(mlflow_client, model_name)
-    return {alias: str(v) for alias, v in model.aliases.items()} if model else {}
-
-
-def retrain_fingerprint(mlflow_client, model_name: str) -> str | None:
-    """The fingerprint (data, code, params) the last retrain of this model recorded; None if never."""
-    model = _registered_model(mlflow_client, model_name)
-    return model.tags.get(FINGERPRINT_TAG) if model else None
-
-
-def version_from_run(mlflow_client, model_name: str, run_id: str) -> str | None:
-    """The newest version of aevae-<model> registered from `run_id` (the train stage's child run)."""
-    name = registered_name(model_name)
-    versions = mlflow_client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
-    return max((str(v.version) for v in versions), key=int, default=None)
-
-
-def version_count(mlflow_client, model_name: str) -> int:
-    """How many versions aevae-<model> has in the registry (0 when it is not registered)."""
-    return len(mlflow_client.search_model_versions(f"name='{registered_name(model_name)}'"))
-
-
-def download_model_files(mlflow_client, model_name: str, version: str, dst: Path) -> Path:
-    """The version's model_files/ (model.pt + config.json, as the train stage logged them) -> dst/model_files."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in a scheduled job's log
-    run_id = mlflow_client.get_model_version(registered_name(model_name), version).run_id
-    folder = Path(mlflow_client.download_artifacts(run_id, "model_files", str(dst)))
-    if not (folder / "model.pt").is_file() or not (folder / "config.json").is_file():
-        raise UserError(f"version {version} of {registered_name(model_name)} (run {run_id}) has no"
-                        " model_files/model.pt and config.json; move its aliases by hand or delete the version")
-    return folder
-
-
-def apply_retrain(mlflow_client, changes: list[dict]) -> None:
-    """Apply decided alias moves and tags; on any failure undo what was applied, then raise a UserError.
-
-    Each change: {"model": name, "set": {alias: version}, "delete": [alias], "version": v,
-    "version_tags": {...}, "model_tags": {...}}. All of them are decided before this is called,
-    so a server that stops midway leaves every alias as it was (best effort: the undo needs the server too).
-    """
-    from mlflow.exceptions import MlflowException
-
-    undo = []
-    try:
-        for change in changes:
-            name = registered_name(change["model"])
-            before = model_aliases(mlflow_client, change["model"])
-            for alias, version in change.get("set", {}).items():
-                mlflow_client.set_registered_model_alias(name, alias, version)
-                undo.append(_restore_alias(mlflow_client, name, alias, before.get(alias)))
-            for alias in change.get("delete", []):
-                if alias in before:
-                    mlflow_client.delete_registered_model_alias(name, alias)
-                    undo.append(_restore_alias(mlflow_client, name, alias, before[alias]))
-        # Tags last: they describe aliases that are already in place.
-        for change in changes:
-            name = registered_name(change["model"])
-            for key, value in change.get("version_tags", {}).items():
-                mlflow_client.set_model_version_tag(name, change["version"], key, str(value))
-                undo.append(functools.partial(mlflow_client.delete_model_version_tag, name, change["version"], key))
-            old_tags = _registered_model(mlflow_client, change["model"]).tags
-            for key, value in change.get("model_tags", {}).items():
-                mlflow_client.set_registered_model_tag(name, key, str(value))
-                undo.append(functools.partial(mlflow_client.set_registered_model_tag, name, key, old_tags[key])
-                            if key in old_tags else
-                            functools.partial(mlflow_client.delete_registered_model_tag, name, key))
-    except (MlflowException, OSError) as exc:
-        failed = 0
-        for step in reversed(undo):
-            try:
-                step()
-            except (MlflowException, OSError):
-                failed += 1
-        state = "every alias and tag is as it was" if not failed else f"{failed} change(s) could not be undone"
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"MLflow failed while moving aliases ({type(exc).__name__}: {reason}); {state};"
-                        f" check the server at {tracking_uri()} and rerun") from None
-
-
-def _restore_alias(mlflow_client, name: str, alias: str, version: str | None):
-    def restore() -> None:
-        if version is None:
-            mlflow_client.delete_registered_model_alias(name, alias)
-        else:
-            mlflow_client.set_registered_model_alias(name, alias, version)
-    return restore
 
 
 def log_report(report_dir: Path, figures_by_model: dict[str, list[Path]]) -> None:

@@ -1,0 +1,144 @@
+"""The MLflow store: where it is (a remote server or the project's SQLite file), a client on it that fails
+in seconds when the server does not answer, and the names runs and registered versions share.
+
+The store is MLFLOW_TRACKING_URI when set (a remote server), else an SQLite file in the project
+(mlflow.db, by absolute path) with artifacts beside it in mlartifacts/. Three modules know MLflow:
+this one, tracking (the runs) and model_registry (the registered models); pyfunc_model is the code
+MLflow itself runs wherever a registered model is loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from aevae.config import RunSpec
+from aevae.errors import UserError
+
+EXPERIMENT = "aevae"
+_PROBE_TIMEOUT_S = 5
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI when set, else the project's SQLite store (mlflow.db, by absolute path). Never raises."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    return uri or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def _configure() -> None:
+    # MLflow's INFO lines and its pickle warning are not for the user of a pipeline: errors only.
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    logging.getLogger("alembic").setLevel(logging.ERROR)
+    # MLflow's default is 7 retries with backoff: minutes of hanging on a dead server. Fail in seconds.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+
+# Schemes MLflow's tracking store accepts; anything else (a typo, "localhost:5000") fails here, not in MLflow.
+_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
+
+
+def check_reachable(uri: str) -> None:
+    """MLFLOW_TRACKING_URI must lead to a working MLflow store: a clear UserError within seconds otherwise.
+
+    Checks the scheme, an SQLite file's folder, and that an http(s) server answers MLflow's REST API
+    (not merely that something listens: an ordinary web server, a proxy's error page or a port that
+    accepts and never answers all fail here). Raises UserError; returns None when the store will do.
+    """
+    scheme, sep, rest = uri.partition("://")
+    if not sep and ":" not in uri:
+        return  # a plain path: MLflow's file store
+    if not sep or scheme.split("+")[0] not in _SCHEMES:
+        raise UserError(f"MLFLOW_TRACKING_URI={uri} has no scheme MLflow knows (one of {', '.join(_SCHEMES)});"
+                        f" for a server write http://host:port, or unset it to track in the local mlflow.db")
+    if scheme == "sqlite":
+        path = rest[1:].split("?")[0]  # sqlite:///rel.db, sqlite:////abs.db: the slash after the empty host
+        if path and not Path(path).parent.is_dir():
+            raise UserError(f"the folder of the SQLite store in MLFLOW_TRACKING_URI={uri} does not exist;"
+                            " create it or fix the URI")
+        return
+    if scheme in ("http", "https"):
+        _probe_server(uri)
+
+
+def _probe_server(uri: str) -> None:
+    fix = "start it, fix the URI, or unset it to track in the local mlflow.db"
+    probe = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?experiment_name={EXPERIMENT}"
+    try:
+        with urllib.request.urlopen(probe, timeout=_PROBE_TIMEOUT_S) as resp:
+            body = resp.read(65536)
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            return  # an auth proxy in front of MLflow: the client sends the credentials the probe lacks
+        body = exc.read(65536) if exc.code == 404 else b""  # MLflow's 404 for a missing experiment is JSON
+        if exc.code != 404:
+            raise UserError(f"the server at MLFLOW_TRACKING_URI={uri} answers HTTP {exc.code} to MLflow's API;"
+                            f" is it an MLflow server? {fix}") from None
+    except (urllib.error.URLError, OSError) as exc:  # refused, no such host, or a timeout
+        reason = getattr(exc, "reason", exc)
+        raise UserError(f"the MLflow server at MLFLOW_TRACKING_URI={uri} does not answer ({reason}); {fix}") from None
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict) or not ("experiment" in answer or "error_code" in answer):
+        raise UserError(f"the server at MLFLOW_TRACKING_URI={uri} answers, but not as an MLflow tracking server"
+                        f" (no MLflow JSON at /api/2.0/mlflow); {fix}")
+
+
+def client():
+    """An MlflowClient on tracking_uri() for tracking and the registry.
+
+    Raises: UserError (one line, within seconds) when a remote server does not answer.
+    """
+    from mlflow import MlflowClient
+
+    _configure()
+    uri = tracking_uri()
+    check_reachable(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def experiment_id(mlflow_client) -> str:
+    """Id of the "aevae" experiment, created on first use (local artifacts go to mlartifacts/)."""
+    exp = mlflow_client.get_experiment_by_name(EXPERIMENT)
+    if exp is not None:
+        return exp.experiment_id
+    artifacts = None
+    if tracking_uri().startswith("sqlite:///"):  # keep local artifacts in the project, by absolute path
+        artifacts = (Path.cwd().resolve() / "mlartifacts").as_uri()
+    return mlflow_client.create_experiment(EXPERIMENT, artifact_location=artifacts)
+
+
+def model_tags(spec: RunSpec) -> dict[str, str]:
+    """The tags that place a child run in the study: filter the UI with e.g. `tags.model = 'ae-z2'`.
+
+    `model` is the group aggregated over seeds (member, plus -z<size> with several latent sizes),
+    `member` the sweep member, `seed` the training seed, `latent_dim` the latent size.
+    """
+    return {"model": spec.group, "member": spec.member, "seed": str(spec.seed),
+            "latent_dim": str(spec.model.latent_dim), "model.kind": spec.model.kind}
+
+
+@contextlib.contextmanager
+def server_errors(doing: str, outcome: str = "no alias was changed"):
+    """An MLflow call that fails (server down, HTTP error) becomes one UserError line; bugs still raise."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except (MlflowException, OSError) as exc:  # requests' errors are OSErrors
+        raise UserError(f"MLflow failed while {doing} ({type(exc).__name__}: {first_line(exc)[:200]}); {outcome};"
+                        f" check the server at {tracking_uri()} and rerun") from None
+
+
+def first_line(exc: BaseException) -> str:
+    """The exception's message up to its first line break (its type's name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
