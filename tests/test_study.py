@@ -1,5 +1,6 @@
 """The study's statistics and verdict rules, on hand-made per-seed values with known answers."""
 
+import json
 import math
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 from scipy import stats
 
 from aevae import metric_registry, study
+from aevae.errors import UserError
 from aevae.study import SeedRecord
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,3 +169,22 @@ def test_readme_claims_table_is_the_study_output():
     assert printed == study.markdown_table()
     for claim in study.CLAIMS:
         assert f"| `{claim.id}` |" in printed
+
+
+@pytest.mark.parametrize("content, says", [
+    ('{"ae": {"test/recon_mse_per_pixel": 0.03}}', "not the study's format"),  # one number per key: before seeds
+    ("{}", "lists no models"),
+    ('{"ae": {"test/recon_mse_per_pixel": {"mean"', "corrupt"),
+])
+def test_read_summary_refuses_what_the_evaluate_stage_would_not_write(tmp_path, content, says):
+    path = tmp_path / "summary.json"
+    path.write_text(content)
+    with pytest.raises(UserError, match=says) as err:
+        study.read_summary(path)
+    assert "evaluate" in str(err.value)
+
+
+def test_read_summary_reads_what_aggregate_wrote(tmp_path):
+    summary = {"ae": {"test/recon_mse_per_pixel": {"mean": 0.03, "ci_low": 0.02, "ci_high": 0.04, "n_seeds": 3}}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    assert study.read_summary(tmp_path / "summary.json") == summary

@@ -39,7 +39,7 @@ import torch
 import yaml
 
 from aevae import atomic, metric_registry, metrics, model_store, plots
-from aevae.study import CLAIMS as CLAIM_ORDER
+from aevae.study import CLAIMS as CLAIM_ORDER, read_summary
 from aevae.config import RunSpec
 from aevae.data import ClassNames, class_names
 from aevae.data.prepared import load_manifest, load_split
@@ -150,14 +150,11 @@ def read_study(summary: Path, claims: Path) -> StudyResults:
     Raises UserError when either is missing or in another format (a summary.json of one number per key is
     from before seeds: rerun the evaluate stage).
     """
-    raw = atomic.read_json(summary, "evaluate")
+    raw = read_summary(summary)
     claims_data = atomic.read_json(claims, "evaluate")
-    if not raw:
-        raise UserError(f"{summary} lists no models; rerun the evaluate stage (dvc repro evaluate)")
-    cells = [cell for group in raw.values() for cell in group.values()]
-    if not all(isinstance(c, dict) and "mean" in c for c in cells) or "claims" not in claims_data:
-        raise UserError(f"{summary} or {claims} is not the study's format (mean and interval over seeds); "
-                        "rerun the evaluate stage (dvc repro evaluate)")
+    if "claims" not in claims_data:
+        raise UserError(f"{claims} is not the study's format (a verdict per claim and latent size); "
+                        "rerun the evaluate stage (dvc repro -f evaluate)")
     means = {g: {k: _nan(c["mean"]) for k, c in v.items()} for g, v in raw.items()}
     bounds = {g: {k: (_nan(c["ci_low"]), _nan(c["ci_high"])) for k, c in v.items()} for g, v in raw.items()}
     seeds = tuple(claims_data.get("seeds") or ())

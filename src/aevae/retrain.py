@@ -44,7 +44,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import filelock
 
-from aevae import atomic, metric_registry, mlflow_store, model_registry, tracking
+from aevae import atomic, metric_registry, mlflow_store, model_registry, study, tracking
 from aevae.config import Criterion, Params, RunSpec, load_params, resolve_sweep
 from aevae.errors import UserError, run_cli
 from aevae.provenance import git_state, sha256_file
@@ -231,10 +231,9 @@ class Scoring:
 
 def group_stats(group: str) -> dict[str, dict]:
     """The evaluate stage's {metric key: {"mean", "ci_low", "ci_high", "n_seeds"}} of `group`
-    (metrics/summary.json: a DVC output, so never stale). Raises: UserError when it is missing."""
-    if not SUMMARY_FILE.is_file():
-        raise UserError(f"{SUMMARY_FILE} not found after the pipeline ran; run `dvc repro evaluate` and retry")
-    stats = json.loads(SUMMARY_FILE.read_text()).get(group)
+    (metrics/summary.json: a DVC output, so never stale). Raises: UserError when it is missing, in another
+    format (study.read_summary) or lacks the group."""
+    stats = study.read_summary(SUMMARY_FILE).get(group)
     if not isinstance(stats, dict):
         raise UserError(f"{SUMMARY_FILE} has no entry for model '{group}'; run `dvc repro -f evaluate` and retry")
     return stats

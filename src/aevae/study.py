@@ -41,6 +41,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from aevae import atomic
+from aevae.errors import UserError
 from aevae.metric_registry import PCA_MSE, Metric, by_key
 
 LEVEL = 0.95
@@ -280,6 +282,23 @@ def aggregate(seed_records: Sequence[SeedRecord]) -> dict[str, dict[str, dict[st
         keys = dict.fromkeys(k for r in members for k in r.metrics)
         out[group] = {k: mean_ci([_finite_or_nan(r.metrics.get(k)) for r in members]).as_dict() for k in keys}
     return out
+
+
+def read_summary(path) -> dict[str, dict[str, dict]]:
+    """metrics/summary.json as aggregate() wrote it: {group: {metric key: {"mean", "ci_low", "ci_high", "n_seeds"}}}.
+
+    Raises: UserError (naming the evaluate stage to rerun) when the file is missing, corrupt, lists no
+    group, or has another format (one number per key: a summary.json from before seeds).
+    """
+    raw = atomic.read_json(path, "evaluate")
+    if not isinstance(raw, dict) or not raw:
+        raise UserError(f"{path} lists no models; rerun the evaluate stage (dvc repro evaluate)")
+    cells = [cell for group in raw.values() if isinstance(group, dict) for cell in group.values()]
+    if not all(isinstance(g, dict) for g in raw.values()) or not all(isinstance(c, dict) and "mean" in c
+                                                                       for c in cells):
+        raise UserError(f"{path} is not the study's format (mean and interval over seeds); "
+                        "rerun the evaluate stage (dvc repro -f evaluate)")
+    return raw
 
 
 def _finite_or_nan(value) -> float:
