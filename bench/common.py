@@ -158,6 +158,40 @@ def bundled_digits() -> tuple[np.ndarray, np.ndarray]:
     return raw.train_images, raw.train_labels
 
 
+def set_subreaper() -> bool:
+    """Orphaned descendants (e.g. daemonised Ray processes) get re-parented to us, so the tree sees them."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    except Exception:  # noqa: BLE001 - best effort, Linux only
+        return False
+
+
+def descendants(root_pid: int) -> list:
+    """psutil.Process of every process below root_pid (none when it has ended)."""
+    import psutil
+
+    try:
+        return psutil.Process(root_pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def tree_pss(root_pid: int, exclude: frozenset[int] = frozenset()) -> int:
+    """Bytes of PSS (shared pages split between the processes sharing them, so counted once) summed over every
+    process below root_pid but those in `exclude`; a process that ends while we look counts 0."""
+    import psutil
+
+    total = 0
+    for p in descendants(root_pid):
+        if p.pid not in exclude:
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_full_info().pss
+    return total
+
+
 class SectionFailed(Exception):
     """A section that failed but has lines to show (e.g. the failing command's output)."""
 

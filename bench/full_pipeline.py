@@ -29,38 +29,10 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from common import append_section, REPO, log, machine_info, table, venv_bin  # noqa: E402
-from whole_pipeline import _set_subreaper  # noqa: E402
+from common import append_section, REPO, log, machine_info, set_subreaper, table, tree_pss, venv_bin  # noqa: E402
 
 DEFAULT_DATA = BENCH.parents[1] / "shared" / "data" / "mnist"
 STAGE = re.compile(r"Running stage '([^']+)'")
-
-
-def _tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue  # the process ended while we looked
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo += children.get(pid, [])
-    return out
-
-
-def _pss_bytes(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def _project(data: Path, where: Path) -> Path:
@@ -76,7 +48,7 @@ def run(project: Path) -> dict:
     env = {**os.environ, "PATH": f"{venv_bin()}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(project / "src")}
     for var in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
         env.pop(var, None)
-    _set_subreaper()
+    set_subreaper()
     t0 = time.monotonic()
     proc = subprocess.Popen(["dvc", "repro", "-f"], cwd=project, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -85,7 +57,7 @@ def run(project: Path) -> dict:
 
     def sample() -> None:
         while not done.is_set():
-            total = sum(_pss_bytes(p) for p in _tree(os.getpid()) if p != os.getpid())
+            total = tree_pss(os.getpid())
             if total > peak["pss"]:
                 peak.update(pss=total, at=time.monotonic() - t0)
             done.wait(1.0)

@@ -14,18 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import REPO, fmt_s, log, SectionFailed, Settings, table, venv_bin
-
-
-def _set_subreaper() -> bool:
-    """Orphaned descendants (e.g. daemonised Ray processes) get re-parented to us, so the tree sees them."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
-    except Exception:  # noqa: BLE001 - best effort, Linux only
-        return False
+from common import REPO, descendants, fmt_s, log, SectionFailed, Settings, set_subreaper, table, tree_pss, venv_bin
 
 
 def _quick_params(params: dict) -> dict:
@@ -51,15 +40,6 @@ def _quick_params(params: dict) -> dict:
     return params
 
 
-def _descendants(root_pid: int):
-    import psutil
-
-    try:
-        return psutil.Process(root_pid).children(recursive=True)
-    except psutil.Error:
-        return []
-
-
 def _proc_label(p) -> str:
     """A short name for a process: Ray's title (raylet, ray::_train_one, ...) or python's script."""
     import psutil
@@ -81,7 +61,7 @@ def section(cfg: Settings, targets_override: list[str] | None = None) -> tuple[l
     import psutil
     import yaml
 
-    subreaper = _set_subreaper()
+    subreaper = set_subreaper()
     bin_dir = venv_bin()
     with tempfile.TemporaryDirectory(prefix="aevae-bench-pipeline-") as tmp_name:
         root = Path(tmp_name)
@@ -111,7 +91,7 @@ def section(cfg: Settings, targets_override: list[str] | None = None) -> tuple[l
         if targets_override:
             targets = targets_override
         me = os.getpid()
-        before = {p.pid for p in _descendants(me)}
+        before = {p.pid for p in descendants(me)}
         samples: list[tuple[float, float, int, str]] = []  # (t, sum RSS bytes, processes, stage)
         pss_peak = [0.0]
         peak_procs: list[tuple[str, int]] = []  # (process, RSS) at the highest sum seen so far
@@ -135,17 +115,15 @@ def section(cfg: Settings, targets_override: list[str] | None = None) -> tuple[l
         def sampler():
             i = 0
             while not stop.is_set():
-                procs = [p for p in _descendants(me) if p.pid not in before]
-                rss, pss, each = 0, 0, []
+                procs = [p for p in descendants(me) if p.pid not in before]
+                rss, each = 0, []
                 for p in procs:
                     with contextlib.suppress(psutil.Error):
                         r = p.memory_info().rss
                         rss += r
                         each.append((p, r))
-                        if i % 5 == 0:  # PSS (shared pages split between processes) once a second: it costs more
-                            pss += p.memory_full_info().pss
-                if i % 5 == 0:
-                    pss_peak[0] = max(pss_peak[0], pss)
+                if i % 5 == 0:  # PSS once a second: it costs more than RSS
+                    pss_peak[0] = max(pss_peak[0], tree_pss(me, frozenset(before)))
                 if rss > max((s[1] for s in samples), default=0):
                     peak_procs[:] = [(_proc_label(p), r) for p, r in each]
                 samples.append((time.perf_counter() - t0, rss, len(procs), stage[0]))
@@ -165,7 +143,7 @@ def section(cfg: Settings, targets_override: list[str] | None = None) -> tuple[l
         for t in threads:
             t.join(timeout=5)
         # Anything the pipeline left running (it should leave nothing): end it, by pid.
-        leftovers = [p for p in _descendants(me) if p.pid not in before]
+        leftovers = [p for p in descendants(me) if p.pid not in before]
         for p in leftovers:
             with contextlib.suppress(psutil.Error):
                 p.terminate()
