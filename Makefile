@@ -6,7 +6,7 @@ PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: setup repro test test-fast ui serve retrain bench lock
+.PHONY: setup repro test test-fast ui models serve retrain bench lock
 
 setup: $(STAMP)
 
@@ -28,9 +28,14 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
-# Open the MLflow UI on the local store, bound to this machine only.
+# Open the MLflow UI on the local store, bound to this machine only (UI_PORT=... for another port).
+UI_PORT ?= 5000
 ui: setup
-	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
+
+# List every registered version (seed, run) and its aliases: what `make serve` can serve.
+models: setup
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} $(PY) -m aevae.model_registry
 
 # Serve a registered model over HTTP on this machine only: POST to http://127.0.0.1:$(PORT)/invocations (see README).
 # The project's store, or the server at MLFLOW_TRACKING_URI when set. `make retrain` sets the champion alias;

@@ -20,7 +20,7 @@ from aevae.data.prepared import load_split
 from aevae.distributed import map_tasks
 from aevae.errors import UserError, run_cli
 from aevae.models import as_images
-from aevae.progress import Progress
+from aevae.progress import Progress, say
 from aevae.tracking import log_evaluation
 
 OUT = Path("metrics")
@@ -45,6 +45,7 @@ def main() -> None:
     params = load_params()
     p = params.evaluate
     train, test = load_split("train"), load_split("test")
+    say("evaluate", f"scoring the {len(test.images):,} test images with the reference classifier")
     scorer, _ = classifier.load(Path("classifier/model.pt"))
     names = model_store.trained_names()
     models = {name: model_store.load(name) for name in names}
@@ -64,7 +65,8 @@ def main() -> None:
 
     cluster = map_tasks(metrics.evaluate, {name: (models[name][0],) for name in names}, shared,
                         params.ray.cpus_per_model, params.ray.max_retries, on_done,
-                        on_wait=lambda _left: progress.update(len(evaluations)))  # queued ones too: no names
+                        on_wait=lambda _left: progress.update(len(evaluations)),
+                        on_status=progress.line)  # queued ones too: no names
     results, pca = {}, {}
     with atomic.atomic_dir(OUT / "arrays") as arrays:  # all models' arrays appear together, or none
         for name in names:
@@ -85,6 +87,7 @@ def main() -> None:
     summary, claims = study.aggregate(seed_records), study.claims_file(seed_records)
     atomic.write_json(OUT / "summary.json", summary)
     atomic.write_json(OUT / "claims.json", claims)
+    progress.line("logging the metrics to MLflow")
     log_evaluation(results, specs)
     shown = [m for m in metric_registry.METRICS if m.console]
     print("\n".join(study.console_lines(summary, claims, shown)))

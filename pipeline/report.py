@@ -21,6 +21,7 @@ def main() -> None:
     settings = report.ReportSettings(seed=p.seed, figure_seed=params.sweep.seeds[0])
     groups = dict.fromkeys(spec.group for spec in resolve_sweep(params))
     progress = Progress("report", len(groups), "groups")
+    progress.line("reading the study, models and test split")
     result = report.make_report(report.ReportPaths(out=OUT), settings, evaluate_params=p.model_dump(),
                                 on_model=lambda done, total, name: progress.update(done, f"{name}'s figures"),
                                 on_step=progress.line)

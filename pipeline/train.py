@@ -13,7 +13,8 @@ from aevae.config import PARAMS_FILE, load_params, resolve_sweep
 from aevae.data.prepared import load_manifest, load_split
 from aevae.distributed import check_address, checkpoint_dir, train_sweep
 from aevae.errors import UserError, run_cli
-from aevae.progress import SweepProgress
+from aevae.mlflow_store import tracking_uri
+from aevae.progress import SweepProgress, say
 from aevae.tracking import SweepTracker
 from aevae.training import check_budget, planned_epochs, stopped_by
 
@@ -29,6 +30,7 @@ def main() -> None:
     for spec in specs:  # a KL warm-up longer than the budget fails here, before any tracking run or Ray
         check_budget(spec, len(train.images), world)
     check_address()  # a bad RAY_ADDRESS fails before any tracking run is opened
+    say("train", f"opening the MLflow pipeline run and {len(specs)} child runs in {tracking_uri()}")
     # The tracker fails fast if the server is down; leaving the block early ends its runs FAILED / KILLED.
     # Two validation images become each registered version's input example.
     with SweepTracker(params, specs, manifest, Path(PARAMS_FILE), example_images=val.images[:2]) as tracker:
@@ -42,6 +44,9 @@ def main() -> None:
     for spec in specs:
         shutil.rmtree(checkpoint_dir(Path(params.ray.storage_path).resolve(), spec, manifest["data_sha256"]),
                       ignore_errors=True)
+    groups = len({spec.group for spec in specs})
+    say("train", f"{len(specs)} models saved in models/ and registered as versions of {groups} registered models"
+                 f" (aevae-<model>); MLflow pipeline run {tracker.parent_id}")
 
 
 def _train(params, specs, manifest: dict, train, val, tracker: SweepTracker) -> tuple[list[str], dict]:
@@ -71,7 +76,7 @@ def _train(params, specs, manifest: dict, train, val, tracker: SweepTracker) -> 
 
     cluster = train_sweep(
         specs, train.images, val.images, Path(params.ray.storage_path), params.ray, manifest["data_sha256"],
-        on_epoch=on_epoch, on_done=on_done,
+        on_epoch=on_epoch, on_done=on_done, on_status=lambda text: say("train", text),
     )
     tracker.close(ok=not failures)
     # How this run went (cluster, devices, resumes): facts about the run, not results, so not a DVC output.

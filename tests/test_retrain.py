@@ -164,7 +164,7 @@ def test_a_promotion_without_a_champion_names_the_first_version_only_when_it_is(
     assert model_registry.version_count(client, "ae") == 2 and model_registry.version_count(client, "vae") == 0
     first = retrain.Decision("ae", "ae", "1", None, "promoted", first=True)
     heir = retrain.Decision("ae", "ae", "2", None, "promoted", first=False)
-    assert first.line() == "ae: v1 is the new champion (first version)"
+    assert first.line() == "ae: v1 is the new champion (no champion yet)"
     assert heir.line() == "ae: v2 is the new champion (no champion was set; earlier versions exist)"
 
 
@@ -274,4 +274,4 @@ def test_champion_moves_only_to_a_better_challenger(tmp_path):
         # 6. The champion alias is gone (its version deleted, say) while versions remain: not a "first version".
         MlflowClient(uri, registry_uri=uri).delete_registered_model_alias("aevae-ae", "champion")
         out = _retrain(root, uri, "--force")
-        assert "(no champion was set; earlier versions exist)" in out.stdout and "(first version)" not in out.stdout
+        assert "(no champion was set; earlier versions exist)" in out.stdout and "(no champion yet)" not in out.stdout

@@ -101,3 +101,33 @@ def test_serve_check_names_the_registered_models_and_the_missing_alias(tmp_path,
         check_registered("models:/aevae-ae-z2/3")
     with pytest.raises(UserError, match=r"has no version latest"):
         check_registered("models:/aevae-ae-z2/latest")  # registered, but no version yet
+    with pytest.raises(UserError, match=r"names no alias; give ALIAS=champion"):
+        check_registered("models:/aevae-ae-z2@")  # `make serve ALIAS=`
+    client = MlflowClient(uri, registry_uri=uri)
+    client.create_model_version("aevae-ae-z2", source=str(tmp_path), tags={"seed": "0", "run_name": "ae-z2-s0"})
+    client.set_registered_model_alias("aevae-ae-z2", "champion", "1")
+    with pytest.raises(UserError, match=r"has no alias 'challenger'.*its aliases: champion \(v1\)"):
+        check_registered("models:/aevae-ae-z2@challenger")
+    check_registered("models:/aevae-ae-z2@champion")  # exists: no error
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'typo.db'}")
+    with pytest.raises(UserError, match=r"no MLflow store at .*typo.db"):
+        check_registered("models:/aevae-ae-z2@champion")
+    assert not (tmp_path / "typo.db").exists(), "a mistyped store path must not become a new empty store"
+
+
+def test_make_models_lists_every_version_with_its_aliases(tmp_path, monkeypatch, capsys):
+    from aevae import model_registry
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(uri, registry_uri=uri)
+    client.create_registered_model("aevae-vae-beta1")
+    for seed in (0, 1):
+        client.create_model_version("aevae-vae-beta1", source=str(tmp_path),
+                                    tags={"seed": str(seed), "run_name": f"vae-beta1-s{seed}"})
+    client.set_registered_model_alias("aevae-vae-beta1", "champion", "2")
+    model_registry.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["registered", "model", "version", "seed", "run", "aliases"]
+    assert lines[1].split() == ["aevae-vae-beta1", "v2", "1", "vae-beta1-s1", "champion"]
+    assert lines[2].split() == ["aevae-vae-beta1", "v1", "0", "vae-beta1-s0", "-"]

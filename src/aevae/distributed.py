@@ -98,9 +98,13 @@ def check_address() -> None:
                         f" check the port (a head's GCS is 6379, Ray Client's ray:// is 10001), or {fix}")
 
 
-def connect() -> tuple[bool, str]:
-    """Attach to RAY_ADDRESS or start a local instance; returns (started_locally, gcs address)."""
+def connect(on_status: Callable[[str], None] | None = None) -> tuple[bool, str]:
+    """Attach to RAY_ADDRESS or start a local instance; returns (started_locally, gcs address).
+    on_status(text) says which, before the seconds that takes."""
     address = os.environ.get("RAY_ADDRESS", "").strip()
+    if on_status:
+        on_status(f"attaching to the Ray cluster at {address}" if address
+                  else f"starting a local Ray instance ({os.cpu_count()} CPUs)")
     if address:
         check_address()
         # Since Ray 2.59 a head started with `ray start` requires token auth, but a driver attaching by
@@ -293,10 +297,12 @@ def train_sweep(
     data_sha256: str,
     on_epoch: Callable[[str, dict], None],
     on_done: Callable[[ModelOutcome], None],
+    on_status: Callable[[str], None] | None = None,
 ) -> dict:
-    """Train every spec concurrently as resources allow; returns facts about the cluster used."""
+    """Train every spec concurrently as resources allow; returns facts about the cluster used.
+    on_status(text) says what happens before the first epoch lines (Ray start-up, tasks submitted)."""
     storage_path = storage_path.resolve()
-    started_locally, gcs = connect()  # first: it sets Ray's environment before Ray is imported
+    started_locally, gcs = connect(on_status)  # first: it sets Ray's environment before Ray is imported
     import ray
 
     try:
@@ -315,6 +321,8 @@ def train_sweep(
                 continue
             ref = task.remote(spec, data[0], data[1], ckpt, data_sha256, ray_params.cpus_per_model, board)
             pending[ref] = spec
+        if on_status and pending:
+            on_status(f"{len(pending)} training tasks submitted; epoch lines follow once workers have loaded torch")
         _wait_all(pending, board, on_epoch, on_done)
         for spec, ckpt in ddp_specs:  # each fit uses the whole cluster's share: one after another
             outcome = _fit_ddp(spec, (train_images, val_images), ckpt, data_sha256, ray_params, use_gpu, board)
@@ -357,6 +365,7 @@ def map_tasks(
     max_retries: int,
     on_done: Callable[[TaskOutcome], None],
     on_wait: Callable[[list[str]], None] | None = None,
+    on_status: Callable[[str], None] | None = None,
 ) -> dict:
     """Run fn(*items[key], **shared) for every key, one Ray task each, spread over the cluster.
 
@@ -366,9 +375,9 @@ def map_tasks(
     TaskOutcome as it finishes, in the driver's process (`error` set when its worker or node died more
     often than max_retries allows; an exception raised by fn is re-raised here); on_wait(keys not yet
     done, running or queued) about once a second. fn must be importable by the workers (a function of this package) and
-    its results picklable. Returns facts about the cluster used.
+    its results picklable. on_status(text) says when Ray starts. Returns facts about the cluster used.
     """
-    started_locally, gcs = connect()
+    started_locally, gcs = connect(on_status)
     import ray
 
     try:

@@ -20,6 +20,7 @@ from aevae.config import RunSpec
 from aevae.errors import UserError
 from aevae.mlflow_store import client, first_line, model_tags, tracking_uri
 
+
 def check_registered(model_uri: str) -> None:
     """`make serve`'s check before MLflow starts: models:/<name>@<alias> or models:/<name>/<version|latest> exists.
 
@@ -29,10 +30,13 @@ def check_registered(model_uri: str) -> None:
     from mlflow.exceptions import MlflowException
 
     uri = tracking_uri()
-    mlflow_client = client()  # checks that the store answers
+    mlflow_client = _existing_store_client()
     ref = model_uri.removeprefix("models:/")
     name, alias = ref.split("@", 1) if "@" in ref else (ref.split("/", 1)[0], None)
-    version = None if alias else (ref.split("/", 1) + [""])[1]
+    version = None if alias is not None else (ref.split("/", 1) + [""])[1]
+    if alias == "" or version == "":
+        raise UserError(f"{model_uri} names no {'alias' if alias == '' else 'version'}; give ALIAS=champion or"
+                        " VERSION=<number>|latest")
     known = sorted(m.name.removeprefix("aevae-") for m in mlflow_client.search_registered_models())
     if name not in {f"aevae-{k}" for k in known}:
         raise UserError(f"no registered model '{name}' in {uri}; MODEL= one of: {', '.join(known) or 'none yet'}"
@@ -45,10 +49,23 @@ def check_registered(model_uri: str) -> None:
         elif not mlflow_client.search_model_versions(f"name = '{name}'", max_results=1):
             raise MlflowException("no version")
     except MlflowException:
+        have = model_aliases(mlflow_client, name.removeprefix("aevae-"))
+        listed = ", ".join(f"{a} (v{v})" for a, v in sorted(have.items())) or "none"
         fix = ("`make retrain` sets champion; serve a version meanwhile: VERSION=latest" if alias == "champion"
-               else "pick an existing alias or VERSION=latest")
+               else "pick an existing alias or VERSION=latest") + f"; its aliases: {listed}"
         raise UserError(f"'{name}' has no {'alias ' + repr(alias) if alias else 'version ' + version} in {uri};"
                         f" {fix}") from None
+
+
+def _existing_store_client():
+    """client() on a store that exists: a mistyped SQLite path would otherwise become a new, empty store.
+    Raises UserError when the SQLite file is missing or a server does not answer."""
+    uri = tracking_uri()
+    store = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    if store is not None and not store.is_file():
+        raise UserError(f"no MLflow store at {store}; run the pipeline first (make repro creates mlflow.db) or fix"
+                        " MLFLOW_TRACKING_URI")
+    return client()
 
 
 def registered_name(group: str) -> str:
@@ -210,3 +227,43 @@ def _restore_alias(mlflow_client, name: str, alias: str, version: str | None):
         else:
             mlflow_client.set_registered_model_alias(name, alias, version)
     return restore
+
+
+def listing(mlflow_client) -> list[list[str]]:
+    """`make models`: a row per registered version of every aevae-<group> model: [registered name, version,
+    seed, run name, aliases ("-" when none)], models by name, versions newest first.
+    Raises MlflowException or OSError when the store fails (the caller turns it into one line).
+    """
+    rows = []
+    for model in sorted(mlflow_client.search_registered_models(), key=lambda m: m.name):
+        if not model.name.startswith("aevae-"):
+            continue
+        aliases: dict[str, list[str]] = {}
+        for alias, version in model.aliases.items():
+            aliases.setdefault(str(version), []).append(alias)
+        versions = mlflow_client.search_model_versions(f"name = '{model.name}'")
+        for v in sorted(versions, key=lambda v: -int(v.version)):
+            tags = v.tags or {}
+            rows.append([model.name, f"v{v.version}", tags.get("seed", "?"), tags.get("run_name", "?"),
+                         ", ".join(sorted(aliases.get(str(v.version), []))) or "-"])
+    return rows
+
+
+def main() -> None:
+    """Print every registered version and its aliases (see listing), or say that none is registered yet."""
+    from aevae.mlflow_store import server_errors
+
+    with server_errors("listing the registered models", "nothing was changed"):
+        rows = listing(_existing_store_client())
+    if not rows:
+        print(f"no aevae model is registered in {tracking_uri()} yet (make repro registers one per model)")
+        return
+    rows.insert(0, ["registered model", "version", "seed", "run", "aliases"])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    print("\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows))
+
+
+if __name__ == "__main__":
+    from aevae.errors import run_cli
+
+    run_cli(main)

@@ -36,11 +36,17 @@ def _eta(seconds: float) -> str:
     return f"ETA {seconds:4.0f}s" if seconds < 600 else f"ETA {seconds / 60:4.0f}min"
 
 
+def say(stage: str, text: str, stream=None) -> None:
+    """One `[stage] text` line, flushed: what a stage is doing between its counted steps."""
+    print(f"[{stage}] {text}", file=stream or sys.stdout, flush=True)
+
+
 class Progress:
     """One stage's work counted in units: `[stage] done/total unit (pct)  note  ETA`.
 
     A line at the first update, then at most one per `every` seconds, and at the end; the ETA extrapolates
-    the rate so far (an upper bound where the work may stop early, e.g. early stopping).
+    the rate since the first update ("?" until there is one; an upper bound where the work may stop early,
+    e.g. early stopping).
     """
 
     def __init__(self, stage: str, total: int, unit: str, stream=sys.stdout, every: float | None = None):
@@ -48,17 +54,20 @@ class Progress:
         self.every = every_s(5.0) if every is None else every
         self.t0 = time.monotonic()
         self.last = -math.inf
+        self.first: tuple[float, float] | None = None  # (time, done) of the first update
 
     def line(self, text: str) -> None:
-        print(f"[{self.stage}] {text}", file=self.stream, flush=True)
+        say(self.stage, text, self.stream)
 
     def update(self, done: float, note: str = "", force: bool = False) -> None:
         now = time.monotonic()
         if not force and done < self.total and now - self.last < self.every:
             return
         self.last = now
-        elapsed = now - self.t0
-        eta = elapsed / done * (self.total - done) if done > 0 else math.inf
+        if self.first is None:  # the rate is measured from here: start-up (imports, loading, Ray) is not work
+            self.first = (now, done)
+        t_first, done_first = self.first
+        eta = (now - t_first) / (done - done_first) * (self.total - done) if done > done_first else math.inf
         note = f"  {note}" if note else ""
         self.line(f"{done:.0f}/{self.total} {self.unit} ({100 * done / self.total:3.0f}%){note}  {_eta(eta)}")
 

@@ -43,6 +43,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import filelock
+from scipy.stats import t as student_t
 
 from aevae import atomic, metric_registry, mlflow_store, model_registry, study, tracking
 from aevae.config import Criterion, Params, RunSpec, load_params, resolve_sweep
@@ -139,8 +140,12 @@ class Check:
         mark = "pass" if self.passed else "fail"
         judged = (f"{'upper' if self.goal == 'min' else 'lower'} 95% bound over {self.n_seeds} seeds"
                   f" {self.challenger:.6g} (mean {self.challenger_mean:.6g})" if self.n_seeds > 1 else f"{self.challenger:.6g}")
+        hint = ""
+        if not self.passed and 1 < self.n_seeds < 4:  # t(0.975) is 12.7 at 2 seeds, 4.3 at 3: a wide bound
+            hint = (f"; with {self.n_seeds} seeds the bound is t = {student_t.ppf(0.975, self.n_seeds - 1):.1f}"
+                    " standard errors from the mean: more seeds (sweep.seeds) narrow it")
         return (f"{self.metric} {judged} vs {self.champion:.6g} ({self.goal}; improved"
-                f" {self.improvement:+.4g}, needs >= {self.min_improvement:g}: {mark})")
+                f" {self.improvement:+.4g}, needs >= {self.min_improvement:g}: {mark}{hint})")
 
     def as_dict(self) -> dict:
         """The check as JSON-safe values (NaN and inf become None)."""
@@ -282,7 +287,7 @@ class Decision:
         """One line for the log: what happened to the aliases, and each check."""
         v, c = self.challenger, self.champion_before
         head = {
-            "promoted": f"v{v} is the new champion" + (f" (was v{c})" if c else " (first version)" if self.first
+            "promoted": f"v{v} is the new champion" + (f" (was v{c})" if c else " (no champion yet)" if self.first
                                                          else " (no champion was set; earlier versions exist)"),
             "kept": f"champion v{c} stays; v{v} is the challenger",
             "unchanged": f"v{v} is already the champion; nothing new to compare",
