@@ -65,8 +65,8 @@ def main() -> None:
 
     cluster = map_tasks(metrics.evaluate, {name: (models[name][0],) for name in names}, shared,
                         params.ray.cpus_per_model, params.ray.max_retries, on_done,
-                        on_wait=lambda _left: progress.update(len(evaluations)),
-                        on_status=progress.line)  # queued ones too: no names
+                        on_wait=lambda _left: progress.update(len(evaluations)),  # queued ones too: no names
+                        on_status=progress.line)
     results, pca = {}, {}
     with atomic.atomic_dir(OUT / "arrays") as arrays:  # all models' arrays appear together, or none
         for name in names:

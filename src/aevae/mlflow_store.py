@@ -44,6 +44,14 @@ def _configure() -> None:
 _SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The file of an `sqlite:///rel.db` or `sqlite:////abs.db` store (the slash after the empty host dropped,
+    any ?query too); None for any other store or an in-memory SQLite."""
+    scheme, sep, rest = uri.partition("://")
+    path = rest[1:].split("?")[0] if sep and scheme == "sqlite" else ""
+    return Path(path) if path else None
+
+
 def check_reachable(uri: str) -> None:
     """MLFLOW_TRACKING_URI must lead to a working MLflow store: a clear UserError within seconds otherwise.
 
@@ -58,8 +66,8 @@ def check_reachable(uri: str) -> None:
         raise UserError(f"MLFLOW_TRACKING_URI={uri} has no scheme MLflow knows (one of {', '.join(_SCHEMES)});"
                         f" for a server write http://host:port, or unset it to track in the local mlflow.db")
     if scheme == "sqlite":
-        path = rest[1:].split("?")[0]  # sqlite:///rel.db, sqlite:////abs.db: the slash after the empty host
-        if path and not Path(path).parent.is_dir():
+        path = sqlite_path(uri)
+        if path is not None and not path.parent.is_dir():
             raise UserError(f"the folder of the SQLite store in MLFLOW_TRACKING_URI={uri} does not exist;"
                             " create it or fix the URI")
         return

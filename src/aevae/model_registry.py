@@ -18,7 +18,9 @@ from pathlib import Path
 from aevae import model_card
 from aevae.config import RunSpec
 from aevae.errors import UserError
-from aevae.mlflow_store import client, first_line, model_tags, tracking_uri
+from aevae.mlflow_store import client, first_line, model_tags, sqlite_path, tracking_uri
+
+PREFIX = "aevae-"  # registered names are PREFIX + group (registered_name); other models in the registry are not ours
 
 
 def check_registered(model_uri: str) -> None:
@@ -37,8 +39,8 @@ def check_registered(model_uri: str) -> None:
     if alias == "" or version == "":
         raise UserError(f"{model_uri} names no {'alias' if alias == '' else 'version'}; give ALIAS=champion or"
                         " VERSION=<number>|latest")
-    known = sorted(m.name.removeprefix("aevae-") for m in mlflow_client.search_registered_models())
-    if name not in {f"aevae-{k}" for k in known}:
+    known = sorted(m.name.removeprefix(PREFIX) for m in mlflow_client.search_registered_models())
+    if name not in {registered_name(k) for k in known}:
         raise UserError(f"no registered model '{name}' in {uri}; MODEL= one of: {', '.join(known) or 'none yet'}"
                         " (make repro registers one per model)")
     try:
@@ -49,7 +51,7 @@ def check_registered(model_uri: str) -> None:
         elif not mlflow_client.search_model_versions(f"name = '{name}'", max_results=1):
             raise MlflowException("no version")
     except MlflowException:
-        have = model_aliases(mlflow_client, name.removeprefix("aevae-"))
+        have = model_aliases(mlflow_client, name.removeprefix(PREFIX))
         listed = ", ".join(f"{a} (v{v})" for a, v in sorted(have.items())) or "none"
         fix = ("`make retrain` sets champion; serve a version meanwhile: VERSION=latest" if alias == "champion"
                else "pick an existing alias or VERSION=latest") + f"; its aliases: {listed}"
@@ -61,7 +63,7 @@ def _existing_store_client():
     """client() on a store that exists: a mistyped SQLite path would otherwise become a new, empty store.
     Raises UserError when the SQLite file is missing or a server does not answer."""
     uri = tracking_uri()
-    store = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    store = sqlite_path(uri)
     if store is not None and not store.is_file():
         raise UserError(f"no MLflow store at {store}; run the pipeline first (make repro creates mlflow.db) or fix"
                         " MLFLOW_TRACKING_URI")
@@ -74,7 +76,7 @@ def registered_name(group: str) -> str:
     One registered model per group, one version per trained seed (tagged `seed`): the seeds are
     interchangeable draws of the same recipe, so they are versions of one model, not models of their own.
     """
-    return f"aevae-{group}"
+    return PREFIX + group
 
 
 def register_model(mlflow_client, run_id: str, model_dir: Path, spec: RunSpec, description: str,
@@ -236,7 +238,7 @@ def listing(mlflow_client) -> list[list[str]]:
     """
     rows = []
     for model in sorted(mlflow_client.search_registered_models(), key=lambda m: m.name):
-        if not model.name.startswith("aevae-"):
+        if not model.name.startswith(PREFIX):
             continue
         aliases: dict[str, list[str]] = {}
         for alias, version in model.aliases.items():

@@ -43,7 +43,6 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import filelock
-from scipy.stats import t as student_t
 
 from aevae import atomic, metric_registry, mlflow_store, model_registry, study, tracking
 from aevae.config import Criterion, Params, RunSpec, load_params, resolve_sweep
@@ -142,7 +141,7 @@ class Check:
                   f" {self.challenger:.6g} (mean {self.challenger_mean:.6g})" if self.n_seeds > 1 else f"{self.challenger:.6g}")
         hint = ""
         if not self.passed and 1 < self.n_seeds < 4:  # t(0.975) is 12.7 at 2 seeds, 4.3 at 3: a wide bound
-            hint = (f"; with {self.n_seeds} seeds the bound is t = {student_t.ppf(0.975, self.n_seeds - 1):.1f}"
+            hint = (f"; with {self.n_seeds} seeds the bound is t = {study.t_factor(self.n_seeds):.1f}"
                     " standard errors from the mean: more seeds (sweep.seeds) narrow it")
         return (f"{self.metric} {judged} vs {self.champion:.6g} ({self.goal}; improved"
                 f" {self.improvement:+.4g}, needs >= {self.min_improvement:g}: {mark}{hint})")
