@@ -155,8 +155,19 @@ def assert_one_line(message: str) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Tell tests/project.py which tier runs now: its end-to-end helpers refuse a test not marked slow."""
-    os.environ["AEVAE_TEST_TIER"] = "slow" if item.get_closest_marker("slow") else "fast"
+    """Tell tests/project.py which tier runs now (its end-to-end helpers refuse a test not marked slow) and
+    whether the test's runs attach to the session's Ray cluster (before fixtures, module-scoped ones too)."""
+    import project
+
+    slow = item.get_closest_marker("slow") is not None
+    os.environ["AEVAE_TEST_TIER"] = "slow" if slow else "fast"
+    project.SHARED_RAY.wanted = slow and item.get_closest_marker("own_ray") is None
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    import project
+
+    project.SHARED_RAY.stop()
 
 
 @pytest.fixture

@@ -7,12 +7,14 @@ run takes seconds and never touches the working tree.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -40,12 +42,76 @@ SMALL_PARAMS = {
 
 
 def env(**extra: str) -> dict[str, str]:
-    """The environment a user's shell would have, minus anything pointing at real servers."""
+    """The environment a user's shell would have, minus anything pointing at real servers.
+
+    In a test that may share the session's Ray cluster (conftest.py decides: slow tests not marked
+    `own_ray`), RAY_ADDRESS leads there unless the test sets RAY_ADDRESS itself.
+    """
     base = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     base["PATH"] = f"{BIN}{os.pathsep}{base.get('PATH', '')}"
     base["PYTHONUNBUFFERED"] = "1"
+    if SHARED_RAY.wanted and "RAY_ADDRESS" not in extra:
+        base["RAY_ADDRESS"] = SHARED_RAY.address()
     base.update(extra)
     return base
+
+
+class SharedRay:
+    """One Ray head per test process (`ray start --head` on 127.0.0.1), started on first use, stopped at the end.
+
+    Starting a local Ray instance costs each stage seconds that attaching to a running cluster does not;
+    the end-to-end runs that do not test Ray itself attach here instead, each as its own Ray job. Tests
+    that start, break or kill Ray (or read an environment variable inside a Ray task) are marked
+    `own_ray` and get a local instance per stage, as a user without RAY_ADDRESS does.
+    """
+
+    def __init__(self) -> None:
+        self.wanted = False  # set per test by conftest.py
+        self._address: str | None = None
+        self._temp_dir: str | None = None
+
+    def address(self) -> str:
+        if self._address is None:
+            # A short temp dir of its own (Ray's socket paths must fit 107 bytes) names this head's processes.
+            self._temp_dir = tempfile.mkdtemp(prefix="rays", dir="/tmp")
+            port = free_port()
+            cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                   f"--num-cpus={os.cpu_count()}", "--include-dashboard=false", "--disable-usage-stats",
+                   f"--temp-dir={self._temp_dir}"]
+            self.wanted = False  # run() builds its environment with env(): not this head's address yet
+            try:
+                run(cmd, Path(self._temp_dir), timeout=120)
+            finally:
+                self.wanted = True
+            self._address = f"127.0.0.1:{port}"
+        return self._address
+
+    def stop(self) -> None:
+        if self._temp_dir is not None:
+            stop_ray_processes(self._temp_dir)
+            self._address = self._temp_dir = None
+
+
+def stop_ray_processes(temp_dir: str) -> None:
+    """Stop only the Ray processes started with `temp_dir` (`ray stop` would stop every instance on the machine)."""
+    import psutil
+
+    procs = []
+    for proc in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if any(temp_dir in part for part in proc.info["cmdline"] or []):
+                procs.append(proc)
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=15)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+SHARED_RAY = SharedRay()
 
 
 def make_project(root: Path, params: dict | None = None, git: bool = True) -> Path:

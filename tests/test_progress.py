@@ -63,6 +63,7 @@ def test_augmentation_only_for_small_training_sets():
     assert clf_lib.augment_shift(True, 54_000) == 2 and clf_lib.augment_shift(False, 3_600) == 0
 
 
+@pytest.mark.own_ray
 @pytest.mark.slow
 def test_every_stage_prints_progress_with_an_eta(tmp_path):
     root = make_project(tmp_path / "p", {**SMALL_PARAMS, "classifier": {"max_epochs": 2, "seed": 0}})

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import shutil
 import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 import yaml
 
-from project import BIN, SMALL_PARAMS, dvc, free_port, kill_group, make_project, run, stage, start
+from project import BIN, SMALL_PARAMS, dvc, free_port, kill_group, make_project, run, stage, start, stop_ray_processes
 
 pytestmark = pytest.mark.slow
 
@@ -31,6 +28,7 @@ def _same_weights(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.own_ray
 def test_local_instance_trains_every_member(tmp_path):
     root = make_project(tmp_path / "p")
     out = dvc(["repro"], root)
@@ -66,24 +64,7 @@ def test_attaches_to_an_existing_cluster(tmp_path):
         assert facts["cluster_resources"]["CPU"] == 2.0
         assert all((root / "models" / n / "model.pt").is_file() for n in ("ae", "vae-beta1"))
     finally:
-        _stop_head(temp_dir)
-
-
-def _stop_head(temp_dir: str) -> None:
-    """Stop only this test's head: `ray stop` would kill every Ray instance on the machine."""
-    procs = []
-    for proc in psutil.process_iter(["cmdline"]):
-        with contextlib.suppress(psutil.Error):
-            if any(temp_dir in part for part in proc.info["cmdline"] or []):
-                procs.append(proc)
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            proc.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=15)
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    shutil.rmtree(temp_dir, ignore_errors=True)
+        stop_ray_processes(temp_dir)
 
 
 def test_unreachable_cluster_fails_fast(tmp_path):
@@ -112,6 +93,7 @@ def _wait_for_checkpoint(root: Path, min_epoch: int, proc, timeout: float = 120)
     raise AssertionError("no checkpoint appeared")
 
 
+@pytest.mark.own_ray
 def test_killed_stage_resumes_from_checkpoints(tmp_path):
     params = {**SMALL_PARAMS, "train": {**SMALL_PARAMS["train"], "epochs": 40}}
     reference = make_project(tmp_path / "reference", params)

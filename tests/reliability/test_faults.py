@@ -63,6 +63,7 @@ def _train_workers(stage_pid: int) -> list[psutil.Process]:
     return found
 
 
+@pytest.mark.own_ray
 def test_a_killed_ray_worker_is_retried_and_resumes(tmp_path):
     root = make_project(tmp_path / "p", _params(epochs=100), git=False)
     stage("prepare", root)
