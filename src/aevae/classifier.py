@@ -232,12 +232,12 @@ def load(path: str | Path, device: torch.device | str = "cpu") -> tuple[DigitCla
     path = Path(path)
     if not path.is_file():
         raise UserError(f"classifier {path} not found; run the classifier stage first (dvc repro classifier)")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
+    def build(state: dict) -> tuple[DigitClassifier, dict]:
         cfg = dict(state["config"])
         cfg["channels"] = tuple(cfg["channels"])
         model = DigitClassifier(ClassifierConfig(**cfg))
         model.load_state_dict(state["state_dict"])
-    except Exception as exc:  # weights_only refuses pickled code; anything else is a corrupt file
-        raise UserError(f"{path} cannot be loaded safely ({type(exc).__name__}); retrain it (dvc repro -f classifier)") from None
-    return model.to(device).eval(), dict(state.get("facts", {}))
+        return model, dict(state.get("facts", {}))
+
+    model, facts = atomic.torch_load(path, "classifier", device, then=build)
+    return model.to(device).eval(), facts
