@@ -41,10 +41,10 @@ import time
 import traceback
 from pathlib import Path
 
+import pipeline_default
 import ray_overhead
 import scaling
 import speed
-import pipeline_default
 from common import DEFAULT_OUT, FULL, QUICK, SectionFailed, loadavg, log, machine_info, table
 
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
 
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = datetime.datetime.now(datetime.UTC)
     load_start = loadavg()
     t_start = time.perf_counter()
     sections: list[tuple[str, list[str]]] = []

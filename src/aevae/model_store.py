@@ -13,8 +13,6 @@ import io
 import json
 from pathlib import Path
 
-import torch
-
 from aevae import atomic
 from aevae.config import RunSpec
 from aevae.errors import UserError

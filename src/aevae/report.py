@@ -39,7 +39,6 @@ import torch
 import yaml
 
 from aevae import atomic, metric_registry, metrics, model_store, plots
-from aevae.study import CLAIMS as CLAIM_ORDER, VERDICTS, none_to_nan, plus_minus, read_summary
 from aevae.config import RunSpec
 from aevae.data import ClassNames, class_names
 from aevae.data.prepared import load_manifest, load_split
@@ -47,6 +46,8 @@ from aevae.errors import UserError
 from aevae.metric_registry import Metric
 from aevae.models import as_images
 from aevae.provenance import git_state
+from aevae.study import CLAIMS as CLAIM_ORDER
+from aevae.study import VERDICTS, none_to_nan, plus_minus, read_summary
 
 TITLE = "AutoEncoder vs Variational AutoEncoder: the comparison report"
 TEMPLATES = "templates"  # package folder of aevae holding the templates and report.yaml
