@@ -145,7 +145,7 @@ class Comparison:
 
     def describe(self, code: bool = False) -> str:
         """The statistic in words, e.g. "VAE β=1 test/mmd_to_prior lower than non-linear AE test/mmd_to_prior";
-        `code`: metric keys in Markdown backticks (the README's table)."""
+        `code`: metric keys in Markdown backticks (the claims table of docs/study.md)."""
         ka, kb = (f"`{op.metric}`" if code else op.metric for op in (self.a, self.b))
         if self.equivalence_tolerance is not None:
             return f"{self.a.role.label} {ka} ≈ {self.b.role.label} {kb} (within ±{self.equivalence_tolerance:.0%})"
@@ -443,7 +443,7 @@ def console_lines(summary: Mapping[str, Mapping[str, Mapping]], claims: Mapping,
 
 
 def markdown_table(claims: Sequence[Claim] = CLAIMS) -> str:
-    """The README's claims table: id, the article's claim, and each comparison with its rule (or why none)."""
+    """The claims table of docs/study.md: id, the article's claim, and each comparison with its rule (or why none)."""
     lines = ["| id | claim of the article | tested by (each comparison over paired seeds) |", "| --- | --- | --- |"]
     for c in claims:
         tests = "; ".join(cmp.describe(code=True) for cmp in c.comparisons) or f"not measured: {c.not_measured}"
@@ -451,5 +451,5 @@ def markdown_table(claims: Sequence[Claim] = CLAIMS) -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":  # `python -m aevae.study` prints the README's claims table
+if __name__ == "__main__":  # `python -m aevae.study` prints the claims table of docs/study.md
     print(markdown_table(), end="")
