@@ -20,7 +20,7 @@ $(STAMP): requirements.lock pyproject.toml
 repro: setup
 	dvc repro
 
-# Every test, the end-to-end runs included (CI runs this): ~10 min on a quiet 2-core machine.
+# Every test, the end-to-end runs included (CI runs this): how long it takes, see README.
 test: setup
 	$(PY) -m pytest -q
 

@@ -1,4 +1,4 @@
-"""What the training budget costs (issue 16, item 6): test loss at params.yaml's train.max_steps against
+"""What the training budget costs: test loss at params.yaml's train.max_steps against
 training to convergence, on the full MNIST; appends a dated section to bench/RESULTS.md.
 
     python bench/budget.py                         # ae and vae-beta1 at latent 2, 60k/10k: ~15 min on 2 cores
@@ -35,7 +35,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from common import append_section, DEFAULT_OUT, REPO, fmt_s, loadavg, log, machine_info, table  # noqa: E402
+from common import DEFAULT_OUT, REPO, append_section, fmt_s, loadavg, log, machine_info, table  # noqa: E402
 
 DEFAULT_DATA = BENCH.parents[1] / "shared" / "data" / "mnist"
 
@@ -151,7 +151,7 @@ def _append(args, groups: list[str], budgets: list, rows: dict, seconds: float, 
     from aevae.config import load_params
 
     train = load_params(REPO / "params.yaml").train
-    lines = [f"## {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC: training budget"
+    lines = [f"## {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC: training budget"
              f"{' (quick)' if args.quick else ''} (bench/budget.py)", "",
              *machine_info(1), f"- load average at start: {load}", "",
              f"Budget: train.epochs {train.epochs}, train.max_steps {train.max_steps} (batch {train.batch_size}),"

@@ -2,7 +2,7 @@
 Markdown tables, and the exceptions a section raises to stop early or to fail with its own lines.
 
 Run `python bench/run.py` (`make bench`); the benchmarks are bench/speed.py, bench/ray_overhead.py,
-bench/whole_pipeline.py and bench/scaling.py, each a `section(...)` returning (Markdown lines, results).
+bench/pipeline_default.py and bench/scaling.py, each a `section(...)` returning (Markdown lines, results).
 """
 
 from __future__ import annotations

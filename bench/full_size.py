@@ -1,4 +1,4 @@
-"""Full-size benchmarks (issue 16, item 5) on the full MNIST; appends a dated section to bench/RESULTS.md.
+"""Full-size benchmarks on the full MNIST; appends a dated section to bench/RESULTS.md.
 
     python bench/full_size.py            # 60k/10k from ../shared/data/mnist (or --data DIR): ~15 min on 2 cores
     python bench/full_size.py --quick    # 4,000 / 1,000 of those images, 2 baseline epochs (smoke test)
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     speed, _ = section_speed(d, 2 if args.quick else 10)
     throughput, _ = section_throughput(d, args.quick)
-    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     kind = "quick run (`--quick`)" if args.quick else "full size"
     text = [f"## {when} — full-size benchmarks, {kind} (`python bench/full_size.py`)", "",
             *machine_info(args.threads), f"- Data: {len(d['x_tr'])} train / {len(d['x_te'])} test from {args.data}; "

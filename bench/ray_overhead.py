@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import REPO, fmt_s, log, Settings, Stop, table
+from common import REPO, Settings, Stop, fmt_s, log, table
 
 
 def _sweep_specs(epochs: int | None):

@@ -20,7 +20,7 @@ Four measurements, one file each (bench/common.py holds what they share), each a
    local Ray instance) against the same specs trained without Ray, each
    variant a fresh process; goal ray / in-process <= 1.15. Ray's fixed costs
    are broken down.
-3. bench/whole_pipeline.py, the whole pipeline: `dvc repro -f` in a temporary copy of the project,
+3. bench/pipeline_default.py, the whole pipeline: `dvc repro -f` in a temporary copy of the project,
    wall time and peak memory (sum of RSS over the process tree, sampled
    every 0.2 s); goals < 3 min and < 4 GB.
 4. bench/scaling.py, scaling: seconds per epoch of one model (ae, vae) at 5k, 20k and 60k
@@ -41,10 +41,10 @@ import time
 import traceback
 from pathlib import Path
 
+import pipeline_default
 import ray_overhead
 import scaling
 import speed
-import whole_pipeline
 from common import DEFAULT_OUT, FULL, QUICK, SectionFailed, loadavg, log, machine_info, table
 
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
 
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = datetime.datetime.now(datetime.UTC)
     load_start = loadavg()
     t_start = time.perf_counter()
     sections: list[tuple[str, list[str]]] = []
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     runners = {"1": ("1. Training speed: ours vs the pytorch/examples VAE", lambda: speed.section(cfg, args.threads)),
                "2": ("2. Ray overhead: train_sweep vs the same sweep without Ray",
                      lambda: ray_overhead.section(cfg, args.threads, args.pool)),
-               "3": ("3. Whole pipeline: `dvc repro -f`", lambda: whole_pipeline.section(cfg, args.pipeline_target)),
+               "3": ("3. Whole pipeline: `dvc repro -f`", lambda: pipeline_default.section(cfg, args.pipeline_target)),
                "4": ("4. Scaling with dataset size", lambda: scaling.section(cfg))}
     for key, (title, fn) in runners.items():
         if key not in args.only:

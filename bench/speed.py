@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import bundled_digits, fmt_s, log, patched_adam, Settings, Stop, table
+from common import Settings, Stop, bundled_digits, fmt_s, log, patched_adam, table
 
 
 def _ours_spec(epochs: int, precision: str = "fp32", lr: float = 1e-3, batch_size: int = 128):
@@ -163,9 +163,10 @@ def section(cfg: Settings, threads: int) -> tuple[list[str], dict]:
 
 def _speed_diagnosis(cfg, x_tr, y_tr, x_te, target, max_epochs, pairs) -> list[str]:
     """Where the time goes (direct timing + torch.profiler), and measured what-ifs that would close the gap."""
-    import baseline_vae
     from torch.utils.data import DataLoader
     from torchvision import transforms
+
+    import baseline_vae
 
     n_epochs = cfg.baseline_epochs
     # Baseline: its input pipeline alone (no model), best of 3 passes, against its whole epoch.

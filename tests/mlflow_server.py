@@ -31,7 +31,7 @@ def mlflow_server(root: Path):
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"mlflow server did not start:\n{(root / 'server.log').read_text()}")
+                    raise RuntimeError(f"mlflow server did not start:\n{(root / 'server.log').read_text()}") from None
                 time.sleep(0.5)
         yield uri, proc
     finally:

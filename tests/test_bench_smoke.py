@@ -72,16 +72,16 @@ def test_budget_benchmark_skips_without_data(tmp_path):
     assert not (tmp_path / "RESULTS.md").exists()
 
 
-def test_full_pipeline_benchmark_skips_without_data(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "full_pipeline.py"), "--data", str(tmp_path),
+def test_pipeline_full_size_benchmark_skips_without_data(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "pipeline_full_size.py"), "--data", str(tmp_path),
                            "--out", str(tmp_path / "RESULTS.md")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith("skipped: no MNIST IDX files")
     assert not (tmp_path / "RESULTS.md").exists()
 
 
-def test_full_pipeline_report_judges_the_share_outside_training():
+def test_pipeline_full_size_report_judges_the_share_outside_training():
     sys.path.insert(0, str(REPO / "bench"))
-    from full_pipeline import report
+    from pipeline_full_size import report
 
     result = {"stages": {"prepare": 15.0, "train": 600.0, "classifier": 150.0, "evaluate": 135.0}, "total": 900.0,
               "rc": 0, "peak_pss": 3 * 2**30, "peak_at": 700.0}

@@ -6,10 +6,10 @@ import copy
 
 import pytest
 import yaml
-from conftest import SHIPPED_PARAMS, assert_one_line, run_stage, shipped_params
 
 from aevae.config import Params, load_params, resolve_sweep
 from aevae.errors import UserError
+from conftest import SHIPPED_PARAMS, assert_one_line, run_stage, shipped_params
 
 
 def _write(tmp_path, params: dict):

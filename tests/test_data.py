@@ -13,6 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from aevae.data import sources
+from aevae.data.idx import read_idx, read_split
+from aevae.data.prepare import split, write_prepared
+from aevae.data.prepared import load_manifest, load_split
+from aevae.data.sources import RawData, load_raw
+from aevae.errors import UserError
 from conftest import (
     IDX_NAMES,
     assert_one_line,
@@ -27,13 +34,6 @@ from conftest import (
     write_idx_dir,
     write_params,
 )
-
-from aevae.data import sources
-from aevae.data.idx import read_idx, read_split
-from aevae.data.prepare import split, write_prepared
-from aevae.data.prepared import load_manifest, load_split
-from aevae.data.sources import RawData, load_raw
-from aevae.errors import UserError
 
 SPLITS = ("train", "val", "test")
 

@@ -15,9 +15,9 @@ from sklearn.model_selection import train_test_split
 from aevae import classifier as clf_lib
 from aevae import metrics as M
 from aevae.config import EvaluateParams, ModelParams, RunSpec, TrainParams
-from aevae.metric_registry import METRICS
 from aevae.errors import UserError
 from aevae.losses import recon_per_image
+from aevae.metric_registry import METRICS
 from aevae.models import as_images
 from aevae.training import train_model
 from conftest import cached_classifier

@@ -17,7 +17,6 @@ from aevae.losses import kl_per_dim, recon_per_image
 from aevae.models import IMAGE_SHAPE, MODEL_KINDS, PIXELS, AutoEncoder, Posterior, build_model
 from aevae.training import kl_weight
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -248,7 +247,7 @@ def test_recon_bce_matches_torch_per_image():
     x = images(6)
     got = recon_per_image(logits, x, "bce")
     assert got.shape == (6,)
-    expected = torch.stack([F.binary_cross_entropy(torch.sigmoid(l), xi, reduction="sum") for l, xi in zip(logits, x)])
+    expected = torch.stack([F.binary_cross_entropy(torch.sigmoid(lg), xi, reduction="sum") for lg, xi in zip(logits, x)])
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-3)
 
 
@@ -258,7 +257,7 @@ def test_recon_mse_is_sum_of_squared_error_per_image():
     x = images(6)
     got = recon_per_image(logits, x, "mse")
     assert got.shape == (6,)
-    expected = torch.stack([((torch.sigmoid(l) - xi) ** 2).sum() for l, xi in zip(logits, x)])
+    expected = torch.stack([((torch.sigmoid(lg) - xi) ** 2).sum() for lg, xi in zip(logits, x)])
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(got, F.mse_loss(torch.sigmoid(logits), x, reduction="none").flatten(1).sum(1))
 

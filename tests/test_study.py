@@ -163,8 +163,8 @@ def test_console_with_one_seed_prints_means_and_says_there_is_no_interval():
     assert not any("±" in line for line in lines)
 
 
-def test_readme_claims_table_is_the_study_output():
-    assert study.markdown_table() in (REPO / "README.md").read_text()
+def test_docs_claims_table_is_the_study_output():
+    assert study.markdown_table() in (REPO / "docs" / "study.md").read_text()
     printed = subprocess.run([sys.executable, "-m", "aevae.study"], capture_output=True, text=True, check=True).stdout
     assert printed == study.markdown_table()
     for claim in study.CLAIMS:

@@ -15,10 +15,10 @@ import shutil
 
 import pytest
 import yaml
-from project import SMALL_PARAMS, dvc, make_project, run, write_params
 from scipy import stats
 
 from aevae import study
+from project import SMALL_PARAMS, dvc, make_project, run, write_params
 
 pytestmark = pytest.mark.slow
 

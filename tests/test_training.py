@@ -6,6 +6,8 @@ the file runs in well under a minute on two CPU cores.
 
 from __future__ import annotations
 
+import copy
+import io
 import os
 import re
 import shlex
@@ -13,12 +15,7 @@ import shlex
 import numpy as np
 import pytest
 import torch
-
-import copy
-import io
-
 import yaml
-from conftest import assert_one_line, shipped_params
 
 from aevae.config import ModelParams, RunSpec, TrainParams, load_params
 from aevae.data.sources import from_bundled
@@ -36,7 +33,7 @@ from aevae.training import (
     stopped_by,
     train_model,
 )
-
+from conftest import assert_one_line, shipped_params
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

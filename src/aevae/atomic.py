@@ -13,7 +13,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,25 @@ def torch_bytes(obj: Any) -> bytes:
 
 def torch_save(path: str | os.PathLike, obj: Any) -> None:
     write_bytes(path, torch_bytes(obj))
+
+
+def torch_load(path: str | os.PathLike, stage: str, device: Any = "cpu",
+               then: Callable[[Any], Any] | None = None) -> Any:
+    """What torch_save wrote to `path`, read with torch.load(weights_only=True) onto `device`, then `then(state)`
+    when given (the caller's model built from it, under the same guard).
+
+    weights_only reads tensors and plain data only: a file that carries pickled code is refused, not run.
+    Raises: UserError naming the file and the stage that writes it (`dvc repro -f <stage>`) when the file is
+    refused, corrupt or missing, or `then` fails on what it holds.
+    """
+    import torch
+
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        return state if then is None else then(state)
+    except Exception as exc:  # weights_only refuses pickled code; anything else is a corrupt file
+        raise UserError(f"{path} cannot be loaded safely ({type(exc).__name__}); "
+                        f"retrain it (dvc repro -f {stage})") from None
 
 
 @contextlib.contextmanager

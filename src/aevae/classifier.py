@@ -126,7 +126,7 @@ def _random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torc
 def augment_shift(augment: bool | str, n_train: int, shift: int = 2) -> int:
     """Pixels of random shift to train with: `augment` "auto" shifts only small training sets.
 
-    Measured for issue 16 (one seed, patience 3, 1 thread): on the bundled 3,600 digits shifts gave 97.0%
+    Measured (one seed, patience 3, 1 thread): on the bundled 3,600 digits shifts gave 97.0%
     test accuracy in 7 epochs against 96.8% in 11 without; on the full 54k the two were within the
     validation set's noise (98.4 / 99.0% after 1 / 2 epochs against 98.25 / 98.8%), and a shift costs
     about 1% of a training step's CPU time. So they are on where they measurably help.
@@ -189,7 +189,7 @@ def train(
     for epoch in range(1, max_epochs + 1):
         t0 = time.perf_counter()
         gen = epoch_generator(seed, epoch)  # batch order and shifts
-        step_cb = (lambda step: on_step(epoch, step)) if on_step else None
+        step_cb = (lambda step: on_step(epoch, step)) if on_step else None  # noqa: B023 (used within this epoch)
         loss = _epoch(model, opt, x, y, batch_size, shift, gen, step_cb)
         record = {"epoch": epoch, "train/loss_nats_per_image": loss, "lr": opt.param_groups[0]["lr"]}
         if val_images is None:  # nothing to stop on: every epoch counts as the best so far
@@ -232,12 +232,12 @@ def load(path: str | Path, device: torch.device | str = "cpu") -> tuple[DigitCla
     path = Path(path)
     if not path.is_file():
         raise UserError(f"classifier {path} not found; run the classifier stage first (dvc repro classifier)")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
+    def build(state: dict) -> tuple[DigitClassifier, dict]:
         cfg = dict(state["config"])
         cfg["channels"] = tuple(cfg["channels"])
         model = DigitClassifier(ClassifierConfig(**cfg))
         model.load_state_dict(state["state_dict"])
-    except Exception as exc:  # weights_only refuses pickled code; anything else is a corrupt file
-        raise UserError(f"{path} cannot be loaded safely ({type(exc).__name__}); retrain it (dvc repro -f classifier)") from None
-    return model.to(device).eval(), dict(state.get("facts", {}))
+        return model, dict(state.get("facts", {}))
+
+    model, facts = atomic.torch_load(path, "classifier", device, then=build)
+    return model.to(device).eval(), facts

@@ -216,7 +216,7 @@ def _format_error(exc: ValidationError, source: str, root: type[BaseModel] = Par
         hint = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
         return f"{source}: unknown key '{key}'{hint}"
     if err["type"] == "missing":
-        return f"{source}: missing key '{key}'; add it (see the README's params table)"
+        return f"{source}: missing key '{key}'; add it (see the params table in docs/configuration.md)"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "value_error" and isinstance(err.get("input"), dict):  # a whole-section check
         return f"{source}: {key}.{msg}"

@@ -9,7 +9,7 @@ reference numbers) instead of spelling keys:
   lines and all-metrics table;
 - retrain's validation of the champion/challenger criteria (`by_key`, `applies`);
 - pipeline/evaluate.py's console table (`console`; study.console_lines);
-- the README's metrics table (`markdown_table`, checked by tests/test_metric_registry.py);
+- the metrics table of docs/metrics.md (`markdown_table`, checked by tests/test_metric_registry.py);
 - the tests, which parametrize over `METRICS`.
 
 Keys name the data (`test/`, `prior/` z ~ N(0, I), `gmm/` codes drawn from a Gaussian mixture fit to
@@ -30,10 +30,10 @@ class Metric:
     """One metric: what it is called, measured in, and where the report shows it."""
 
     key: str  # "<data>/<name with unit>": the key in metrics/*.json and in MLflow
-    unit: str  # for the README's table
+    unit: str  # for the table in docs/metrics.md
     direction: Direction  # "min": lower is better, "max": higher is better, None: no better direction
     label: str  # short, with its unit: chart titles, "measured" lines, the all-metrics table
-    description: str  # what it measures and which claim it serves (README)
+    description: str  # what it measures and which claim it serves (docs/metrics.md)
     header: str = ""  # summary-table column header (without the direction arrow)
     kinds: tuple[str, ...] = BOTH  # model kinds it is defined for; NaN (null in JSON) for the others
     summary: str | None = None  # summary-table column group; None: only in the all-metrics table
@@ -188,7 +188,7 @@ def evidence(claim: str) -> tuple[Metric, ...]:
 
 
 def markdown_table() -> str:
-    """The README's metrics table (key, unit, what it measures), one row per METRICS and BASELINES record."""
+    """The metrics table of docs/metrics.md (key, unit, what it measures), one row per METRICS and BASELINES record."""
     lines = ["| key | unit | what it measures (claim) |", "| --- | --- | --- |"]
     for m in METRICS + BASELINES:
         only = "" if m.kinds == BOTH else f" ({', '.join(k.upper() for k in m.kinds)} only)"
@@ -198,5 +198,5 @@ def markdown_table() -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":  # `python -m aevae.metric_registry` prints the README's table
+if __name__ == "__main__":  # `python -m aevae.metric_registry` prints the table of docs/metrics.md
     print(markdown_table(), end="")

@@ -339,7 +339,7 @@ def gaussian_fit_samples(codes, n: int, seed: int = 0) -> np.ndarray:
     return rng.multivariate_normal(codes.mean(0), cov, size=n, method="eigh")
 
 
-def prior_samples(model: AutoEncoder, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_prior_samples(model: AutoEncoder, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(z (n, latent) ~ N(0, I), decoded images (n, 1, 28, 28) in [0, 1]); the same for AE and VAE."""
     z = torch.randn(n, model.cfg.latent_dim, generator=purpose_generator(seed, 2))
     return z, decode(model, z)
@@ -547,7 +547,7 @@ def evaluate(model: AutoEncoder, train_images, train_labels, test_images, test_l
         fit = seeded_subset(len(train_labels), FIT_MAX_CODES, p.seed)
         train_codes = _np(encode(model, train_images[fit])[0])  # index first: uint8 is 4x smaller
         fit_labels = np.asarray(train_labels)[fit]
-        z, prior_images = prior_samples(model, p.n_prior_samples, p.seed)
+        z, prior_images = decode_prior_samples(model, p.n_prior_samples, p.seed)
         own = gaussian_fit_samples(test_codes, p.n_prior_samples, p.seed)
         mmd_codes = test_codes[seeded_subset(len(test_codes), MMD_MAX_CODES, p.seed)]
         holes_own, holes_prior = holes_fractions(test_codes, [own, _np(z)], HOLES_PERCENTILE)

@@ -13,8 +13,6 @@ import io
 import json
 from pathlib import Path
 
-import torch
-
 from aevae import atomic
 from aevae.config import RunSpec
 from aevae.errors import UserError
@@ -53,10 +51,7 @@ def load(name: str, root: Path = MODELS_DIR, device: str = "cpu") -> tuple[AutoE
     """
     folder = Path(root) / name
     spec = load_spec(name, root)
-    try:
-        state = torch.load(folder / "model.pt", map_location=device, weights_only=True)
-    except Exception as exc:  # weights_only refuses pickled code; anything else is a corrupt file
-        raise UserError(f"{folder / 'model.pt'} cannot be loaded safely ({type(exc).__name__}); retrain it (dvc repro -f train)") from None
+    state = atomic.torch_load(folder / "model.pt", "train", device)
     return build(spec, state).to(device), spec
 
 

@@ -39,7 +39,6 @@ import torch
 import yaml
 
 from aevae import atomic, metric_registry, metrics, model_store, plots
-from aevae.study import CLAIMS as CLAIM_ORDER, read_summary
 from aevae.config import RunSpec
 from aevae.data import ClassNames, class_names
 from aevae.data.prepared import load_manifest, load_split
@@ -47,6 +46,8 @@ from aevae.errors import UserError
 from aevae.metric_registry import Metric
 from aevae.models import as_images
 from aevae.provenance import git_state
+from aevae.study import CLAIMS as CLAIM_ORDER
+from aevae.study import VERDICTS, none_to_nan, plus_minus, read_summary
 
 TITLE = "AutoEncoder vs Variational AutoEncoder: the comparison report"
 TEMPLATES = "templates"  # package folder of aevae holding the templates and report.yaml
@@ -80,7 +81,9 @@ class ReportSettings:
 # ------------------------------------------------------------- the claims
 
 
-class Claim(NamedTuple):
+class ClaimSection(NamedTuple):
+    """How the report shows a claim of aevae.study.CLAIMS (whose `text` is the one copy of its wording)."""
+
     id: str
     text: str
     figures: tuple[str, ...]  # slugs of sweep figures shown under it
@@ -100,11 +103,12 @@ def _text() -> dict:
 
 
 _TEXT = _text()
-CLAIMS: dict[str, Claim] = {c["id"]: Claim(c["id"], c["text"], tuple(c["figures"]), c["note"]) for c in _TEXT["claims"]}
+_CLAIM_TEXT = {c.id: c.text for c in CLAIM_ORDER}
+CLAIMS: dict[str, ClaimSection] = {c["id"]: ClaimSection(c["id"], _CLAIM_TEXT[c["id"]], tuple(c["figures"]), c["note"])
+                                   for c in _TEXT["claims"]}
 GROUPS: tuple[Chart, ...] = tuple(Chart(c["slug"], c["title"], tuple(c["claims"]), c["caption"])
                                   for c in _TEXT["charts"])
 LEAD: tuple[str, ...] = tuple(_TEXT["lead"])
-VERDICTS = ("supported", "contradicted", "inconclusive", "untestable")  # aevae.study's verdicts, badge order
 
 
 # -------------------------------------------------------------- the study
@@ -139,11 +143,6 @@ class StudyResults:
         return f"(bars: mean over {len(self.seeds)} seeds; error bars: 95% CI, Student t)"
 
 
-def _nan(v) -> float:
-    # The evaluate stage writes NaN (a metric that does not apply, a bound of one seed) as null.
-    return math.nan if v is None else float(v)
-
-
 def read_study(summary: Path, claims: Path) -> StudyResults:
     """Read metrics/summary.json ({group: {key: {"mean", "ci_low", "ci_high", "n_seeds"}}}) and metrics/claims.json.
 
@@ -155,8 +154,9 @@ def read_study(summary: Path, claims: Path) -> StudyResults:
     if "claims" not in claims_data:
         raise UserError(f"{claims} is not the study's format (a verdict per claim and latent size); "
                         "rerun the evaluate stage (dvc repro -f evaluate)")
-    means = {g: {k: _nan(c["mean"]) for k, c in v.items()} for g, v in raw.items()}
-    bounds = {g: {k: (_nan(c["ci_low"]), _nan(c["ci_high"])) for k, c in v.items()} for g, v in raw.items()}
+    means = {g: {k: none_to_nan(c["mean"]) for k, c in v.items()} for g, v in raw.items()}
+    bounds = {g: {k: (none_to_nan(c["ci_low"]), none_to_nan(c["ci_high"])) for k, c in v.items()}
+              for g, v in raw.items()}
     seeds = tuple(claims_data.get("seeds") or ())
     return StudyResults(means, bounds, seeds, claims_data)
 
@@ -428,19 +428,9 @@ def _number(v, fmt: str) -> str:
     return "n/a" if v is None or not math.isfinite(v) else format(v, fmt)
 
 
-def _plus_minus(mean, low, high, fmt: str) -> str:
-    """"0.0461 ± 0.0012": the mean and the half-width of its (symmetric, Student-t) interval; the mean alone
-    without an interval (one seed), "n/a" without a mean."""
-    if mean is None or not math.isfinite(mean):
-        return "n/a"
-    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
-        return format(mean, fmt)
-    return f"{format(mean, fmt)} ± {format((high - low) / 2, fmt)}"
-
-
 def _effect(effect: dict) -> str:
     """A claims.json effect {"mean", "ci_low", "ci_high", "n_seeds"} as "−0.0123 [−0.02, −0.004]" (a − b)."""
-    mean, low, high = (_nan(effect.get(k)) for k in ("mean", "ci_low", "ci_high"))
+    mean, low, high = (none_to_nan(effect.get(k)) for k in ("mean", "ci_low", "ci_high"))
     if not math.isfinite(mean):
         return "n/a"
     if not (math.isfinite(low) and math.isfinite(high)):
@@ -454,7 +444,7 @@ def _environment() -> jinja2.Environment:
                              undefined=jinja2.StrictUndefined)
     env.filters.update(
         number=_number,
-        pm=_plus_minus,
+        pm=plus_minus,
         effect=_effect,
         data_uri=lambda data: "data:image/png;base64," + base64.b64encode(data).decode("ascii"),
         beta=lambda beta, kind: f"{beta:g}" if kind == "vae" else "–",
@@ -622,7 +612,7 @@ def _seed_values(path: Path, fallback: dict[str, float]) -> dict[str, float]:
     """One model's own metrics (metrics/models/<name>.json) for its figures' captions; the group means without it."""
     if not path.is_file():
         return fallback
-    return {k: _nan(v) for k, v in atomic.read_json(path, "evaluate").items() if not isinstance(v, dict)}
+    return {k: none_to_nan(v) for k, v in atomic.read_json(path, "evaluate").items() if not isinstance(v, dict)}
 
 
 def _arrays(path: Path) -> dict[str, np.ndarray]:

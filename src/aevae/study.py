@@ -47,6 +47,7 @@ from aevae.metric_registry import PCA_MSE, Metric, by_key
 
 LEVEL = 0.95
 SUPPORTED, CONTRADICTED, INCONCLUSIVE, UNTESTABLE = "supported", "contradicted", "inconclusive", "untestable"
+VERDICTS = (SUPPORTED, CONTRADICTED, INCONCLUSIVE, UNTESTABLE)  # every verdict, in the report's badge order
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ class Comparison:
 
     def describe(self, code: bool = False) -> str:
         """The statistic in words, e.g. "VAE β=1 test/mmd_to_prior lower than non-linear AE test/mmd_to_prior";
-        `code`: metric keys in Markdown backticks (the README's table)."""
+        `code`: metric keys in Markdown backticks (the claims table of docs/study.md)."""
         ka, kb = (f"`{op.metric}`" if code else op.metric for op in (self.a, self.b))
         if self.equivalence_tolerance is not None:
             return f"{self.a.role.label} {ka} ≈ {self.b.role.label} {kb} (within ±{self.equivalence_tolerance:.0%})"
@@ -286,7 +287,7 @@ def aggregate(seed_records: Sequence[SeedRecord]) -> dict[str, dict[str, dict[st
     for group in dict.fromkeys(r.model for r in seed_records):
         members = [r for r in seed_records if r.model == group]
         keys = dict.fromkeys(k for r in members for k in r.metrics)
-        out[group] = {k: mean_ci([_finite_or_nan(r.metrics.get(k)) for r in members]).as_dict() for k in keys}
+        out[group] = {k: mean_ci([none_to_nan(r.metrics.get(k)) for r in members]).as_dict() for k in keys}
     return out
 
 
@@ -307,7 +308,9 @@ def read_summary(path) -> dict[str, dict[str, dict]]:
     return raw
 
 
-def _finite_or_nan(value) -> float:
+def none_to_nan(value) -> float:
+    """A number as float, None as NaN: the study's JSON files write NaN (a metric that does not apply, a bound
+    of one seed) as null, and reading them back turns null into NaN again."""
     return math.nan if value is None else float(value)
 
 
@@ -399,14 +402,19 @@ def judge_claims(records: Sequence[SeedRecord], claims: Sequence[Claim] = CLAIMS
 # ------------------------------------------------------------------- console
 
 
-def _cell(entry: Mapping[str, float | int | None], fmt: str) -> str:
-    """"mean ± half-width" of one summary entry; the mean alone without an interval (one seed), "–" without a value."""
-    mean, low, high = (entry.get(k) for k in ("mean", "ci_low", "ci_high"))
+def plus_minus(mean, low, high, fmt: str, missing: str = "n/a") -> str:
+    """"0.0461 ± 0.0012": the mean and the half-width of its (symmetric, Student-t) interval, each in `fmt`;
+    the mean alone without an interval (one seed), `missing` without a mean. None counts as missing."""
     if mean is None or not math.isfinite(mean):
-        return "–"
+        return missing
     if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
         return format(mean, fmt)
     return f"{format(mean, fmt)} ± {format((high - low) / 2.0, fmt)}"
+
+
+def _cell(entry: Mapping[str, float | int | None], fmt: str) -> str:
+    """"mean ± half-width" of one summary entry; the mean alone without an interval (one seed), "–" without a value."""
+    return plus_minus(*(entry.get(k) for k in ("mean", "ci_low", "ci_high")), fmt, missing="–")
 
 
 def _table(rows: Sequence[Sequence[str]]) -> list[str]:
@@ -435,7 +443,7 @@ def console_lines(summary: Mapping[str, Mapping[str, Mapping]], claims: Mapping,
 
 
 def markdown_table(claims: Sequence[Claim] = CLAIMS) -> str:
-    """The README's claims table: id, the article's claim, and each comparison with its rule (or why none)."""
+    """The claims table of docs/study.md: id, the article's claim, and each comparison with its rule (or why none)."""
     lines = ["| id | claim of the article | tested by (each comparison over paired seeds) |", "| --- | --- | --- |"]
     for c in claims:
         tests = "; ".join(cmp.describe(code=True) for cmp in c.comparisons) or f"not measured: {c.not_measured}"
@@ -443,5 +451,5 @@ def markdown_table(claims: Sequence[Claim] = CLAIMS) -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":  # `python -m aevae.study` prints the README's claims table
+if __name__ == "__main__":  # `python -m aevae.study` prints the claims table of docs/study.md
     print(markdown_table(), end="")

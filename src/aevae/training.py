@@ -210,8 +210,8 @@ def read_checkpoint(path: Path, digest: str, device: torch.device) -> dict | Non
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location=device, weights_only=True)  # refuses pickled code
-    except Exception:  # corrupt or foreign: not fatal
+        state = atomic.torch_load(path, "train", device)
+    except UserError:  # corrupt, or carries pickled code: not fatal, train from scratch
         return None
     if not isinstance(state, dict) or not _CHECKPOINT_KEYS <= state.keys() or state["digest"] != digest:
         return None

@@ -1,10 +1,10 @@
-"""Inputs the way users break them (issue 14): odd labels, degenerate splits, non-finite numbers, a diverged
+"""Inputs the way users break them: odd labels, degenerate splits, non-finite numbers, a diverged
 but finite model, addresses that lead nowhere useful. Each through the real stages (DVC, Ray, MLflow)."""
 
 from __future__ import annotations
 
-import copy
 import contextlib
+import copy
 import gzip
 import http.server
 import json
@@ -57,7 +57,7 @@ def _idx_project(tmp_path, train_set, test_set, labels_shift: int = 0, **params_
     return root
 
 
-# ------------------------------------------------ 3 + 5: a tiny test split of four classes, latent size 32
+# ------------------------------------------------ a tiny test split of four classes, latent size 32
 
 
 def test_four_classes_of_five_test_images_evaluate_and_report_with_strict_json(tmp_path):
@@ -65,7 +65,7 @@ def test_four_classes_of_five_test_images_evaluate_and_report_with_strict_json(t
                         sweep={"latent_dims": [32], "seeds": [0], "models": SMALL_PARAMS["sweep"]["models"]}, train={"epochs": 1})
     dvc(["repro"], root)
     for path in [root / "metrics" / "summary.json", *(root / "metrics" / "models").glob("*.json")]:
-        json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{path.name} holds a bare {c}"))
+        json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{path.name} holds a bare {c}"))  # noqa: B023
     summary = json.loads((root / "metrics" / "summary.json").read_text())
     for name in ("ae", "vae-beta1"):
         assert summary[name]["test/moment_kl_to_prior_nats"]["mean"] is None  # 20 codes in 32 dimensions: singular
@@ -83,7 +83,7 @@ def test_four_classes_of_five_test_images_evaluate_and_report_with_strict_json(t
         assert "inf" in run.data.tags["aevae.nonfinite.test/moment_kl_to_prior_nats"]
 
 
-# ------------------------------------------------ 4 + 5: data that cannot be evaluated stops at prepare
+# ------------------------------------------------ data that cannot be evaluated stops at prepare
 
 
 def _blank(n: int, classes) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +113,7 @@ def test_data_that_cannot_be_evaluated_stops_at_prepare(tmp_path, case):
     assert not (root / "data" / "prepared").exists()
 
 
-# ------------------------------------------------ 6: a diverged model that is still finite
+# ------------------------------------------------ a diverged model that is still finite
 
 
 def _sweep(*models) -> dict:
@@ -152,7 +152,7 @@ def test_when_every_model_diverges_the_message_says_none_was_saved(tmp_path):
     assert not (root / "models").exists() or not list((root / "models").iterdir())
 
 
-# ------------------------------------------------ 7: addresses that lead to no working service of the right kind
+# ------------------------------------------------ addresses that lead to no working service of the right kind
 
 
 class _Page(http.server.BaseHTTPRequestHandler):

@@ -1,4 +1,4 @@
-"""Tracking runs that tell the truth (issue 14): a stage that ends early ends its MLflow runs FAILED or KILLED,
+"""Tracking runs that tell the truth: a stage that ends early ends its MLflow runs FAILED or KILLED,
 and a stage logs only into the run that trained the models now in models/."""
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""The whole pipeline at full size (issue 16, item 5): `dvc repro -f` of the default params on the full MNIST,
+"""The whole pipeline at full size: `dvc repro -f` of the default params on the full MNIST,
 wall time per stage, the share spent outside training, and peak memory; appends a section to bench/RESULTS.md.
 
-    python bench/full_pipeline.py              # 60k/10k from ../shared/data/mnist (or --data DIR): ~15 min, 2 cores
-    python bench/full_pipeline.py --keep DIR   # keep the project copy (its reports/, metrics/claims.json) in DIR
+    python bench/pipeline_full_size.py              # 60k/10k from ../shared/data/mnist (or --data DIR): ~15 min, 2 cores
+    python bench/pipeline_full_size.py --keep DIR   # keep the project copy (its reports/, metrics/claims.json) in DIR
 
 Exits 0 with one line, writing nothing, when the IDX files are absent. The project is a `git clone` of this
 repository (the committed params.yaml, code and dvc.yaml) with `data.source: idx` and `data.idx_dir` pointing at
@@ -29,7 +29,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from common import append_section, REPO, log, machine_info, set_subreaper, table, tree_pss, venv_bin  # noqa: E402
+from common import REPO, append_section, log, machine_info, set_subreaper, table, tree_pss, venv_bin  # noqa: E402
 
 DEFAULT_DATA = BENCH.parents[1] / "shared" / "data" / "mnist"
 STAGE = re.compile(r"Running stage '([^']+)'")
@@ -87,8 +87,8 @@ def report(r: dict, data: Path) -> list[str]:
               "met" if outside <= 0.25 * total else "**missed**"],
              ["peak memory, sum of PSS over the tree", f"{r['peak_pss'] / 2**30:.2f} GiB (at {r['peak_at']:.0f} s)",
               "<= 4 GiB", "met" if r["peak_pss"] <= 4 * 2**30 else "**missed**"]]
-    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return [f"## {when} — the whole pipeline at full size (`python bench/full_pipeline.py`)", "",
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return [f"## {when} — the whole pipeline at full size (`python bench/pipeline_full_size.py`)", "",
             *machine_info(1), f"- Data: {data} (data.source idx); default params.yaml otherwise; exit code {r['rc']}",
             "", *table(["stage", "wall s", "share"], rows), "", *table(["measure", "value", "goal", "met"], goals), ""]
 

@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import REPO, descendants, fmt_s, log, SectionFailed, Settings, set_subreaper, table, tree_pss, venv_bin
+from common import REPO, SectionFailed, Settings, descendants, fmt_s, log, set_subreaper, table, tree_pss, venv_bin
 
 
 def _quick_params(params: dict) -> dict:
