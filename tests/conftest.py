@@ -5,10 +5,13 @@ from __future__ import annotations
 import copy
 import gzip
 import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -219,3 +222,33 @@ def cached_classifier(config: pytest.Config, images: np.ndarray, labels: np.ndar
     model = clf_lib.train(images, labels, **train_kwargs).model
     clf_lib.save(path, model)
     return model
+
+
+# ------------------------------------------------------------ the shared run
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory) -> SimpleNamespace:
+    """One real `dvc repro` of the whole pipeline (SMALL_PARAMS, git + DVC project, the default local MLflow
+    store, a local Ray instance), made once per test session and inspected by every test that only reads it.
+
+    Returns root (the project), stdout and stderr (dvc's). Tests must not change it: a test that needs to
+    rerun or register more copies it first (`copy_project`). Under pytest-xdist the first worker to ask
+    makes it and the others wait on a lock, then read it (the basetemp's parent is shared by all workers).
+    """
+    from filelock import FileLock
+
+    from project import SMALL_PARAMS, SMALL_RUN_ENV, dvc, make_project
+
+    shared = tmp_path_factory.getbasetemp().parent / "small-run"
+    with FileLock(f"{shared}.lock"):
+        done = shared / "dvc-output.json"
+        if not done.is_file():
+            params = copy.deepcopy(SMALL_PARAMS)
+            params["classifier"]["max_epochs"] = 2
+            if shared.exists():  # an earlier attempt failed half-way
+                shutil.rmtree(shared)
+            make_project(shared / "p", params)
+            out = dvc(["repro"], shared / "p", RAY_ADDRESS=None, **SMALL_RUN_ENV)
+            done.write_text(json.dumps({"stdout": out.stdout, "stderr": out.stderr}))
+        output = json.loads(done.read_text())
+    return SimpleNamespace(root=shared / "p", **output)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from aevae.progress import PROGRESS_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: python, dvc, ray, mlflow
 
@@ -41,6 +43,14 @@ SMALL_PARAMS = {
 }
 
 
+# The settings of the one full `dvc repro` many end-to-end tests inspect (conftest.py's `small_run`): SMALL_PARAMS with two
+# classifier epochs (so its progress shows an epoch boundary), a progress line per update, and secrets in the
+# environment that no run may log.
+SMALL_RUN_SECRET = "s3cr3t-value-that-must-not-leak"
+SMALL_RUN_ENV = {PROGRESS_ENV: "0", "AWS_SECRET_ACCESS_KEY": SMALL_RUN_SECRET,
+                 "AEVAE_API_TOKEN": SMALL_RUN_SECRET, "DATABASE_PASSWORD": SMALL_RUN_SECRET}
+
+
 def env(**extra: str) -> dict[str, str]:
     """The environment a user's shell would have, minus anything pointing at real servers.
 
@@ -52,6 +62,8 @@ def env(**extra: str) -> dict[str, str]:
     base["PYTHONUNBUFFERED"] = "1"
     if SHARED_RAY.wanted and "RAY_ADDRESS" not in extra:
         base["RAY_ADDRESS"] = SHARED_RAY.address()
+    if extra.get("RAY_ADDRESS", "") is None:  # RAY_ADDRESS=None: a local instance, as without the variable
+        del extra["RAY_ADDRESS"]
     base.update(extra)
     return base
 
@@ -129,6 +141,17 @@ def make_project(root: Path, params: dict | None = None, git: bool = True) -> Pa
         run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], root)
         run([str(BIN / "dvc"), "init", "-q"], root)
         run([str(BIN / "dvc"), "config", "core.analytics", "false"], root)
+    return root
+
+
+def copy_project(source: Path, root: Path) -> Path:
+    """A copy of the project at `source` (git, DVC cache, outputs, its local MLflow store) to change freely.
+
+    MLflow keeps a local experiment's artifact location as an absolute path, so runs made in the copy store
+    their artifacts under the original's mlartifacts/, in folders of their own run ids; the original's store
+    knows nothing of them and reads none of them.
+    """
+    shutil.copytree(source, root, symlinks=True)
     return root
 
 

@@ -13,7 +13,6 @@ from aevae import classifier as clf_lib
 from aevae.data.sources import from_bundled
 from aevae.errors import UserError
 from aevae.progress import PROGRESS_ENV, Progress, every_s
-from project import SMALL_PARAMS, dvc, make_project
 
 LINE = re.compile(r"^\[(\w+)\] (\d+)/(\d+) (\w+) \(\s*\d+%\).*ETA\s+(\d+s|\d+min|\?)$")
 
@@ -63,11 +62,10 @@ def test_augmentation_only_for_small_training_sets():
     assert clf_lib.augment_shift(True, 54_000) == 2 and clf_lib.augment_shift(False, 3_600) == 0
 
 
-@pytest.mark.own_ray
 @pytest.mark.slow
-def test_every_stage_prints_progress_with_an_eta(tmp_path):
-    root = make_project(tmp_path / "p", {**SMALL_PARAMS, "classifier": {"max_epochs": 2, "seed": 0}})
-    out = dvc(["repro"], root, **{PROGRESS_ENV: "0"}).stdout
+def test_every_stage_prints_progress_with_an_eta(small_run):
+    """The shared run has two classifier epochs of 3,600 / 64 steps and prints every update (PROGRESS_ENV=0)."""
+    out = small_run.stdout
     lines = [line for line in out.splitlines() if LINE.match(line)]
     stages = {LINE.match(line)[1] for line in lines}
     assert {"prepare", "classifier", "evaluate", "report"} <= stages, out

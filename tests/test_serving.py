@@ -31,7 +31,7 @@ from mlflow.pyfunc import PythonModelContext
 from aevae import inference, model_card, model_store, pyfunc_model
 from aevae.config import ModelParams, Params, RunSpec
 from aevae.models import build_model
-from project import BIN, REPO, SMALL_PARAMS, dvc, free_port, kill_group, make_project
+from project import BIN, REPO, SMALL_PARAMS, copy_project, free_port, kill_group
 
 KINDS = ("ae", "vae")
 METHODS = {"encode": {}, "reconstruct": {}, "decode": {}, "sample": {"n": 5, "seed": 7}}
@@ -169,10 +169,10 @@ def test_the_description_says_data_params_run_and_then_test_metrics():
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    """A tiny project after `dvc repro evaluate` (local SQLite store), `champion` set on version 1 of each model."""
-    root = make_project(tmp_path_factory.mktemp("serving") / "p")
-    dvc(["repro", "evaluate"], root)
+def pipeline(small_run, tmp_path_factory):
+    """A copy of the shared tiny project after `dvc repro` (local SQLite store), `champion` set on version 1
+    of each model."""
+    root = copy_project(small_run.root, tmp_path_factory.mktemp("serving") / "p")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(uri, registry_uri=uri)
     for name in ("ae", "vae-beta1"):
@@ -264,7 +264,7 @@ def test_make_serve_answers_every_method_as_the_in_process_model(pipeline, tmp_p
             except OSError:
                 assert server.poll() is None, f"server exited {server.returncode}:\n{log.read_text()}"
                 assert time.monotonic() < deadline, f"server not up in 240 s:\n{log.read_text()}"
-                time.sleep(1)
+                time.sleep(0.2)
         x = _test_images(root)
         expected = _expected(root, "vae-beta1", x)
         got = {}

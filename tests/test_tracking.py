@@ -8,7 +8,7 @@ import pytest
 from mlflow import MlflowClient
 
 from mlflow_server import mlflow_server
-from project import dvc, free_port, make_project, stage
+from project import copy_project, dvc, free_port, make_project, stage
 
 pytestmark = pytest.mark.slow
 
@@ -64,13 +64,13 @@ def test_pipeline_against_a_real_mlflow_server(tmp_path):
     assert not (root / "mlflow.db").exists(), "with a server set, nothing is tracked locally"
 
 
-def test_pipeline_with_the_default_local_store(tmp_path):
-    root = make_project(tmp_path / "p")
-    dvc(["repro"], root)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+def test_pipeline_with_the_default_local_store(small_run, tmp_path):
+    uri = f"sqlite:///{small_run.root / 'mlflow.db'}"
     _check_runs(MlflowClient(uri, registry_uri=uri))
     # A forced rerun trains again: a new parent run; the old one is left as it was.
+    root = copy_project(small_run.root, tmp_path / "p")
     dvc(["repro", "-f", "train"], root)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
     parents = [r for r in MlflowClient(uri).search_runs(["1"]) if r.data.tags.get("aevae.role") == "pipeline"]
     assert len(parents) == 2
 

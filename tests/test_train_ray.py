@@ -28,10 +28,8 @@ def _same_weights(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.own_ray
-def test_local_instance_trains_every_member(tmp_path):
-    root = make_project(tmp_path / "p")
-    out = dvc(["repro"], root)
+def test_local_instance_trains_every_member(small_run):
+    root, out = small_run.root, small_run
     facts = _run_facts(root)
     assert facts["ray_started_locally"] is True and facts["failed"] == []
     for name in ("ae", "vae-beta1"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
@@ -15,7 +14,7 @@ from aevae import classifier, model_store
 from aevae.config import ModelParams, RunSpec, TrainParams
 from aevae.errors import UserError
 from aevae.models import build_model
-from project import REPO, SMALL_PARAMS, make_project, stage
+from project import REPO, SMALL_RUN_ENV, SMALL_RUN_SECRET
 
 
 class _RunsCode:
@@ -58,14 +57,12 @@ def test_the_mlflow_ui_binds_to_localhost():
 
 
 @pytest.mark.slow
-def test_no_secret_from_the_environment_is_logged(tmp_path):
-    params = copy.deepcopy(SMALL_PARAMS)
-    params["train"]["epochs"] = 1
-    root = make_project(tmp_path / "p", params)
-    secret = "s3cr3t-value-that-must-not-leak"
-    stage("prepare", root)
-    stage("train", root, AWS_SECRET_ACCESS_KEY=secret, AEVAE_API_TOKEN=secret, DATABASE_PASSWORD=secret)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+def test_no_secret_from_the_environment_is_logged(small_run):
+    """The shared run's every stage had the secrets below in its environment."""
+    secret = SMALL_RUN_SECRET
+    assert {k for k, v in SMALL_RUN_ENV.items() if v == secret} == {"AWS_SECRET_ACCESS_KEY", "AEVAE_API_TOKEN",
+                                                                   "DATABASE_PASSWORD"}
+    uri = f"sqlite:///{small_run.root / 'mlflow.db'}"
     runs = MlflowClient(uri).search_runs(["1"])
     assert runs
     for run in runs:
