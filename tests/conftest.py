@@ -226,29 +226,49 @@ def cached_classifier(config: pytest.Config, images: np.ndarray, labels: np.ndar
 
 # ------------------------------------------------------------ the shared run
 
-@pytest.fixture(scope="session")
-def small_run(tmp_path_factory) -> SimpleNamespace:
-    """One real `dvc repro` of the whole pipeline (SMALL_PARAMS, git + DVC project, the default local MLflow
-    store, a local Ray instance), made once per test session and inspected by every test that only reads it.
+def _shared_project(tmp_path_factory, name: str, params: dict, dvc_args: list[str], **env: str | None):
+    """A project made and run once (`dvc <dvc_args>`) per test session, under the basetemp's parent, which all
+    pytest-xdist workers share: the first worker to ask makes it, the others wait on its lock and read it.
 
-    Returns root (the project), stdout and stderr (dvc's). Tests must not change it: a test that needs to
-    rerun or register more copies it first (`copy_project`). Under pytest-xdist the first worker to ask
-    makes it and the others wait on a lock, then read it (the basetemp's parent is shared by all workers).
+    Returns root, stdout and stderr (dvc's). An attempt that failed half-way is made again by the next asker.
     """
     from filelock import FileLock
 
-    from project import SMALL_PARAMS, SMALL_RUN_ENV, dvc, make_project
+    from project import dvc, make_project
 
-    shared = tmp_path_factory.getbasetemp().parent / "small-run"
+    shared = tmp_path_factory.getbasetemp().parent / name
     with FileLock(f"{shared}.lock"):
         done = shared / "dvc-output.json"
         if not done.is_file():
-            params = copy.deepcopy(SMALL_PARAMS)
-            params["classifier"]["max_epochs"] = 2
-            if shared.exists():  # an earlier attempt failed half-way
+            if shared.exists():
                 shutil.rmtree(shared)
             make_project(shared / "p", params)
-            out = dvc(["repro"], shared / "p", RAY_ADDRESS=None, **SMALL_RUN_ENV)
+            out = dvc(dvc_args, shared / "p", timeout=1500, **env)
             done.write_text(json.dumps({"stdout": out.stdout, "stderr": out.stderr}))
         output = json.loads(done.read_text())
     return SimpleNamespace(root=shared / "p", **output)
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory) -> SimpleNamespace:
+    """One real `dvc repro` of the whole pipeline (SMALL_PARAMS with two classifier epochs, a git + DVC project,
+    the default local MLflow store, a local Ray instance, project.SMALL_RUN_ENV), inspected by every test that
+    only reads such a run. Tests must not change it: one that reruns or registers more copies it first
+    (project.copy_project)."""
+    from project import SMALL_PARAMS, SMALL_RUN_ENV
+
+    params = copy.deepcopy(SMALL_PARAMS)
+    params["classifier"]["max_epochs"] = 2
+    return _shared_project(tmp_path_factory, "small-run", params, ["repro"], RAY_ADDRESS=None, **SMALL_RUN_ENV)
+
+
+@pytest.fixture(scope="session")
+def seeded_run(tmp_path_factory) -> SimpleNamespace:
+    """`dvc repro evaluate` of an AE and a VAE (β = 1) at latent size 2 with seeds 0, 1, 2, one epoch each
+    (SMALL_PARAMS otherwise), in a git + DVC project with the default local store; read-only, like small_run."""
+    from project import SEEDED_RUN_SEEDS, SMALL_PARAMS
+
+    params = copy.deepcopy(SMALL_PARAMS)
+    params["sweep"]["seeds"] = SEEDED_RUN_SEEDS
+    params["train"]["epochs"] = 1
+    return _shared_project(tmp_path_factory, "seeded-run", params, ["repro", "evaluate"])

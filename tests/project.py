@@ -8,6 +8,7 @@ run takes seconds and never touches the working tree.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -49,6 +50,10 @@ SMALL_PARAMS = {
 SMALL_RUN_SECRET = "s3cr3t-value-that-must-not-leak"
 SMALL_RUN_ENV = {PROGRESS_ENV: "0", "AWS_SECRET_ACCESS_KEY": SMALL_RUN_SECRET,
                  "AEVAE_API_TOKEN": SMALL_RUN_SECRET, "DATABASE_PASSWORD": SMALL_RUN_SECRET}
+
+
+# Seeds of the shared seeded run (conftest.py's `seeded_run`): three, so an interval has two degrees of freedom.
+SEEDED_RUN_SEEDS = [0, 1, 2]
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -152,6 +157,13 @@ def copy_project(source: Path, root: Path) -> Path:
     knows nothing of them and reads none of them.
     """
     shutil.copytree(source, root, symlinks=True)
+    # The train stage recorded which store its runs are in (logs/mlflow_run.json): the copy's own store now.
+    run_file = root / "logs" / "mlflow_run.json"
+    if run_file.is_file():
+        run = json.loads(run_file.read_text())
+        if run.get("tracking_uri") == f"sqlite:///{Path(source).resolve() / 'mlflow.db'}":
+            run["tracking_uri"] = f"sqlite:///{root.resolve() / 'mlflow.db'}"
+            run_file.write_text(json.dumps(run))
     return root
 
 

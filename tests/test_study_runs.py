@@ -8,7 +8,6 @@ gives both the one-seed case and a `dvc metrics diff` between the two.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import shutil
@@ -18,21 +17,13 @@ import yaml
 from scipy import stats
 
 from aevae import study
-from project import SMALL_PARAMS, dvc, make_project, run, write_params
+from project import SEEDED_RUN_SEEDS, dvc, run, write_params
 
 pytestmark = pytest.mark.slow
 
-SEEDS = [0, 1, 2]
+SEEDS = SEEDED_RUN_SEEDS
 VERDICTS = {study.SUPPORTED, study.CONTRADICTED, study.INCONCLUSIVE, study.UNTESTABLE}
 GIT = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
-
-
-def _params(seeds: list[int]) -> dict:
-    """SMALL_PARAMS (an AE and a VAE, latent size 2: no linear AE) with `seeds`, one epoch."""
-    params = copy.deepcopy(SMALL_PARAMS)
-    params["sweep"]["seeds"] = seeds
-    params["train"]["epochs"] = 1
-    return params
 
 
 def _strict(text: str):
@@ -43,11 +34,9 @@ def _strict(text: str):
 
 
 @pytest.fixture(scope="module")
-def seeded(tmp_path_factory):
-    """(project root, the evaluate stage's console output) of the three-seed run."""
-    root = make_project(tmp_path_factory.mktemp("study") / "project", _params(SEEDS), git=True)
-    out = dvc(["repro", "evaluate"], root, timeout=1500)
-    return root, out.stdout
+def seeded(seeded_run):
+    """(project root, the evaluate stage's console output) of the shared three-seed run (conftest.py)."""
+    return seeded_run.root, seeded_run.stdout
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 
 from aevae import mlflow_store, retrain, study, tracking
 from aevae.config import Params, resolve_sweep
-from project import SMALL_PARAMS, dvc, make_project
+from project import SEEDED_RUN_SEEDS, SMALL_PARAMS, copy_project, dvc
 
 VERDICTS = {study.SUPPORTED, study.CONTRADICTED, study.INCONCLUSIVE, study.UNTESTABLE}
 
@@ -78,14 +78,16 @@ def test_the_challenger_of_each_group_is_its_first_seed():
 
 
 @pytest.mark.slow
-def test_seed_children_aggregates_and_verdicts_in_the_local_store(tmp_path):
-    root = make_project(tmp_path / "p", _seeded_params())
-    dvc(["repro", "evaluate"], root)
+def test_seed_children_aggregates_and_verdicts_in_the_local_store(seeded_run, tmp_path):
+    """The shared run of two members x seeds 0, 1, 2 up to evaluate (conftest.py's `seeded_run`)."""
+    assert SEEDED_RUN_SEEDS == [0, 1, 2]
+    root = seeded_run.root
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(uri, registry_uri=uri)
     [parent] = client.search_runs(["1"], "tags.aevae.role = 'pipeline'")
     seeds = client.search_runs(["1"], "tags.aevae.role = 'model'")
-    assert sorted(r.info.run_name for r in seeds) == ["ae-s0", "ae-s1", "vae-beta1-s0", "vae-beta1-s1"]
+    assert sorted(r.info.run_name for r in seeds) == ["ae-s0", "ae-s1", "ae-s2", "vae-beta1-s0", "vae-beta1-s1",
+                                                       "vae-beta1-s2"]
     for run in seeds:
         tags = run.data.tags
         assert tags["mlflow.parentRunId"] == parent.info.run_id
@@ -93,11 +95,11 @@ def test_seed_children_aggregates_and_verdicts_in_the_local_store(tmp_path):
 
     # The UI's filter for one model: its seeds and their aggregate, the mean in the seeds' own column.
     ae = {r.info.run_name: r for r in client.search_runs(["1"], "tags.model = 'ae'")}
-    assert sorted(ae) == ["ae-mean", "ae-s0", "ae-s1"]
+    assert sorted(ae) == ["ae-mean", "ae-s0", "ae-s1", "ae-s2"]
     agg, key = ae["ae-mean"], "test/recon_mse_per_pixel"
-    assert agg.data.tags["aevae.aggregate"] == "true" and json.loads(agg.data.tags["seeds"]) == [0, 1]
-    values = [ae[f"ae-s{s}"].data.metrics[key] for s in (0, 1)]
-    assert agg.data.metrics[key] == pytest.approx(sum(values) / 2)
+    assert agg.data.tags["aevae.aggregate"] == "true" and json.loads(agg.data.tags["seeds"]) == [0, 1, 2]
+    values = [ae[f"ae-s{s}"].data.metrics[key] for s in (0, 1, 2)]
+    assert agg.data.metrics[key] == pytest.approx(sum(values) / 3)
     assert agg.data.metrics[f"{key}/ci_low"] < min(values) <= max(values) < agg.data.metrics[f"{key}/ci_high"]
     summary = json.loads((root / "metrics" / "summary.json").read_text())
     assert agg.data.metrics[f"{key}/ci_high"] == pytest.approx(summary["ae"][key]["ci_high"])
@@ -112,12 +114,14 @@ def test_seed_children_aggregates_and_verdicts_in_the_local_store(tmp_path):
 
     # One registered model per group, a version per seed, tagged with it.
     versions = client.search_model_versions("name='aevae-ae'")
-    assert sorted(v.tags["seed"] for v in versions) == ["0", "1"]
+    assert sorted(v.tags["seed"] for v in versions) == ["0", "1", "2"]
     assert {v.tags["run_name"]: v.run_id for v in versions} == {r.info.run_name: r.info.run_id
                                                                for r in seeds if r.data.tags["model"] == "ae"}
 
-    # evaluate alone again (-s: not train, which would open a new pipeline run): the same aggregate runs
-    # take the numbers, none is added.
+    # evaluate alone again (-s: not train, which would open a new pipeline run), in a copy: the same aggregate
+    # runs take the numbers, none is added.
+    root = copy_project(root, tmp_path / "p")
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}", registry_uri=f"sqlite:///{root / 'mlflow.db'}")
     dvc(["repro", "-f", "-s", "evaluate"], root)
     aggregates = client.search_runs(["1"], "tags.aevae.aggregate = 'true'")
     assert sorted(r.info.run_name for r in aggregates) == ["ae-mean", "vae-beta1-mean"]
