@@ -51,7 +51,7 @@ def test_the_memory_estimate_counts_the_data_and_grows_with_the_model():
     x = np.zeros((1000, 28, 28), np.uint8)
     small = RunSpec(name="s", model=ModelParams(hidden=[32]), train=TrainParams())
     big = RunSpec(name="b", model=ModelParams(hidden=[512, 256]), train=TrainParams())
-    data = 4 * 784 * (1000 + 100)  # float32 on the device for the whole run
+    data = 4 * 784 * (1000 + 100) + 5 * 784 * 1000  # float32 for the whole run; uint8 + float while converting
     assert data < device_bytes(small, x, 100) < device_bytes(big, x, 100)
     params = sum(p.numel() for p in build_model(big.model).parameters())
     assert device_bytes(big, x, 100) - data > 16 * params  # weights, gradients, Adam's two moments
@@ -126,7 +126,18 @@ def local_ray(monkeypatch):
 
 @pytest.mark.slow
 def test_packing_trains_several_models_on_one_gpu_at_once(tmp_path, local_ray):
+    from aevae import training
+    from aevae.distributed import map_tasks
+
     ray = local_ray(num_cpus=2, num_gpus=1)
+    # Evaluation tasks pack the same way; these two also leave two workers with torch loaded, so the two
+    # models below start training together instead of one torch import apart.
+    done: list = []
+    facts = map_tasks(training.steps_per_epoch, {"a": (1000, 128), "b": (1000, 64)}, {}, cpus_per_task=1,
+                      max_retries=0, on_done=done.append, ray_params=RayParams(gpus_per_model=0.5))
+    assert facts["gpus_per_task"] == 0.5 and sorted(o.value for o in done) == [8, 16]
+    assert all(o.resources == {"CPU": 1.0, "GPU": 0.5} and o.device == "cpu" for o in done)
+
     facts, outcomes = _sweep(tmp_path / "packed", RayParams(gpus_per_model="auto"))
     # auto: no GPU memory to read here (no nvidia-smi), so the node's 2 CPUs per GPU bound it: two per GPU.
     assert facts["use_gpu"] is True and facts["gpus_per_model"] == 0.5

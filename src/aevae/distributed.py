@@ -67,7 +67,7 @@ class ModelOutcome:
     error: str | None = None
     node_id: str = ""  # the Ray node that finished it
     resources: dict = field(default_factory=dict)  # what Ray lent the task: {"CPU": 1.0, "GPU": 0.25}
-    started: float = 0.0  # Unix time (s) the task began on its worker; it ended `seconds` later
+    started: float = 0.0  # Unix time (s) the task began training on its worker; it ended `seconds` later
 
 
 @dataclass
@@ -317,13 +317,13 @@ def _progress_board():
 
 def _train_one(spec: RunSpec, train_images, val_images, ckpt_dir: str, data_sha256: str, cpus: float, board) -> ModelOutcome:
     """Body of one Ray task: plain PyTorch training on whatever device Ray assigned."""
-    started, t0 = time.time(), time.perf_counter()
     import torch
 
     from aevae.training import Diverged, train_model
 
     torch.set_num_threads(max(1, int(cpus)))
     device = _task_device()
+    started, t0 = time.time(), time.perf_counter()
     facts = dict(node_id=_node_id(), resources=_assigned(), started=started)
     try:
         result = train_model(
