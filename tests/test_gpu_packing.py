@@ -150,6 +150,9 @@ def test_packing_trains_several_models_on_one_gpu_at_once(tmp_path, local_ray):
     assert _most_at_once(outcomes) == 1  # a whole GPU each: one after the other, CPUs to spare or not
     assert ray.is_initialized()  # the caller's instance, reused by both sweeps and left running
 
+    with pytest.raises(UserError, match=r"ray.gpus_per_model = 2 but the largest node .* has 1 GPU"):
+        _sweep(tmp_path / "two", RayParams(gpus_per_model=2))  # Ray would queue it forever
+
 
 @pytest.mark.slow
 def test_without_gpus_no_task_asks_for_one(tmp_path, local_ray):

@@ -259,15 +259,23 @@ def _gpu_memory_bytes() -> int | None:
 
 
 def _gpus_per_task(ray_params: RayParams, task_bytes: int) -> float:
-    """GPUs each task asks for on this cluster, which has GPUs: `gpu_share`'s, one GPU's memory probed for auto."""
+    """GPUs each task asks for on this cluster, which has GPUs: `gpu_share`'s, one GPU's memory probed for auto.
+
+    Raises: UserError when ray.gpus_per_model asks for more GPUs than any node has (Ray would wait forever).
+    """
     import ray
 
-    resources = ray.cluster_resources()
+    setting = ray_params.gpus_per_model
+    most = max((n["Resources"].get("GPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
+    if setting != "auto" and setting > most:
+        raise UserError(f"ray.gpus_per_model = {setting:g} but the largest node of the Ray cluster has {most:g}"
+                        " GPU(s); lower it (a fraction packs several models per GPU) or set it to auto")
     gpu_bytes = None
-    if ray_params.gpus_per_model == "auto":  # a sliver of a GPU and no CPU: it runs beside anything
+    if setting == "auto":  # a sliver of a GPU and no CPU: it runs beside anything
         probe = ray.remote(_gpu_memory_bytes).options(num_cpus=0, num_gpus=1 / _GPU_STEPS)
         gpu_bytes = ray.get(probe.remote())
-    return gpu_share(ray_params.gpus_per_model, task_bytes, gpu_bytes, resources.get("CPU", 1.0) / resources["GPU"],
+    resources = ray.cluster_resources()
+    return gpu_share(setting, task_bytes, gpu_bytes, resources.get("CPU", 1.0) / resources["GPU"],
                      ray_params.cpus_per_model)
 
 
