@@ -98,16 +98,18 @@ def run(
     seed: int = 1,
     results_dir: Path | None = None,
     on_epoch=None,
+    device: str = "cpu",
 ) -> dict:
     """main.py's __main__ block: train(epoch); test(epoch); save samples. Returns losses and timings.
 
     `results_dir` is where the script's PNGs go (None: skip them). Log lines go
-    to a buffer: the formatting cost stays, the terminal's does not.
+    to a buffer: the formatting cost stays, the terminal's does not. `device`: "cpu" or "cuda" (the
+    script's --no-cuda off), with the script's DataLoader settings for each.
     """
-    device = torch.device("cpu")
+    device = torch.device(device)
     t_start = time.perf_counter()
     torch.manual_seed(seed)
-    kwargs: dict = {}  # the script's {'num_workers': 1, 'pin_memory': True} is for CUDA only
+    kwargs: dict = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}  # as the script
     train_loader = DataLoader(MNISTLike(train_images, train_labels, transform=transforms.ToTensor()),
                               batch_size=BATCH_SIZE, shuffle=True, **kwargs)
     test_loader = DataLoader(MNISTLike(test_images, test_labels, transform=transforms.ToTensor()),

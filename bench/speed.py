@@ -26,7 +26,8 @@ def _ours_spec(epochs: int, precision: str = "fp32", lr: float = 1e-3, batch_siz
     return RunSpec(name="bench-vae", model=model, train=train)
 
 
-def ours_time_to_target(x_train, x_test, target: float | None, max_epochs: int, **spec_kw) -> dict:
+def ours_time_to_target(x_train, x_test, target: float | None, max_epochs: int, device: str = "cpu",
+                        **spec_kw) -> dict:
     """Train with aevae.training.train_model (checkpointing every epoch, as the pipeline does), evaluating
     on the test images after every epoch; stop at the first epoch whose test loss <= target."""
     from aevae.training import train_model
@@ -42,7 +43,7 @@ def ours_time_to_target(x_train, x_test, target: float | None, max_epochs: int, 
                 raise Stop
 
         with contextlib.suppress(Stop):
-            train_model(_ours_spec(max_epochs, **spec_kw), x_train, x_test, checkpoint_dir=Path(ckpt),
+            train_model(_ours_spec(max_epochs, **spec_kw), x_train, x_test, device=device, checkpoint_dir=Path(ckpt),
                         on_epoch=on_epoch)
         cpu = time.process_time() - cpu0
     reached = target is not None and trace[-1][2] <= target
@@ -51,13 +52,14 @@ def ours_time_to_target(x_train, x_test, target: float | None, max_epochs: int, 
             "s_per_epoch": trace[-1][1] / len(trace)}
 
 
-def run_baseline(x_train, y_train, x_test, y_test, epochs: int) -> dict:
-    """bench/baseline_vae.py for `epochs` epochs: its result plus CPU seconds and seconds per epoch."""
+def run_baseline(x_train, y_train, x_test, y_test, epochs: int, device: str = "cpu") -> dict:
+    """bench/baseline_vae.py for `epochs` epochs on `device`: its result plus CPU seconds and seconds per epoch."""
     import baseline_vae
 
     with tempfile.TemporaryDirectory(prefix="aevae-bench-results-") as results:
         cpu0 = time.process_time()
-        out = baseline_vae.run(x_train, y_train, x_test, y_test, epochs=epochs, results_dir=Path(results))
+        out = baseline_vae.run(x_train, y_train, x_test, y_test, epochs=epochs, results_dir=Path(results),
+                               device=device)
         out["cpu_s"] = time.process_time() - cpu0
     out["s_per_epoch"] = out["seconds"] / epochs
     return out

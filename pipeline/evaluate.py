@@ -22,6 +22,7 @@ from aevae.errors import UserError, run_cli
 from aevae.models import as_images
 from aevae.progress import Progress, say
 from aevae.tracking import log_evaluation
+from aevae.training import device_bytes
 
 OUT = Path("metrics")
 RUN_FACTS = Path("logs/evaluate_run.json")
@@ -60,13 +61,16 @@ def main() -> None:
         if outcome.error:
             raise UserError(f"evaluating model {outcome.error}; rerun the evaluate stage (dvc repro evaluate)")
         evaluations[outcome.key] = outcome.value
-        runs[outcome.key] = {"node_id": outcome.node_id, "seconds": round(outcome.seconds, 3)}
+        runs[outcome.key] = {"node_id": outcome.node_id, "seconds": round(outcome.seconds, 3), "device": outcome.device,
+                             "resources": outcome.resources}
         progress.update(len(evaluations), f"{outcome.key} done in {outcome.seconds:.1f}s", force=True)
 
+    # On GPUs, as many models per GPU as in training: a task holds about what training held (the data, one model).
+    task_bytes = max(device_bytes(spec, train.images, len(test.images)) for _, spec in models.values())
     cluster = map_tasks(metrics.evaluate, {name: (models[name][0],) for name in names}, shared,
                         params.ray.cpus_per_model, params.ray.max_retries, on_done,
                         on_wait=lambda _left: progress.update(len(evaluations)),  # queued ones too: no names
-                        on_status=progress.line)
+                        on_status=progress.line, ray_params=params.ray, task_bytes=task_bytes)
     results, pca = {}, {}
     with atomic.atomic_dir(OUT / "arrays") as arrays:  # all models' arrays appear together, or none
         for name in names:

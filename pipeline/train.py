@@ -70,7 +70,7 @@ def _train(params, specs, manifest: dict, train, val, tracker: SweepTracker) -> 
                                   {"data_sha256": manifest["data_sha256"],
                                    "stopped_by": stopped_by(outcome.spec.train, n_train, world)})
         runs[name] = {"device": outcome.device, "epochs_run": outcome.epochs_run, "seconds": round(outcome.seconds, 3),
-                      "node_id": outcome.node_id}
+                      "node_id": outcome.node_id, "resources": outcome.resources}
         progress.done(name, outcome.epochs_run, outcome.seconds)
         tracker.model_done(outcome.spec, outcome.history, folder)
 

@@ -115,10 +115,22 @@ class SweepParams(_Strict):
 
 class RayParams(_Strict):
     use_gpu: bool | Literal["auto"] = "auto"
+    # GPUs each training or evaluation task asks Ray for: a fraction packs several models on one GPU (0.25: four),
+    # a whole number gives a model that many; auto: from the model's estimated memory and the GPU's size
+    # (aevae.distributed.gpu_share). Ray admits tasks by it; it is not a memory cap.
+    gpus_per_model: float | Literal["auto"] = "auto"
     cpus_per_model: float = Field(1.0, gt=0.0)
     workers_per_model: PositiveInt = 1
     storage_path: str = "checkpoints"
     max_retries: NonNegativeInt = 2
+
+    @field_validator("gpus_per_model")
+    @classmethod
+    def _gpu_share(cls, value: float | str) -> float | str:
+        """Ray lends a GPU whole or in fractions of one: 0.5 and 2 are requests it can meet, 1.5 is not."""
+        if value == "auto" or 0.0 < value <= 1.0 or (value > 1.0 and float(value).is_integer()):
+            return value
+        raise ValueError("a fraction in (0, 1] (0.25: four models per GPU), a whole number of GPUs, or auto")
 
 
 class ClassifierParams(_Strict):

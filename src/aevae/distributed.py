@@ -11,13 +11,23 @@ Workers get the data through Ray's object store and write checkpoints to
 storage on a multi-node cluster). Tasks are spread over the cluster's nodes
 (each records the node it ran on); a task whose node dies is retried on
 another, and a training task resumes there from its last checkpoint.
+
+On a cluster with GPUs each task asks Ray for a share of one (`gpu_share`):
+a ~1M-parameter model at batch 128 leaves a whole GPU nearly idle, so several
+train side by side on it, each in its own process. Without GPUs the tasks ask
+for none, as before. A driver that already called ray.init keeps its instance:
+Ray starts at most once per stage, and a caller may start it with the
+resources it wants (a test: a logical GPU on a CPU-only machine).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
+import shutil
+import subprocess
 import signal
 import socket
 import sys
@@ -25,7 +35,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +45,15 @@ from aevae.config import RayParams, RunSpec
 from aevae.errors import UserError
 
 _CONNECT_TIMEOUT_S = 5.0
+
+# What one worker process's CUDA context, cuBLAS workspace and torch's loaded kernels take on a GPU before its
+# first tensor: 300-600 MiB with torch 2.x; bench/device_check.py measures it per model.
+CUDA_CONTEXT_BYTES = 512 * 2**20
+# training.device_bytes is an estimate: a model counts this many times it, for fragmentation and torch.compile's
+# buffers, so models packed by `auto` do not run a GPU out of memory.
+MEMORY_SAFETY = 2.0
+# Ray counts a GPU in steps of 1/10,000: a share rounded down to them keeps n shares within one GPU.
+_GPU_STEPS = 10_000
 
 
 @dataclass
@@ -47,6 +66,8 @@ class ModelOutcome:
     seconds: float
     error: str | None = None
     node_id: str = ""  # the Ray node that finished it
+    resources: dict = field(default_factory=dict)  # what Ray lent the task: {"CPU": 1.0, "GPU": 0.25}
+    started: float = 0.0  # Unix time (s) the task began training on its worker; it ended `seconds` later
 
 
 @dataclass
@@ -58,6 +79,8 @@ class TaskOutcome:
     node_id: str
     seconds: float
     error: str | None = None
+    device: str = "cpu"  # where fn's torch modules and tensors ran
+    resources: dict = field(default_factory=dict)  # what Ray lent the task: {"CPU": 1.0, "GPU": 0.25}
 
 
 def _node_id() -> str:
@@ -180,6 +203,97 @@ def _quiet_worker_deaths() -> None:
     worker.print_to_stdstream = one_line
 
 
+@contextlib.contextmanager
+def _ray_session(on_status: Callable[[str], None] | None):
+    """Ray for one call, yielding (started_locally, gcs address).
+
+    When this process has already called ray.init (an earlier call of this stage, a test, a benchmark) that
+    instance is used and left running; otherwise `connect` attaches or starts one and it is shut down after.
+    """
+    running = sys.modules.get("ray")
+    if running is not None and running.is_initialized():
+        yield False, running.get_runtime_context().gcs_address
+        return
+    started_locally, gcs = connect(on_status)  # first: it sets Ray's environment before Ray is imported
+    import ray
+
+    try:
+        yield started_locally, gcs
+    finally:
+        ray.shutdown()
+
+
+def gpu_share(setting: float | str, task_bytes: int, gpu_bytes: int | None, cpus_per_gpu: float,
+              cpus_per_task: float) -> float:
+    """GPUs one task asks Ray for: `setting` when it is a number; for "auto", 1/n for the n tasks one GPU holds.
+
+    task_bytes: the task's estimated device memory (training.device_bytes), bytes; gpu_bytes: one GPU's total
+    memory, bytes (None: unknown, e.g. a logical GPU on a machine without one; then only CPUs bound n);
+    cpus_per_gpu: the cluster's CPUs over its GPUs; cpus_per_task: CPUs each task reserves. n is the smaller of
+    gpu_bytes / (MEMORY_SAFETY * task_bytes + CUDA_CONTEXT_BYTES) and cpus_per_gpu / cpus_per_task (each model's
+    process feeds its GPU kernels from its own CPU: more models than CPUs only queue), at least 1. The share is
+    rounded down to Ray's 1/10,000 steps, so n of them fit one GPU. Never raises.
+    """
+    if setting != "auto":
+        return float(setting)
+    n = math.floor(cpus_per_gpu / cpus_per_task)
+    if gpu_bytes:
+        n = min(n, math.floor(gpu_bytes / (MEMORY_SAFETY * task_bytes + CUDA_CONTEXT_BYTES)))
+    return math.floor(_GPU_STEPS / max(1, n)) / _GPU_STEPS
+
+
+def _gpu_memory_bytes() -> int | None:
+    """Body of a Ray task: the total memory of the GPU Ray lent it, bytes, from nvidia-smi (which, unlike torch,
+    creates no CUDA context); None without a GPU or nvidia-smi."""
+    import ray
+
+    ids, smi = ray.get_gpu_ids(), shutil.which("nvidia-smi")
+    if not ids or not smi:
+        return None
+    try:
+        out = subprocess.run([smi, "--query-gpu=memory.total", "--format=csv,noheader,nounits", f"--id={ids[0]}"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+        return int(float(out.split()[0]) * 2**20)  # MiB
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def _gpus_per_task(ray_params: RayParams, task_bytes: int) -> float:
+    """GPUs each task asks for on this cluster, which has GPUs: `gpu_share`'s, one GPU's memory probed for auto.
+
+    Raises: UserError when ray.gpus_per_model asks for more GPUs than any node has (Ray would wait forever).
+    """
+    import ray
+
+    setting = ray_params.gpus_per_model
+    most = max((n["Resources"].get("GPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
+    if setting != "auto" and setting > most:
+        raise UserError(f"ray.gpus_per_model = {setting:g} but the largest node of the Ray cluster has {most:g}"
+                        " GPU(s); lower it (a fraction packs several models per GPU) or set it to auto")
+    gpu_bytes = None
+    if setting == "auto":  # a sliver of a GPU and no CPU: it runs beside anything
+        probe = ray.remote(_gpu_memory_bytes).options(num_cpus=0, num_gpus=1 / _GPU_STEPS)
+        gpu_bytes = ray.get(probe.remote())
+    resources = ray.cluster_resources()
+    return gpu_share(setting, task_bytes, gpu_bytes, resources.get("CPU", 1.0) / resources["GPU"],
+                     ray_params.cpus_per_model)
+
+
+def _task_device() -> str:
+    """Inside a task: "cuda" when Ray lent it a GPU that torch can use, else "cpu" (e.g. a logical GPU resource
+    on a node without one; the caller warns)."""
+    import ray
+    import torch
+
+    return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+
+
+def _assigned() -> dict:
+    import ray
+
+    return dict(ray.get_runtime_context().get_assigned_resources())
+
+
 def _use_gpu(setting: bool | str) -> bool:
     import ray
 
@@ -211,24 +325,23 @@ def _progress_board():
 
 def _train_one(spec: RunSpec, train_images, val_images, ckpt_dir: str, data_sha256: str, cpus: float, board) -> ModelOutcome:
     """Body of one Ray task: plain PyTorch training on whatever device Ray assigned."""
-    import ray
     import torch
 
     from aevae.training import Diverged, train_model
 
     torch.set_num_threads(max(1, int(cpus)))
-    device = "cuda" if ray.get_gpu_ids() else "cpu"
-    t0 = time.perf_counter()
+    device = _task_device()
+    started, t0 = time.time(), time.perf_counter()
+    facts = dict(node_id=_node_id(), resources=_assigned(), started=started)
     try:
         result = train_model(
             spec, train_images, val_images, device=device, checkpoint_dir=Path(ckpt_dir),
             on_epoch=lambda rec: board.report.remote(spec.name, rec), data_sha256=data_sha256,
         )
     except Diverged as exc:
-        return ModelOutcome(spec, None, [], 0, device, time.perf_counter() - t0, error=str(exc), node_id=_node_id())
+        return ModelOutcome(spec, None, [], 0, device, time.perf_counter() - t0, error=str(exc), **facts)
     state = {k: v.cpu() for k, v in result.model.state_dict().items()}
-    return ModelOutcome(spec, state, result.history, result.epochs_run, device, time.perf_counter() - t0,
-                        node_id=_node_id())
+    return ModelOutcome(spec, state, result.history, result.epochs_run, device, time.perf_counter() - t0, **facts)
 
 
 def _ddp_loop(config: dict) -> None:
@@ -300,37 +413,67 @@ def train_sweep(
     on_status: Callable[[str], None] | None = None,
 ) -> dict:
     """Train every spec concurrently as resources allow; returns facts about the cluster used.
-    on_status(text) says what happens before the first epoch lines (Ray start-up, tasks submitted)."""
+
+    On a cluster with GPUs each model asks for `gpu_share` of one (ray.gpus_per_model; auto from
+    training.device_bytes of the largest spec), so several train on one GPU; DDP workers
+    (workers_per_model > 1) take a whole GPU each, as NCCL cannot share one between ranks.
+    on_status(text) says what happens before the first epoch lines (Ray start-up, tasks submitted).
+    Raises: UserError when ray.use_gpu is true and the cluster has no GPU.
+    """
     storage_path = storage_path.resolve()
-    started_locally, gcs = connect(on_status)  # first: it sets Ray's environment before Ray is imported
+    with _ray_session(on_status) as (started_locally, gcs):
+        return _train_on_ray(specs, train_images, val_images, storage_path, ray_params, data_sha256, on_epoch,
+                             on_done, on_status) | _cluster_facts(started_locally, gcs)
+
+
+def _train_on_ray(specs, train_images, val_images, storage_path: Path, ray_params: RayParams, data_sha256: str,
+                  on_epoch, on_done, on_status) -> dict:
+    """train_sweep's body on a running Ray instance; returns {"use_gpu", "gpus_per_model"}."""
     import ray
 
-    try:
-        use_gpu = _use_gpu(ray_params.use_gpu)
-        board = _progress_board()
-        data = (ray.put(train_images), ray.put(val_images))
-        task = ray.remote(_train_one).options(
-            num_cpus=ray_params.cpus_per_model, num_gpus=1 if use_gpu else 0, max_retries=ray_params.max_retries,
-            scheduling_strategy="SPREAD",  # one model per node first: each gets a node's memory bandwidth
-        )
-        pending, ddp_specs = {}, []
-        for spec in specs:
-            ckpt = str(checkpoint_dir(storage_path, spec, data_sha256))
-            if ray_params.workers_per_model > 1:
-                ddp_specs.append((spec, ckpt))
-                continue
-            ref = task.remote(spec, data[0], data[1], ckpt, data_sha256, ray_params.cpus_per_model, board)
-            pending[ref] = spec
-        if on_status and pending:
-            on_status(f"{len(pending)} training tasks submitted; epoch lines follow once workers have loaded torch")
-        _wait_all(pending, board, on_epoch, on_done)
-        for spec, ckpt in ddp_specs:  # each fit uses the whole cluster's share: one after another
-            outcome = _fit_ddp(spec, (train_images, val_images), ckpt, data_sha256, ray_params, use_gpu, board)
-            _drain(board, on_epoch)
-            on_done(outcome)
-        return {**_cluster_facts(started_locally, gcs), "use_gpu": use_gpu}
-    finally:
-        ray.shutdown()
+    from aevae.training import device_bytes
+
+    use_gpu = _use_gpu(ray_params.use_gpu)
+    models = {spec.model_dump_json(): spec for spec in specs}.values()  # the sweep's seeds share a model's size
+    gpus = _gpus_per_task(ray_params, max(device_bytes(s, train_images, len(val_images)) for s in models)) \
+        if use_gpu else 0.0
+    on_cpu: list[str] = []
+
+    def done(outcome: ModelOutcome) -> None:
+        if gpus and outcome.device == "cpu" and outcome.error is None:
+            on_cpu.append(outcome.spec.name)
+        on_done(outcome)
+
+    board = _progress_board()
+    data = (ray.put(train_images), ray.put(val_images))
+    task = ray.remote(_train_one).options(
+        num_cpus=ray_params.cpus_per_model, num_gpus=gpus, max_retries=ray_params.max_retries,
+        scheduling_strategy="SPREAD",  # one model per node first: each gets a node's memory bandwidth
+    )
+    pending, ddp_specs = {}, []
+    for spec in specs:
+        ckpt = str(checkpoint_dir(storage_path, spec, data_sha256))
+        if ray_params.workers_per_model > 1:
+            ddp_specs.append((spec, ckpt))
+            continue
+        pending[task.remote(spec, data[0], data[1], ckpt, data_sha256, ray_params.cpus_per_model, board)] = spec
+    if on_status and pending:
+        on_status(f"{len(pending)} training tasks submitted; epoch lines follow once workers have loaded torch")
+    _wait_all(pending, board, on_epoch, done)
+    for spec, ckpt in ddp_specs:  # each fit uses the whole cluster's share: one after another
+        outcome = _fit_ddp(spec, (train_images, val_images), ckpt, data_sha256, ray_params, use_gpu, board)
+        _drain(board, on_epoch)
+        on_done(outcome)
+    _warn_cpu_fallback(on_cpu)
+    return {"use_gpu": use_gpu, "gpus_per_model": gpus}
+
+
+def _warn_cpu_fallback(names: list[str]) -> None:
+    """One line when tasks that Ray lent a GPU ran on the CPU: the run is valid, but not what was asked for."""
+    if names:
+        print(f"warning: Ray lent {len(names)} task(s) a GPU that torch cannot use (torch.cuda.is_available() is"
+              f" False there, e.g. a CPU build of torch), so they ran on the CPU: {', '.join(names[:3])}",
+              file=sys.stderr, flush=True)
 
 
 def _cluster_facts(started_locally: bool, gcs: str) -> dict:
@@ -344,17 +487,30 @@ def _run_task(fn: Callable, key: str, args: tuple, cpus: float, names: tuple[str
     """Body of one `map_tasks` task: fn(*args, **shared) with as many torch, BLAS and OpenMP threads as CPUs reserved.
 
     The BLAS/OpenMP pools (scikit-learn's kNN, silhouette, GMM, PCA) would otherwise size themselves to
-    the whole machine and spin against the task beside them.
+    the whole machine and spin against the task beside them. With a GPU lent, the torch modules and
+    tensors among args and shared (this worker's own copies) move to it first.
     """
     import torch
     from threadpoolctl import threadpool_limits
 
     threads = max(1, int(cpus))
     torch.set_num_threads(threads)
+    device = _task_device()
     t0 = time.perf_counter()
+    args = tuple(_to_device(a, device) for a in args)
+    kwargs = {n: _to_device(v, device) for n, v in zip(names, shared)}
     with threadpool_limits(limits=threads):
-        value = fn(*args, **dict(zip(names, shared)))
-    return TaskOutcome(key, value, _node_id(), time.perf_counter() - t0)
+        value = fn(*args, **kwargs)
+    return TaskOutcome(key, value, _node_id(), time.perf_counter() - t0, device=device, resources=_assigned())
+
+
+def _to_device(value: Any, device: str) -> Any:
+    """A torch module or tensor on `device`; anything else (numpy arrays, params) as it is."""
+    import torch
+
+    if device != "cpu" and isinstance(value, (torch.nn.Module, torch.Tensor)):
+        return value.to(device)
+    return value
 
 
 def map_tasks(
@@ -366,6 +522,8 @@ def map_tasks(
     on_done: Callable[[TaskOutcome], None],
     on_wait: Callable[[list[str]], None] | None = None,
     on_status: Callable[[str], None] | None = None,
+    ray_params: RayParams | None = None,
+    task_bytes: int = 0,
 ) -> dict:
     """Run fn(*items[key], **shared) for every key, one Ray task each, spread over the cluster.
 
@@ -376,33 +534,45 @@ def map_tasks(
     often than max_retries allows; an exception raised by fn is re-raised here); on_wait(keys not yet
     done, running or queued) about once a second. fn must be importable by the workers (a function of this package) and
     its results picklable. on_status(text) says when Ray starts. Returns facts about the cluster used.
+    ray_params (None: CPUs only): on a cluster with GPUs each task asks for `gpu_share` of one
+    (ray.use_gpu, ray.gpus_per_model; task_bytes: a task's estimated device memory, bytes, for auto) and
+    fn's torch modules and tensors run there. Raises: UserError when ray.use_gpu is true and there is no GPU.
     """
-    started_locally, gcs = connect(on_status)
+    with _ray_session(on_status) as (started_locally, gcs):
+        gpus = 0.0
+        if ray_params is not None and _use_gpu(ray_params.use_gpu):
+            gpus = _gpus_per_task(ray_params, task_bytes)
+        _map_on_ray(fn, items, shared, cpus_per_task, gpus, max_retries, on_done, on_wait)
+        return {**_cluster_facts(started_locally, gcs), "gpus_per_task": gpus}
+
+
+def _map_on_ray(fn, items: dict, shared: dict, cpus: float, gpus: float, max_retries: int, on_done, on_wait) -> None:
+    """map_tasks' body on a running Ray instance."""
     import ray
 
-    try:
-        names = tuple(shared)
-        refs = [ray.put(shared[n]) for n in names]
-        task = ray.remote(_run_task).options(num_cpus=cpus_per_task, max_retries=max_retries,
-                                             scheduling_strategy="SPREAD")
-        pending = {task.remote(fn, key, args, cpus_per_task, names, *refs): key for key, args in items.items()}
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-            for ref in done:
-                key = pending.pop(ref)
-                try:
-                    outcome = ray.get(ref)
-                except ray.exceptions.RayTaskError:  # fn itself raised: a bug, not the cluster's doing
-                    raise
-                except ray.exceptions.RayError as exc:  # its worker or node died on every try
-                    reason = str(exc).strip().splitlines()[0]
-                    outcome = TaskOutcome(key, None, "", 0.0, error=f"'{key}' failed: {reason}")
-                on_done(outcome)
-            if pending and on_wait:
-                on_wait(sorted(pending.values()))
-        return _cluster_facts(started_locally, gcs)
-    finally:
-        ray.shutdown()
+    names = tuple(shared)
+    refs = [ray.put(shared[n]) for n in names]
+    task = ray.remote(_run_task).options(num_cpus=cpus, num_gpus=gpus, max_retries=max_retries,
+                                         scheduling_strategy="SPREAD")
+    pending = {task.remote(fn, key, args, cpus, names, *refs): key for key, args in items.items()}
+    on_cpu = []
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+        for ref in done:
+            key = pending.pop(ref)
+            try:
+                outcome = ray.get(ref)
+            except ray.exceptions.RayTaskError:  # fn itself raised: a bug, not the cluster's doing
+                raise
+            except ray.exceptions.RayError as exc:  # its worker or node died on every try
+                reason = str(exc).strip().splitlines()[0]
+                outcome = TaskOutcome(key, None, "", 0.0, error=f"'{key}' failed: {reason}")
+            if gpus and outcome.error is None and outcome.device == "cpu":
+                on_cpu.append(key)
+            on_done(outcome)
+        if pending and on_wait:
+            on_wait(sorted(pending.values()))
+    _warn_cpu_fallback(on_cpu)
 
 
 def _drain(board, on_epoch) -> None:

@@ -57,6 +57,55 @@ def trivial_loss(train_images: torch.Tensor, val_images: torch.Tensor, recon: st
     return float(recon_per_image(logits, val_images.float(), recon).mean())
 
 
+# Adam holds two moments beside each weight and its gradient: four float32 copies of every parameter.
+_BYTES_PER_PARAMETER = 4 * 4
+# Per image of a batch: every layer's output kept for backward, its gradient, and one more copy of slack for
+# the allocator's rounding and the loss's temporaries (float32, also under bf16 autocast: the master copies stay).
+_ACTIVATION_COPIES = 3
+# While as_images converts the training split its uint8 copy (1 byte a pixel) and the float before the division
+# by 255 (4) sit beside the result: the run's peak, before the first step.
+_LOADING_BYTES_PER_PIXEL = 1 + 4
+
+
+def device_bytes(spec: RunSpec, train_images: np.ndarray, n_val: int = 0) -> int:
+    """Estimated peak bytes one train_model run of `spec` holds on its device, CUDA context excluded.
+
+    train_images: (N, H, W) or (N, C, H, W) uint8, the training split (n_val: the validation images); both live
+    on the device as float32 for the whole run, the training split briefly twice more while it is converted. The
+    model's weights, gradients and Adam's moments, plus _ACTIVATION_COPIES float32 copies of every layer's outputs
+    for a training batch (or one pass of EVAL_BATCH images without gradients, if larger). Counted by building the
+    model on the CPU and running one image through it: milliseconds, no GPU needed. A caller adds its own safety
+    factor. Never raises.
+    """
+    model = build_model(spec.model)
+    parameters = sum(p.numel() for p in model.parameters())
+    per_image = _activation_floats(model, as_images(train_images[:1]))
+    activations = 4 * per_image * max(_ACTIVATION_COPIES * spec.train.batch_size, EVAL_BATCH)
+    pixels = int(np.prod(train_images.shape[1:]))
+    data = 4 * pixels * (len(train_images) + n_val) + _LOADING_BYTES_PER_PIXEL * pixels * len(train_images)
+    return _BYTES_PER_PARAMETER * parameters + activations + data
+
+
+@torch.no_grad()
+def _activation_floats(model: AutoEncoder, x: torch.Tensor) -> int:
+    """Floats every leaf module outputs for one image x (1, C, H, W): what a batch keeps per image for backward."""
+    total = 0
+
+    def count(_module, _inputs, output) -> None:
+        nonlocal total
+        outputs = output if isinstance(output, (tuple, list)) else (output,)
+        total += sum(o.numel() for o in outputs if isinstance(o, torch.Tensor))
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(count) for m in leaves]
+    try:
+        model.loss(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
 @dataclass
 class TrainResult:
     model: AutoEncoder
