@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from aevae.config import RayParams, RunSpec
+from aevae.cpus import available_cpus
 from aevae.errors import UserError
 
 _CONNECT_TIMEOUT_S = 5.0
@@ -58,6 +60,50 @@ class TaskOutcome:
     node_id: str
     seconds: float
     error: str | None = None
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # a terminal escape sequence (Ray colours its task names)
+
+
+def task_failure(exc: BaseException) -> str:
+    """Why a Ray task failed, as one line without terminal escapes: the task's own exception as
+    `Type: message` (unwrapped from Ray's RayTaskError), or what happened to its worker, node or actor.
+    Never raises."""
+    import ray.exceptions as rex
+
+    cause = exc
+    if isinstance(exc, rex.RayTaskError):
+        cause = getattr(exc, "cause", None) or exc.as_instanceof_cause()
+        if cause is exc or isinstance(cause, rex.RayTaskError):  # no cause kept: Ray's text, wrapper lines dropped
+            return _clean(str(exc).splitlines()[-1])
+    if isinstance(cause, rex.RayError) and not isinstance(cause, rex.RayTaskError):
+        return _ray_failure(cause)
+    return f"{type(cause).__name__}: {_clean(_first_text_line(cause))}"
+
+
+def _ray_failure(exc: BaseException) -> str:
+    """A failure of Ray's own (the worker, its node, an actor, a cancel) in words, with Ray's first line."""
+    import ray.exceptions as rex
+
+    kinds = ((rex.OutOfMemoryError, "its worker was killed for lack of memory"),
+             (rex.TaskCancelledError, "the task was cancelled"),
+             (rex.NodeDiedError, "its node died"),
+             (rex.WorkerCrashedError, "its worker process died"),
+             (rex.ActorError, "an actor it needed died"),
+             (rex.ObjectLostError, "its data in the object store was lost"))
+    what = next((text for cls, text in kinds if isinstance(exc, cls)), type(exc).__name__)
+    detail = _clean(_first_text_line(exc))[:200]
+    return f"{what} ({type(exc).__name__}: {detail})" if detail and detail != type(exc).__name__ else what
+
+
+def _first_text_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _clean(text: str) -> str:
+    """`text` without terminal escape sequences, its whitespace runs made single spaces."""
+    return " ".join(_ANSI.sub("", text).split())
 
 
 def _node_id() -> str:
@@ -104,7 +150,7 @@ def connect(on_status: Callable[[str], None] | None = None) -> tuple[bool, str]:
     address = os.environ.get("RAY_ADDRESS", "").strip()
     if on_status:
         on_status(f"attaching to the Ray cluster at {address}" if address
-                  else f"starting a local Ray instance ({os.cpu_count()} CPUs)")
+                  else f"starting a local Ray instance ({available_cpus()} CPUs)")
     if address:
         check_address()
         # Since Ray 2.59 a head started with `ray start` requires token auth, but a driver attaching by
@@ -135,7 +181,8 @@ def _init(ray, address: str, quiet: dict) -> tuple[bool, str]:
                 " token auth set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN"
             ) from None
         return False, ray.get_runtime_context().gcs_address
-    ray.init(address="local", num_cpus=os.cpu_count(), **quiet)
+    # Sized to the CPUs this process may use (affinity, cgroup quota), not the machine's core count.
+    ray.init(address="local", num_cpus=available_cpus(), **quiet)
     return True, ray.get_runtime_context().gcs_address
 
 
@@ -209,6 +256,11 @@ def _progress_board():
     return ProgressBoard.remote()
 
 
+def _threads(cpus: float) -> int:
+    """torch/BLAS threads for a task reserving `cpus` CPUs: at least 1, at most the CPUs this worker may use."""
+    return max(1, min(int(cpus), available_cpus()))
+
+
 def _train_one(spec: RunSpec, train_images, val_images, ckpt_dir: str, data_sha256: str, cpus: float, board) -> ModelOutcome:
     """Body of one Ray task: plain PyTorch training on whatever device Ray assigned."""
     import ray
@@ -216,7 +268,7 @@ def _train_one(spec: RunSpec, train_images, val_images, ckpt_dir: str, data_sha2
 
     from aevae.training import Diverged, train_model
 
-    torch.set_num_threads(max(1, int(cpus)))
+    torch.set_num_threads(_threads(cpus))
     device = "cuda" if ray.get_gpu_ids() else "cpu"
     t0 = time.perf_counter()
     try:
@@ -241,7 +293,7 @@ def _ddp_loop(config: dict) -> None:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(max(1, int(config["cpus"])))
+    torch.set_num_threads(_threads(config["cpus"]))
     board = config["board"] if rank == 0 else None
     spec = config["spec"]
     result = train_model(
@@ -275,7 +327,8 @@ def _fit_ddp(spec: RunSpec, data: tuple, ckpt_dir: str, data_sha256: str, ray_pa
     try:
         trainer.fit()
     except Exception as exc:  # Ray wraps worker errors; report it as this model's failure
-        return ModelOutcome(spec, None, [], 0, "ddp", time.perf_counter() - t0, error=str(exc).splitlines()[-1])
+        return ModelOutcome(spec, None, [], 0, "ddp", time.perf_counter() - t0,
+                            error=f"model '{spec.name}' failed: {task_failure(exc)}")
     # Rank 0 wrote the final state as its last checkpoint: read it back from storage.
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     return ModelOutcome(spec, state["model"], state["history"], state["epoch"] - epochs_before,
@@ -349,7 +402,7 @@ def _run_task(fn: Callable, key: str, args: tuple, cpus: float, names: tuple[str
     import torch
     from threadpoolctl import threadpool_limits
 
-    threads = max(1, int(cpus))
+    threads = _threads(cpus)
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     with threadpool_limits(limits=threads):
@@ -373,7 +426,7 @@ def map_tasks(
     classifier) goes to the object store once and every task reads the same copy; each task runs torch
     with `cpus_per_task` threads, so on a 2-core machine two tasks run at once. on_done gets each
     TaskOutcome as it finishes, in the driver's process (`error` set when its worker or node died more
-    often than max_retries allows; an exception raised by fn is re-raised here); on_wait(keys not yet
+    often than max_retries allows, or fn raised: task_failure's one line); on_wait(keys not yet
     done, running or queued) about once a second. fn must be importable by the workers (a function of this package) and
     its results picklable. on_status(text) says when Ray starts. Returns facts about the cluster used.
     """
@@ -392,11 +445,8 @@ def map_tasks(
                 key = pending.pop(ref)
                 try:
                     outcome = ray.get(ref)
-                except ray.exceptions.RayTaskError:  # fn itself raised: a bug, not the cluster's doing
-                    raise
-                except ray.exceptions.RayError as exc:  # its worker or node died on every try
-                    reason = str(exc).strip().splitlines()[0]
-                    outcome = TaskOutcome(key, None, "", 0.0, error=f"'{key}' failed: {reason}")
+                except ray.exceptions.RayError as exc:  # fn raised, or its worker, node or actor died on every try
+                    outcome = TaskOutcome(key, None, "", 0.0, error=f"'{key}' failed: {task_failure(exc)}")
                 on_done(outcome)
             if pending and on_wait:
                 on_wait(sorted(pending.values()))
@@ -426,6 +476,6 @@ def _wait_all(pending: dict, board, on_epoch, on_done) -> None:
             spec = pending.pop(ref)
             try:
                 on_done(ray.get(ref))
-            except ray.exceptions.RayError as exc:  # the worker died more often than max_retries allows
-                reason = str(exc).strip().splitlines()[0]
-                on_done(ModelOutcome(spec, None, [], 0, "?", 0.0, error=f"model '{spec.name}' failed: {reason}"))
+            except ray.exceptions.RayError as exc:  # it raised, or its worker died more often than max_retries allows
+                on_done(ModelOutcome(spec, None, [], 0, "?", 0.0,
+                                     error=f"model '{spec.name}' failed: {task_failure(exc)}"))
