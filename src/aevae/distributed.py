@@ -89,7 +89,7 @@ def _ray_failure(exc: BaseException) -> str:
              (rex.TaskCancelledError, "the task was cancelled"),
              (rex.NodeDiedError, "its node died"),
              (rex.WorkerCrashedError, "its worker process died"),
-             (rex.ActorError, "an actor it needed died"),
+             (rex.RayActorError, "an actor it needed died"),
              (rex.ObjectLostError, "its data in the object store was lost"))
     what = next((text for cls, text in kinds if isinstance(exc, cls)), type(exc).__name__)
     detail = _clean(_first_text_line(exc))[:200]

@@ -39,6 +39,13 @@ def _end_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def end_child_with_parent() -> None:
+    """subprocess's preexec_fn for a child of this process: SIGTERM the child when this process dies, even by
+    SIGKILL, which no handler sees. Without it a killed `make retrain` leaves its `dvc repro` (and the stage
+    under it) training alone, holding DVC's lock against the next run."""
+    _end_with_parent()
+
+
 def _params_unchanged() -> None:
     """Fail (UserError) when params.yaml changed while main() ran: see aevae.config.check_unchanged."""
     from aevae.config import check_unchanged  # config imports this module
