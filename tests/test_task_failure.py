@@ -36,3 +36,10 @@ def test_ray_failures_are_named_in_words(exc, words):
 
 def test_a_plain_exception_is_type_and_message():
     assert task_failure(RuntimeError("\x1b[31mboom\x1b[0m")) == "RuntimeError: boom"
+
+
+def test_a_user_error_in_the_task_is_its_message():
+    from aevae.errors import UserError
+
+    wrapped = rex.RayTaskError("ray::_train_one()", "Traceback ...", _raised(UserError("cannot create folder x; fix")))
+    assert task_failure(wrapped) == "cannot create folder x; fix"

@@ -67,7 +67,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # a terminal escape sequence (
 
 def task_failure(exc: BaseException) -> str:
     """Why a Ray task failed, as one line without terminal escapes: the task's own exception as
-    `Type: message` (unwrapped from Ray's RayTaskError), or what happened to its worker, node or actor.
+    `Type: message` (unwrapped from Ray's RayTaskError; a UserError as its message), or what happened to its worker, node or actor.
     Never raises."""
     import ray.exceptions as rex
 
@@ -78,6 +78,8 @@ def task_failure(exc: BaseException) -> str:
             return _clean(str(exc).splitlines()[-1])
     if isinstance(cause, rex.RayError) and not isinstance(cause, rex.RayTaskError):
         return _ray_failure(cause)
+    if isinstance(cause, UserError):  # written for the user already: the problem and its fix
+        return _clean(_first_text_line(cause))
     return f"{type(cause).__name__}: {_clean(_first_text_line(cause))}"
 
 
