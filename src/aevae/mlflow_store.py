@@ -206,10 +206,11 @@ def ui_url(port: int, host: str = "127.0.0.1") -> str:
     if mlflow_client.get_experiment_by_name(EXPERIMENT) is None:
         return base
     exp = experiment_id(mlflow_client)
-    runs = f"{base}/{exp}/runs"
+    # The UI's own switch between its GenAI and Model training views (a browser setting, GenAI by default).
+    query = {"workflowType": "machine_learning"}
     if mlflow_client.search_runs([exp], AGGREGATE_FILTER, max_results=1):
-        runs += "?searchFilter=" + urllib.parse.quote(AGGREGATE_FILTER)
-    return runs
+        query["searchFilter"] = AGGREGATE_FILTER
+    return f"{base}/{exp}/runs?{urllib.parse.urlencode(query, quote_via=urllib.parse.quote)}"
 
 
 def _print_ui_url(argv: list[str]) -> None:
