@@ -1,4 +1,5 @@
-"""`make ui`'s URL and the experiment's kind: the UI opens on the training runs, not its GenAI overview."""
+"""The local MLflow store: `make ui`'s URL and the experiment's kind (the UI opens on the training runs, not
+its GenAI overview), and a store file MLflow cannot use."""
 
 from __future__ import annotations
 
@@ -20,3 +21,14 @@ def test_the_experiment_is_model_training_and_the_url_opens_its_runs(tmp_path, m
     run = client.create_run(old, tags={"aevae.aggregate": "true"})
     client.set_terminated(run.info.run_id)
     assert mlflow_store.ui_url(5001).endswith("&searchFilter=tags.%60aevae.aggregate%60%20%3D%20%27true%27")
+
+
+def test_a_store_file_that_is_not_sqlite_is_one_line(tmp_path):
+    import pytest
+
+    from aevae.errors import UserError
+
+    (tmp_path / "mlflow.db").write_text("not a database\n" * 100)
+    with pytest.raises(UserError) as info:
+        mlflow_store.check_schema(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert "\n" not in str(info.value) and "is not an SQLite database" in str(info.value)
