@@ -1,21 +1,23 @@
 # The two commands: `make repro` runs the pipeline, `make test` runs the tests.
 # Both set up .venv from requirements.lock first (fast when nothing changed).
 
-VENV  := $(CURDIR)/.venv
-PY    := $(VENV)/bin/python
+# Relative paths, quoted in recipes: a checkout path may hold spaces, which make cannot take in a target name.
+VENV  := .venv
+PY    := "$(CURDIR)/$(VENV)/bin/python"
 STAMP := $(VENV)/.installed
-export PATH := $(VENV)/bin:$(PATH)
+STORE := "sqlite:///$(CURDIR)/mlflow.db"
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: setup repro test test-fast ui models serve retrain bench lock
 
 setup: $(STAMP)
 
 $(STAMP): requirements.lock pyproject.toml
-	@test -x $(PY) || python3 -m venv $(VENV)
+	@test -x $(PY) || python3 -m venv "$(CURDIR)/$(VENV)"
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
-	@touch $(STAMP)
+	@touch "$(STAMP)"
 
 repro: setup
 	dvc repro
@@ -28,14 +30,16 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
-# Open the MLflow UI on the local store, bound to this machine only (UI_PORT=... for another port).
+# Open the MLflow UI on the local store, bound to this machine only (UI_PORT=... for another port);
+# first the URL of the training runs (each model's mean over seeds once the evaluate stage has run).
 UI_PORT ?= 5000
 ui: setup
-	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
+	@MLFLOW_TRACKING_URI=$(STORE) $(PY) -m aevae.mlflow_store $(UI_PORT)
+	mlflow ui --backend-store-uri $(STORE) --host 127.0.0.1 --port $(UI_PORT)
 
 # List every registered version (seed, run) and its aliases: what `make serve` can serve.
 models: setup
-	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} $(PY) -m aevae.model_registry
+	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" $(PY) -m aevae.model_registry
 
 # Serve a registered model over HTTP on this machine only: POST to http://127.0.0.1:$(PORT)/invocations (see README).
 # The project's store, or the server at MLFLOW_TRACKING_URI when set. `make retrain` sets the champion alias;
@@ -46,9 +50,9 @@ ALIAS ?= champion
 PORT  ?= 5001
 MODEL_URI = models:/aevae-$(MODEL)$(if $(VERSION),/$(VERSION),@$(ALIAS))
 serve: setup
-	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
+	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
 		$(PY) -c "from aevae.errors import run_cli; from aevae.model_registry import check_registered; run_cli(lambda: check_registered('$(MODEL_URI)'))"
-	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
+	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
 		mlflow models serve -m $(MODEL_URI) --env-manager local -h 127.0.0.1 -p $(PORT)
 
 # Retrain on a schedule: champion/challenger promotion (see README). FORCE=1 retrains even if nothing changed.

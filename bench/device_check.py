@@ -333,7 +333,7 @@ def run_on_gpu(args) -> int:
     packed, unpacked = results.get("sweep_packed", {}), results.get("sweep_unpacked", {})
     if packed.get("ok") and unpacked.get("ok"):
         results["packing_speedup"] = {"ok": True, "unpacked_over_packed": round(unpacked["wall_s"] / packed["wall_s"], 2)}
-    report = {"when": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    report = {"when": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
               "gpu": f"{torch.cuda.get_device_name(0)} ({torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB)",
               "versions": f"torch {torch.__version__} (CUDA {torch.version.cuda}), ray {ray.__version__}, "
                           f"{os.cpu_count()} CPUs",

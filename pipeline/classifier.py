@@ -6,8 +6,11 @@ few seconds with an ETA (an upper bound: early stopping may end it sooner).
 
 from pathlib import Path
 
+import torch
+
 from aevae import atomic, classifier
 from aevae.config import load_params
+from aevae.cpus import available_cpus
 from aevae.data.prepared import load_split
 from aevae.errors import run_cli
 from aevae.progress import Progress
@@ -18,6 +21,7 @@ METRICS = Path("metrics/classifier.json")
 
 def main() -> None:
     p = load_params().classifier
+    torch.set_num_threads(available_cpus())  # torch sizes itself by the machine, not the CPUs this process may use
     train, val, test = load_split("train"), load_split("val"), load_split("test")
     shift = classifier.augment_shift(p.augment, len(train.images))
     steps = -(-len(train.images) // p.batch_size)

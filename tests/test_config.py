@@ -293,3 +293,62 @@ def test_stage_with_bad_params_exits_2_with_one_line(tmp_path, kind, expected):
     assert "Traceback" not in result.stderr + result.stdout
     assert not (tmp_path / "data" / "prepared").exists()
     assert not (tmp_path / "data").exists(), "a failed validation created data/"
+
+
+# YAML 1.1 (PyYAML) and 1.2 (ruamel.yaml, what DVC records in dvc.lock) read these plain scalars differently.
+@pytest.mark.parametrize("line, key", [
+    ("  seeds: [010]\n", "sweep.seeds.0"),  # 1.1: octal 8; 1.2: 10
+    ("  seeds: [1:20]\n", "sweep.seeds.0"),  # 1.1: sexagesimal 80; 1.2: the string '1:20'
+    ("  pooling: yes\n", "model.pooling"),  # 1.1: true; 1.2: the string 'yes'
+    ("  pooling: off\n", "model.pooling"),
+], ids=["octal", "sexagesimal", "yes", "off"])
+def test_scalars_yaml_1_1_reads_otherwise_are_refused(tmp_path, line, key):
+    text = SHIPPED_PARAMS.read_text()
+    field = line.split(":")[0]
+    lines = [line if raw.startswith(f"{field}:") else raw for raw in text.splitlines(keepends=True)]
+    assert lines != text.splitlines(keepends=True)
+    path = tmp_path / "params.yaml"
+    path.write_text("".join(lines))
+    with pytest.raises(UserError) as info:
+        load_params(path)
+    message = str(info.value)
+    assert_one_line(message)
+    assert f"{key} is ambiguous" in message and "YAML 1.2" in message and "quote" in message
+
+
+def test_params_are_read_as_yaml_1_2_like_dvc(tmp_path):
+    text = SHIPPED_PARAMS.read_text().replace("  lr: 0.001\n", "  lr: 1e-3\n  epochs: 1_0\n", 1)
+    text = text.replace("  epochs: 20", "  # epochs: 20", 1)
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    from dvc.utils.serialize import parse_yaml
+
+    params = load_params(path)
+    assert params.train.lr == 1e-3 and params.train.epochs == 10 == parse_yaml(text, str(path))["train"]["epochs"]
+
+
+def test_duplicate_key_is_refused_like_dvc(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(SHIPPED_PARAMS.read_text().replace("  lr: 0.001\n", "  lr: 0.001\n  lr: 0.005\n", 1))
+    with pytest.raises(UserError) as info:
+        load_params(path)
+    message = str(info.value)
+    assert_one_line(message)
+    assert 'duplicate key "lr"' in message and "line" in message and "keep one" in message
+
+
+def test_a_params_file_changed_after_reading_is_caught(tmp_path):
+    from aevae import config
+    from aevae.config import check_unchanged
+
+    config._READ.clear()  # files earlier tests of this process read
+    path = _write(tmp_path, shipped_params())
+    load_params(path)
+    check_unchanged()
+    path.write_text(path.read_text().replace("lr: 0.001", "lr: 0.005", 1))
+    with pytest.raises(UserError) as info:
+        check_unchanged()
+    assert_one_line(str(info.value))
+    assert "changed while this ran" in str(info.value) and "rerun" in str(info.value)
+    load_params(path)  # read again: the new bytes are the ones in use
+    check_unchanged()

@@ -275,3 +275,22 @@ def test_champion_moves_only_to_a_better_challenger(tmp_path):
         MlflowClient(uri, registry_uri=uri).delete_registered_model_alias("aevae-ae", "champion")
         out = _retrain(root, uri, "--force")
         assert "(no champion was set; earlier versions exist)" in out.stdout and "(no champion yet)" not in out.stdout
+
+
+def test_a_held_dvc_lock_is_one_line_naming_its_holder(tmp_path):
+    import zc.lockfile
+
+    from aevae.retrain import check_dvc_lock
+
+    path = tmp_path / ".dvc" / "tmp" / "lock"
+    path.parent.mkdir(parents=True)
+    check_dvc_lock(path)  # free
+    held = zc.lockfile.LockFile(str(path))
+    try:
+        with pytest.raises(UserError) as info:
+            check_dvc_lock(path)
+    finally:
+        held.close()
+    message = str(info.value)
+    assert "\n" not in message and f"pid {os.getpid()}" in message and f"kill {os.getpid()}" in message
+    check_dvc_lock(path)  # released

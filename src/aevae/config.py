@@ -7,6 +7,7 @@ comes from the environment instead, so the same params run anywhere.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -255,18 +256,113 @@ _SET_BY_SWEEP = {(ModelParams, "latent_dim"), (TrainParams, "seed")}
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    """params.yaml as DVC reads it (ruamel.yaml, YAML 1.2; a duplicate key refused), and remembered by digest.
+
+    Raises: UserError (one line) for a missing file, a syntax error, a duplicate key, a scalar that YAML 1.1
+    reads otherwise (see _ambiguous_scalar), or a top level that is not a mapping.
+    """
     if not path.exists():
         raise UserError(f"{path} not found; run from the project root or pass the path to params.yaml")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise UserError(f"{path}: YAML syntax error{where}: {problem}; fix the file's indentation or quoting") from None
+    data = path.read_bytes()
+    text = data.decode("utf-8", errors="replace")
+    raw = _load_yaml_12(path, text)
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of sections (data, model, train, sweep, ...), got {type(raw).__name__}")
+    _refuse_ambiguous(path, text, raw)
+    _READ[path.resolve()] = hashlib.sha256(data).hexdigest()
     return raw
+
+
+def _load_yaml_12(path: Path, text: str) -> Any:
+    """The same loader DVC records params with (dvc.utils.serialize.parse_yaml: YAML(typ="safe")), so the
+    values a stage trains with are the values dvc.lock records."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.constructor import DuplicateKeyError
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+    try:
+        return YAML(typ="safe").load(text)
+    except DuplicateKeyError as exc:
+        mark = exc.problem_mark
+        raise UserError(f"{path}: {first_yaml_line(exc.problem)} at line {mark.line + 1}; keep one of them (DVC refuses"
+                        " a file with a duplicate key)") from None
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = exc.problem or "invalid YAML"
+        raise UserError(f"{path}: YAML syntax error{where}: {problem}; fix the file's indentation or quoting") from None
+    except YAMLError as exc:
+        raise UserError(f"{path}: invalid YAML ({first_yaml_line(str(exc))}); fix the file") from None
+
+
+def first_yaml_line(text: str | None) -> str:
+    """The first line of a YAML error's text (ruamel's wrap long problems over several lines)."""
+    return " ".join((text or "invalid YAML").split("\n")[0].split())
+
+
+def _refuse_ambiguous(path: Path, text: str, raw: dict[str, Any]) -> None:
+    """A plain scalar that YAML 1.1 reads otherwise (010 = 8, yes/no/on/off = booleans, 1_000, 1:20 = 80) means
+    one thing to DVC and another to a reader, a tool or an older stage: refuse it rather than guess.
+
+    Raises: UserError naming the key, both readings and the fix.
+    """
+    try:
+        old = yaml.load(text, Loader=yaml.SafeLoader)  # noqa: S506 - SafeLoader: YAML 1.1's reading of the file
+    except yaml.YAMLError:
+        return  # YAML 1.2 read it; 1.1's own syntax quirks are not the user's problem
+    found = _first_difference(raw, old, ())
+    if found is not None:
+        key, new_value, old_value = found
+        raise UserError(f"{path}: {'.'.join(map(str, key)) or '(top level)'} is ambiguous: YAML 1.2 (what DVC records)"
+                        f" reads {new_value!r}, YAML 1.1 reads {old_value!r}; write the value you mean plainly"
+                        " (10, true, 1000) or quote it if it is text")
+
+
+def _first_difference(new: Any, old: Any, key: tuple) -> tuple[tuple, Any, Any] | None:
+    """(key path, YAML 1.2 value, YAML 1.1 value) of the first scalar the two readings disagree on, else None."""
+    if isinstance(new, dict) and isinstance(old, dict):
+        for k in new:
+            found = _first_difference(new[k], old.get(k), (*key, k)) if k in old else None
+            if found:
+                return found
+        return None
+    if isinstance(new, list) and isinstance(old, list) and len(new) == len(old):
+        for i, (a, b) in enumerate(zip(new, old)):
+            found = _first_difference(a, b, (*key, i))
+            if found:
+                return found
+        return None
+    if type(new) is type(old) and new == old:
+        return None
+    if isinstance(old, str) and isinstance(new, float) and _as_float(old) == new:
+        return None  # 1e-3: a string in YAML 1.1, the same float once a float field reads it (_yaml_float_strings)
+    return key, new, old
+
+
+def _as_float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+# params files this process read, by resolved path: the sha256 of the bytes it read (check_unchanged).
+_READ: dict[Path, str] = {}
+
+
+def check_unchanged() -> None:
+    """Every params file this process read must still hold the bytes it read.
+
+    DVC reads params.yaml again only after the stage ends, to record it in dvc.lock: an edit made while
+    the stage ran would be recorded for results produced with the old values (and `dvc status` would call
+    them up to date). Failing the stage keeps dvc.lock from recording it.
+    Raises: UserError naming the file and the fix (rerun).
+    """
+    for path, digest in _READ.items():
+        now = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+        if now != digest:
+            raise UserError(f"{path.name} changed while this ran, so its results were produced with the old values;"
+                            " DVC will not record them: rerun the same command (dvc repro) to use the new ones")
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> Params:

@@ -26,10 +26,11 @@ import contextlib
 import logging
 import math
 import os
+import re
 import shutil
-import subprocess
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -42,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from aevae.config import RayParams, RunSpec
+from aevae.cpus import available_cpus
 from aevae.errors import UserError
 
 _CONNECT_TIMEOUT_S = 5.0
@@ -81,6 +83,52 @@ class TaskOutcome:
     error: str | None = None
     device: str = "cpu"  # where fn's torch modules and tensors ran
     resources: dict = field(default_factory=dict)  # what Ray lent the task: {"CPU": 1.0, "GPU": 0.25}
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # a terminal escape sequence (Ray colours its task names)
+
+
+def task_failure(exc: BaseException) -> str:
+    """Why a Ray task failed, as one line without terminal escapes: the task's own exception as
+    `Type: message` (unwrapped from Ray's RayTaskError; a UserError as its message), or what happened to its worker, node or actor.
+    Never raises."""
+    import ray.exceptions as rex
+
+    cause = exc
+    if isinstance(exc, rex.RayTaskError):
+        cause = getattr(exc, "cause", None) or exc.as_instanceof_cause()
+        if cause is exc or isinstance(cause, rex.RayTaskError):  # no cause kept: Ray's text, wrapper lines dropped
+            return _clean(str(exc).splitlines()[-1])
+    if isinstance(cause, rex.RayError) and not isinstance(cause, rex.RayTaskError):
+        return _ray_failure(cause)
+    if isinstance(cause, UserError):  # written for the user already: the problem and its fix
+        return _clean(_first_text_line(cause))
+    return f"{type(cause).__name__}: {_clean(_first_text_line(cause))}"
+
+
+def _ray_failure(exc: BaseException) -> str:
+    """A failure of Ray's own (the worker, its node, an actor, a cancel) in words, with Ray's first line."""
+    import ray.exceptions as rex
+
+    kinds = ((rex.OutOfMemoryError, "its worker was killed for lack of memory"),
+             (rex.TaskCancelledError, "the task was cancelled"),
+             (rex.NodeDiedError, "its node died"),
+             (rex.WorkerCrashedError, "its worker process died"),
+             (rex.RayActorError, "an actor it needed died"),
+             (rex.ObjectLostError, "its data in the object store was lost"))
+    what = next((text for cls, text in kinds if isinstance(exc, cls)), type(exc).__name__)
+    detail = _clean(_first_text_line(exc))[:200]
+    return f"{what} ({type(exc).__name__}: {detail})" if detail and detail != type(exc).__name__ else what
+
+
+def _first_text_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _clean(text: str) -> str:
+    """`text` without terminal escape sequences, its whitespace runs made single spaces."""
+    return " ".join(_ANSI.sub("", text).split())
 
 
 def _node_id() -> str:
@@ -127,7 +175,7 @@ def connect(on_status: Callable[[str], None] | None = None) -> tuple[bool, str]:
     address = os.environ.get("RAY_ADDRESS", "").strip()
     if on_status:
         on_status(f"attaching to the Ray cluster at {address}" if address
-                  else f"starting a local Ray instance ({os.cpu_count()} CPUs)")
+                  else f"starting a local Ray instance ({available_cpus()} CPUs)")
     if address:
         check_address()
         # Since Ray 2.59 a head started with `ray start` requires token auth, but a driver attaching by
@@ -158,7 +206,8 @@ def _init(ray, address: str, quiet: dict) -> tuple[bool, str]:
                 " token auth set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN"
             ) from None
         return False, ray.get_runtime_context().gcs_address
-    ray.init(address="local", num_cpus=os.cpu_count(), **quiet)
+    # Sized to the CPUs this process may use (affinity, cgroup quota), not the machine's core count.
+    ray.init(address="local", num_cpus=available_cpus(), **quiet)
     return True, ray.get_runtime_context().gcs_address
 
 
@@ -323,13 +372,18 @@ def _progress_board():
     return ProgressBoard.remote()
 
 
+def _threads(cpus: float) -> int:
+    """torch/BLAS threads for a task reserving `cpus` CPUs: at least 1, at most the CPUs this worker may use."""
+    return max(1, min(int(cpus), available_cpus()))
+
+
 def _train_one(spec: RunSpec, train_images, val_images, ckpt_dir: str, data_sha256: str, cpus: float, board) -> ModelOutcome:
     """Body of one Ray task: plain PyTorch training on whatever device Ray assigned."""
     import torch
 
     from aevae.training import Diverged, train_model
 
-    torch.set_num_threads(max(1, int(cpus)))
+    torch.set_num_threads(_threads(cpus))
     device = _task_device()
     started, t0 = time.time(), time.perf_counter()
     facts = dict(node_id=_node_id(), resources=_assigned(), started=started)
@@ -354,7 +408,7 @@ def _ddp_loop(config: dict) -> None:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(max(1, int(config["cpus"])))
+    torch.set_num_threads(_threads(config["cpus"]))
     board = config["board"] if rank == 0 else None
     spec = config["spec"]
     result = train_model(
@@ -388,7 +442,8 @@ def _fit_ddp(spec: RunSpec, data: tuple, ckpt_dir: str, data_sha256: str, ray_pa
     try:
         trainer.fit()
     except Exception as exc:  # Ray wraps worker errors; report it as this model's failure
-        return ModelOutcome(spec, None, [], 0, "ddp", time.perf_counter() - t0, error=str(exc).splitlines()[-1])
+        return ModelOutcome(spec, None, [], 0, "ddp", time.perf_counter() - t0,
+                            error=f"model '{spec.name}' failed: {task_failure(exc)}")
     # Rank 0 wrote the final state as its last checkpoint: read it back from storage.
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     return ModelOutcome(spec, state["model"], state["history"], state["epoch"] - epochs_before,
@@ -493,7 +548,7 @@ def _run_task(fn: Callable, key: str, args: tuple, cpus: float, names: tuple[str
     import torch
     from threadpoolctl import threadpool_limits
 
-    threads = max(1, int(cpus))
+    threads = _threads(cpus)
     torch.set_num_threads(threads)
     device = _task_device()
     t0 = time.perf_counter()
@@ -531,7 +586,7 @@ def map_tasks(
     classifier) goes to the object store once and every task reads the same copy; each task runs torch
     with `cpus_per_task` threads, so on a 2-core machine two tasks run at once. on_done gets each
     TaskOutcome as it finishes, in the driver's process (`error` set when its worker or node died more
-    often than max_retries allows; an exception raised by fn is re-raised here); on_wait(keys not yet
+    often than max_retries allows, or fn raised: task_failure's one line); on_wait(keys not yet
     done, running or queued) about once a second. fn must be importable by the workers (a function of this package) and
     its results picklable. on_status(text) says when Ray starts. Returns facts about the cluster used.
     ray_params (None: CPUs only): on a cluster with GPUs each task asks for `gpu_share` of one
@@ -562,11 +617,8 @@ def _map_on_ray(fn, items: dict, shared: dict, cpus: float, gpus: float, max_ret
             key = pending.pop(ref)
             try:
                 outcome = ray.get(ref)
-            except ray.exceptions.RayTaskError:  # fn itself raised: a bug, not the cluster's doing
-                raise
-            except ray.exceptions.RayError as exc:  # its worker or node died on every try
-                reason = str(exc).strip().splitlines()[0]
-                outcome = TaskOutcome(key, None, "", 0.0, error=f"'{key}' failed: {reason}")
+            except ray.exceptions.RayError as exc:  # fn raised, or its worker, node or actor died on every try
+                outcome = TaskOutcome(key, None, "", 0.0, error=f"'{key}' failed: {task_failure(exc)}")
             if gpus and outcome.error is None and outcome.device == "cpu":
                 on_cpu.append(key)
             on_done(outcome)
@@ -596,6 +648,6 @@ def _wait_all(pending: dict, board, on_epoch, on_done) -> None:
             spec = pending.pop(ref)
             try:
                 on_done(ray.get(ref))
-            except ray.exceptions.RayError as exc:  # the worker died more often than max_retries allows
-                reason = str(exc).strip().splitlines()[0]
-                on_done(ModelOutcome(spec, None, [], 0, "?", 0.0, error=f"model '{spec.name}' failed: {reason}"))
+            except ray.exceptions.RayError as exc:  # it raised, or its worker died more often than max_retries allows
+                on_done(ModelOutcome(spec, None, [], 0, "?", 0.0,
+                                     error=f"model '{spec.name}' failed: {task_failure(exc)}"))

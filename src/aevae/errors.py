@@ -39,13 +39,29 @@ def _end_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def end_child_with_parent() -> None:
+    """subprocess's preexec_fn for a child of this process: SIGTERM the child when this process dies, even by
+    SIGKILL, which no handler sees. Without it a killed `make retrain` leaves its `dvc repro` (and the stage
+    under it) training alone, holding DVC's lock against the next run."""
+    _end_with_parent()
+
+
+def _params_unchanged() -> None:
+    """Fail (UserError) when params.yaml changed while main() ran: see aevae.config.check_unchanged."""
+    from aevae.config import check_unchanged  # config imports this module
+
+    check_unchanged()
+
+
 def run_cli(main: Callable[[], None]) -> None:
     """Run a stage's main(); turn UserError into one line on stderr and exit 2, a signal into exit 130.
+    A params file main() read that changed before it returned is such an error (exit 2: DVC records nothing).
     The stage also ends (as on SIGTERM) when the process that started it, e.g. `dvc repro`, is killed."""
     signal.signal(signal.SIGTERM, _interrupt)
     _end_with_parent()
     try:
         main()
+        _params_unchanged()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(EXIT_USER_ERROR)

@@ -13,7 +13,9 @@ import contextlib
 import json
 import logging
 import os
+import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -103,25 +105,118 @@ def _probe_server(uri: str) -> None:
 def client():
     """An MlflowClient on tracking_uri() for tracking and the registry.
 
-    Raises: UserError (one line, within seconds) when a remote server does not answer.
+    Raises: UserError (one line, within seconds) when a remote server does not answer, or an SQLite
+    store's schema is not the one this MLflow writes (check_schema).
     """
     from mlflow import MlflowClient
 
     _configure()
     uri = tracking_uri()
     check_reachable(uri)
+    check_schema(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def check_schema(uri: str) -> None:
+    """An existing SQLite store must have the schema revision this MLflow writes.
+
+    MLflow's own check calls every other revision "out-of-date" and raises from deep inside the first
+    call, a traceback after DVC has removed the stage's outputs. Here: an older revision (one this MLflow
+    knows) gets the upgrade command; an unknown one was written by a newer (or another) MLflow.
+    Raises: UserError naming the store, both revisions and the fix. A server checks its own store.
+    """
+    path = sqlite_path(uri)
+    if path is None or not path.is_file() or path.stat().st_size == 0:
+        return
+    found = _store_revision(path)
+    if found is None:
+        return  # no MLflow tables yet: MLflow creates them
+    head, known = _mlflow_revisions()
+    if found == head:
+        return
+    import mlflow
+
+    restore = " (DVC removed this stage's outputs before it ran: `dvc checkout` restores them)" if os.environ.get(
+        "DVC_STAGE") else ""
+    if found in known:
+        raise UserError(f"the MLflow store {path} was written by an older MLflow (schema {found}; MLflow"
+                        f" {mlflow.__version__} needs {head}); back it up, then run `mlflow db upgrade {uri}`,"
+                        f" and rerun{restore}")
+    raise UserError(f"the MLflow store {path} was written by a newer or another MLflow (schema {found} is unknown"
+                    f" to MLflow {mlflow.__version__}); use the MLflow that wrote it (requirements.lock), or move"
+                    f" {path.name} aside to start a new store, and rerun{restore}")
+
+
+def _store_revision(path: Path) -> str | None:
+    """The alembic revision an SQLite store records; None when it has no MLflow tables.
+    Raises: UserError when the file is not an SQLite database."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            rows = db.execute("SELECT version_num FROM alembic_version").fetchall()
+    except sqlite3.OperationalError:  # no alembic_version table: a new store
+        return None
+    except sqlite3.DatabaseError as exc:
+        raise UserError(f"the MLflow store {path} is not an SQLite database ({exc}); move it aside to start a new"
+                        " store, or fix MLFLOW_TRACKING_URI") from None
+    return rows[0][0] if rows else None
+
+
+def _mlflow_revisions() -> tuple[str, set[str]]:
+    """(the schema revision this MLflow writes, every revision it can upgrade from), from its migrations."""
+    from alembic.script import ScriptDirectory
+    from mlflow.store.db.utils import _get_alembic_config
+
+    scripts = ScriptDirectory.from_config(_get_alembic_config("sqlite://"))
+    return scripts.get_current_head(), {rev.revision for rev in scripts.walk_revisions()}
+
+
+# MLflow's UI opens an experiment without this tag on its GenAI view (traces, tokens, latency); model training
+# gets the runs table.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def experiment_id(mlflow_client) -> str:
-    """Id of the "aevae" experiment, created on first use (local artifacts go to mlartifacts/)."""
+    """Id of the "aevae" experiment, created on first use (local artifacts go to mlartifacts/), tagged as
+    model training (EXPERIMENT_KIND) when it is created and when an existing one lacks the tag."""
     exp = mlflow_client.get_experiment_by_name(EXPERIMENT)
     if exp is not None:
+        if EXPERIMENT_KIND[0] not in exp.tags:
+            mlflow_client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
         return exp.experiment_id
     artifacts = None
     if tracking_uri().startswith("sqlite:///"):  # keep local artifacts in the project, by absolute path
         artifacts = (Path.cwd().resolve() / "mlartifacts").as_uri()
-    return mlflow_client.create_experiment(EXPERIMENT, artifact_location=artifacts)
+    return mlflow_client.create_experiment(EXPERIMENT, artifact_location=artifacts, tags=dict([EXPERIMENT_KIND]))
+
+
+AGGREGATE_FILTER = "tags.`aevae.aggregate` = 'true'"  # the aggregate child runs (aevae.tracking.AGGREGATE_TAG)
+
+
+def ui_url(port: int, host: str = "127.0.0.1") -> str:
+    """The MLflow UI's runs table of the "aevae" experiment: its aggregate runs (each group's mean over seeds)
+    when the evaluate stage has logged any, else every run; the experiment root when there is none yet.
+    Tags an existing experiment as model training on the way (experiment_id). Raises: UserError as client()."""
+    base = f"http://{host}:{port}/#/experiments"
+    path = sqlite_path(tracking_uri())
+    if path is not None and not path.is_file():
+        return base
+    mlflow_client = client()
+    if mlflow_client.get_experiment_by_name(EXPERIMENT) is None:
+        return base
+    exp = experiment_id(mlflow_client)
+    # The UI's own switch between its GenAI and Model training views (a browser setting, GenAI by default).
+    query = {"workflowType": "machine_learning"}
+    if mlflow_client.search_runs([exp], AGGREGATE_FILTER, max_results=1):
+        query["searchFilter"] = AGGREGATE_FILTER
+    return f"{base}/{exp}/runs?{urllib.parse.urlencode(query, quote_via=urllib.parse.quote)}"
+
+
+def _print_ui_url(argv: list[str]) -> None:
+    """`python -m aevae.mlflow_store PORT`: the line `make ui` prints before the UI starts."""
+    port = int(argv[0]) if argv else 5000
+    print(f"MLflow UI: {ui_url(port)}  (training runs of experiment '{EXPERIMENT}'; Ctrl-C stops it)", flush=True)
 
 
 def model_tags(spec: RunSpec) -> dict[str, str]:
@@ -150,3 +245,9 @@ def first_line(exc: BaseException) -> str:
     """The exception's message up to its first line break (its type's name when it has none)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+if __name__ == "__main__":
+    from aevae.errors import run_cli
+
+    run_cli(lambda: _print_ui_url(sys.argv[1:]))

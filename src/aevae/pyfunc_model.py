@@ -34,7 +34,7 @@ ARTIFACT = "model_files"  # the artifact holding model.pt (weights only) and con
 SHIPPED_MODULES = ("__init__", "atomic", "config", "data/__init__", "errors", "inference", "losses", "metric_registry",
                    "model_store", "models")
 # Third-party imports of the shipped modules: distribution -> import name. Pinned to the installed versions.
-REQUIREMENTS = {"torch": "torch", "numpy": "numpy", "pydantic": "pydantic", "pyyaml": "yaml"}
+REQUIREMENTS = {"torch": "torch", "numpy": "numpy", "pydantic": "pydantic", "pyyaml": "yaml", "ruamel.yaml": "ruamel"}
 
 
 class AevaeModel(PythonModel):

@@ -46,7 +46,7 @@ import filelock
 
 from aevae import atomic, metric_registry, mlflow_store, model_registry, study, tracking
 from aevae.config import Criterion, Params, RunSpec, load_params, resolve_sweep
-from aevae.errors import UserError, run_cli
+from aevae.errors import UserError, end_child_with_parent, run_cli
 from aevae.provenance import git_state, sha256_file
 
 LOCK_FILE = Path("logs/retrain.lock")
@@ -187,13 +187,36 @@ def fingerprint(params: Params, manifest: dict) -> dict[str, str]:
 # --------------------------------------------------------------- pipeline
 
 
+DVC_LOCK = Path(".dvc/tmp/lock")
+
+
+def check_dvc_lock(path: Path = DVC_LOCK) -> None:
+    """DVC's project lock must be free: a clear line naming its holder instead of DVC's retries and message.
+
+    The lock is an fcntl lock (zc.lockfile), released by the kernel when its holder dies, so a lock still
+    held has a live holder: a dvc command running here, or one a killed retrain left behind.
+    Raises: UserError naming the holder's pid and the fix.
+    """
+    import zc.lockfile
+
+    if not path.parent.is_dir():
+        return
+    try:
+        zc.lockfile.LockFile(str(path)).close()
+    except zc.lockfile.LockError:
+        holder = (path.read_text().strip() if path.is_file() else "") or "?"
+        raise UserError(f"another dvc process (pid {holder}) holds this project's DVC lock ({path}); let it finish"
+                        f" or stop it (kill {holder}), then run `make retrain` again") from None
+
+
 def dvc_repro(*args: str) -> None:
     """Run `dvc repro ...` with its output streamed; a failure is one line naming the command."""
     dvc = Path(sys.executable).with_name("dvc")
     cmd = [str(dvc) if dvc.is_file() else "dvc", "repro", *args]
+    check_dvc_lock()
     print(f"$ dvc repro {' '.join(args)}".rstrip(), flush=True)
     try:
-        code = subprocess.run(cmd).returncode
+        code = subprocess.run(cmd, preexec_fn=end_child_with_parent).returncode
     except OSError as exc:
         raise UserError(f"cannot run dvc ({exc.strerror}); run `make setup` first") from None
     if code != 0:

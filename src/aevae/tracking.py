@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
+import socket
 import sys
 import time
 from importlib.metadata import PackageNotFoundError, version
@@ -76,6 +78,50 @@ def flat_params(spec: RunSpec, params: Params) -> dict[str, str]:
     out.update({f"data.{k}": v for k, v in params.data.model_dump().items()})
     out["ray.workers_per_model"] = params.ray.workers_per_model
     return {k: json.dumps(v) if isinstance(v, list) else str(v) for k, v in out.items()}
+
+
+# Who owns a RUNNING run: SIGKILL (kill -9, the OOM killer, a lost node) ends a stage without ending its runs,
+# so the next stage to open the store ends the runs whose owner is gone (end_orphaned_runs).
+OWNER_TAGS = ("aevae.owner.host", "aevae.owner.pid", "aevae.owner.started")
+
+
+def owner_tags() -> dict[str, str]:
+    """This process as a run's owner: host name, pid and start time (seconds since the epoch; pids are reused)."""
+    import psutil
+
+    return dict(zip(OWNER_TAGS, (socket.gethostname(), str(os.getpid()), f"{psutil.Process().create_time():.3f}")))
+
+
+def _owner_alive(tags: dict[str, str]) -> bool:
+    """Whether the process named by a run's owner tags (on this host) still runs."""
+    import psutil
+
+    try:
+        proc = psutil.Process(int(tags[OWNER_TAGS[1]]))
+        return abs(proc.create_time() - float(tags[OWNER_TAGS[2]])) < 1.0
+    except (psutil.Error, KeyError, ValueError):
+        return False
+
+
+def end_orphaned_runs(mlflow_client, experiment: str) -> list[str]:
+    """End as KILLED every RUNNING run of `experiment` owned by a process of this host that no longer runs.
+
+    Runs of other hosts are left alone (their process cannot be seen from here), and so are runs without
+    owner tags. Prints one warning line when it ends any; returns their ids.
+    """
+    host = socket.gethostname().replace("'", "")
+    found = mlflow_client.search_runs([experiment], f"attributes.status = 'RUNNING' and tags.`{OWNER_TAGS[0]}` = '{host}'",
+                                      max_results=1000)
+    dead = [r for r in found if not _owner_alive(r.data.tags)]
+    for r in dead:
+        mlflow_client.set_tag(r.info.run_id, "aevae.error",
+                              f"its process (pid {r.data.tags.get(OWNER_TAGS[1])}) died without ending it (SIGKILL?)")
+        mlflow_client.set_terminated(r.info.run_id, "KILLED")
+    if dead:
+        pids = sorted({r.data.tags.get(OWNER_TAGS[1], "?") for r in dead})
+        print(f"warning: ended {len(dead)} MLflow runs left RUNNING by a killed process (pid {', '.join(pids)})"
+              " as KILLED", file=sys.stderr, flush=True)
+    return [r.info.run_id for r in dead]
 
 
 def _log_params(mlflow_client, run_id: str, values: dict[str, str]) -> None:
@@ -143,7 +189,8 @@ class SweepTracker:
 
     def _open_runs(self, specs: list[RunSpec], manifest: dict, params_file: Path) -> None:
         self.exp = experiment_id(self.client)
-        tags = repro_tags(manifest, self.params, "train")
+        end_orphaned_runs(self.client, self.exp)
+        tags = {**repro_tags(manifest, self.params, "train"), **owner_tags()}
         parent = self.client.create_run(self.exp, run_name=f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}",
                                         tags={**tags, "aevae.role": "pipeline"})
         self.parent_id = parent.info.run_id
@@ -322,6 +369,7 @@ def log_evaluation(results: dict[str, dict[str, float]], specs: list[RunSpec],
     groups = {spec.name: spec.group for spec in specs}
     mlflow_client = client()
     with server_errors("logging the evaluation", "the metrics files are written"):
+        end_orphaned_runs(mlflow_client, run["experiment_id"])
         for name, values in results.items():
             if name in run["children"]:
                 _log_metrics(mlflow_client, run["children"][name], values, 0)
@@ -377,6 +425,7 @@ def log_aggregates(mlflow_client, run: dict, specs: list[RunSpec], summary: dict
         if group not in ids:
             tags = {k: v for k, v in parent_tags.items() if not k.startswith(("mlflow.", "aevae."))}
             tags.update({k: v for k, v in model_tags(spec).items() if k != "seed"})
+            tags.update(owner_tags())
             tags.update({"mlflow.parentRunId": parent, "aevae.role": "aggregate", AGGREGATE_TAG: "true", "dvc.stage": "evaluate",
                          "seeds": json.dumps(seeds), "n_seeds": str(len(seeds))})
             ids[group] = mlflow_client.create_run(run["experiment_id"], run_name=f"{group}-mean", tags=tags).info.run_id
