@@ -22,13 +22,15 @@ $(STAMP): requirements.lock pyproject.toml
 repro: setup
 	dvc repro
 
-# Every test, the end-to-end runs included (CI runs this): how long it takes, see README.
+# Every test, the end-to-end runs included (CI runs this), on TEST_JOBS pytest-xdist workers; each module stays
+# on one worker (--dist loadscope) so its module-scoped runs are made once. Measured times: see README.
+TEST_JOBS ?= 2
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadscope --durations=25
 
-# The fast tier for development: unit tests only (no dvc repro, Ray cluster or MLflow server), <= 2 min.
+# The fast tier for development: unit tests only (no dvc repro, Ray cluster or MLflow server).
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadscope -m "not slow"
 
 # Open the MLflow UI on the local store, bound to this machine only (UI_PORT=... for another port);
 # first the URL of the training runs (each model's mean over seeds once the evaluate stage has run).

@@ -167,6 +167,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     project.SHARED_RAY.wanted = slow and item.get_closest_marker("own_ray") is None
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with end-to-end tests first, so under pytest-xdist the long ones start early and the short ones
+    fill the workers at the end (each module's own order is kept)."""
+    slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module.__name__ not in slow_modules)
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     import project
 
