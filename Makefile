@@ -36,12 +36,12 @@ test-fast: setup
 # first the URL of the training runs (each model's mean over seeds once the evaluate stage has run).
 UI_PORT ?= 5000
 ui: setup
-	@MLFLOW_TRACKING_URI=$(STORE) $(PY) -m aevae.mlflow_store $(UI_PORT)
+	@MLFLOW_TRACKING_URI=$(STORE) $(PY) -m aevae.ops.mlflow_store $(UI_PORT)
 	mlflow ui --backend-store-uri $(STORE) --host 127.0.0.1 --port $(UI_PORT)
 
 # List every registered version (seed, run) and its aliases: what `make serve` can serve.
 models: setup
-	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" $(PY) -m aevae.model_registry
+	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" $(PY) -m aevae.ops.model_registry
 
 # Serve a registered model over HTTP on this machine only: POST to http://127.0.0.1:$(PORT)/invocations (see README).
 # The project's store, or the server at MLFLOW_TRACKING_URI when set. `make retrain` sets the champion alias;
@@ -53,13 +53,13 @@ PORT  ?= 5001
 MODEL_URI = models:/aevae-$(MODEL)$(if $(VERSION),/$(VERSION),@$(ALIAS))
 serve: setup
 	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
-		$(PY) -c "from aevae.errors import run_cli; from aevae.model_registry import check_registered; run_cli(lambda: check_registered('$(MODEL_URI)'))"
+		$(PY) -c "from aevae.errors import run_cli; from aevae.ops.model_registry import check_registered; run_cli(lambda: check_registered('$(MODEL_URI)'))"
 	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
 		mlflow models serve -m $(MODEL_URI) --env-manager local -h 127.0.0.1 -p $(PORT)
 
 # Retrain on a schedule: champion/challenger promotion (see README). FORCE=1 retrains even if nothing changed.
 retrain: setup
-	$(PY) -m aevae.retrain $(if $(FORCE),--force,) $(RETRAIN_ARGS)
+	$(PY) -m aevae.ops.retrain $(if $(FORCE),--force,) $(RETRAIN_ARGS)
 
 # Benchmarks against the usual scripts; appends to bench/RESULTS.md.
 bench: setup

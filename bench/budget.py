@@ -70,8 +70,8 @@ def _spec(group: str, quick: bool, steps: int | None, max_epochs: int):
 
 
 def _test_loss(model, images) -> float:
-    from aevae.models import as_images
-    from aevae.training import evaluate_loss
+    from aevae.core.models import as_images
+    from aevae.core.training import evaluate_loss
 
     return float(evaluate_loss(model, as_images(images))[0])
 
@@ -80,7 +80,7 @@ def run_one(group: str, steps: int | None, data: Path, quick: bool, max_epochs: 
     """One training run (capped at `steps`; None: to convergence) in this fresh process on one torch thread."""
     import torch
 
-    from aevae.training import train_model
+    from aevae.core.training import train_model
 
     torch.set_num_threads(1)
     d = _data(data, quick)
@@ -101,7 +101,7 @@ def run_one(group: str, steps: int | None, data: Path, quick: bool, max_epochs: 
 
 def _converge(spec, d: dict, patience: int) -> dict:
     """Train one epoch per call (resuming from the checkpoint) until val stops improving; test at the best epoch."""
-    from aevae.training import train_model
+    from aevae.core.training import train_model
 
     best = {"val": math.inf}
     with tempfile.TemporaryDirectory() as ckpt:

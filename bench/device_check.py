@@ -79,7 +79,7 @@ def _same(a: dict, b: dict) -> bool:
 
 
 def _train(spec, x_tr, x_val, device: str = "cuda", ckpt: Path | None = None, **kw):
-    from aevae.training import train_model
+    from aevae.core.training import train_model
 
     t0 = time.perf_counter()
     result = train_model(spec, x_tr, x_val, device=device, checkpoint_dir=ckpt, **kw)
@@ -125,8 +125,8 @@ def check_bf16_compile(d: dict) -> dict:
 def check_evaluate(d: dict) -> dict:
     import copy
 
-    from aevae import classifier, metrics
     from aevae.config import EvaluateParams
+    from aevae.evaluation import classifier, metrics
 
     model, _ = _train(_spec(epochs=2), d["small_tr"], d["small_val"], device="cpu")
     scorer = classifier.train(d["small_tr"], d["small_tr_labels"], max_epochs=1, seed=0).model
@@ -148,8 +148,8 @@ def check_evaluate(d: dict) -> dict:
 def check_memory(d: dict) -> dict:
     import torch
 
-    from aevae.distributed import CUDA_CONTEXT_BYTES, MEMORY_SAFETY
-    from aevae.training import device_bytes
+    from aevae.core.training import device_bytes
+    from aevae.ops.distributed import CUDA_CONTEXT_BYTES, MEMORY_SAFETY
 
     spec = _spec(epochs=1)
     torch.cuda.reset_peak_memory_stats()
@@ -205,7 +205,7 @@ def most_at_once(outcomes) -> int:
 def run_sweep(d: dict, tmp: Path, gpus_per_model, gpu: str) -> dict:
     """The params.yaml sweep on full MNIST through train_sweep, as the train stage runs it (its own Ray start)."""
     from aevae.config import load_params, resolve_sweep
-    from aevae.distributed import train_sweep
+    from aevae.ops.distributed import train_sweep
 
     params = load_params(REPO / "params.yaml")
     specs = resolve_sweep(params, str(REPO / "params.yaml"))

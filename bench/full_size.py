@@ -82,7 +82,7 @@ def flops_per_image(spec) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from aevae.models import build_model
+    from aevae.core.models import build_model
 
     model = build_model(spec.model)
     x = torch.rand(64, 1, 28, 28)
@@ -93,7 +93,7 @@ def flops_per_image(spec) -> float:
 
 def section_throughput(d: dict, quick: bool) -> tuple[list[str], float]:
     from aevae.config import RunSpec, load_params, resolve_sweep
-    from aevae.training import train_model
+    from aevae.core.training import train_model
 
     params = load_params(BENCH.parent / "params.yaml")
     spec = resolve_sweep(params, str(BENCH.parent / "params.yaml"))[0]

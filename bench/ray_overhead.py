@@ -65,7 +65,7 @@ def _pool_train(args) -> float:
     import torch
 
     torch.set_num_threads(1)
-    from aevae.training import train_model
+    from aevae.core.training import train_model
 
     t0 = time.perf_counter()
     train_model(spec, train, val, checkpoint_dir=Path(ckpt), data_sha256=sha)
@@ -98,7 +98,7 @@ def sweep_child(variant: str, data: Path, epochs: int | None, deadline_s: float 
         return out
     import torch
 
-    from aevae.training import train_model
+    from aevae.core.training import train_model
 
     torch.set_num_threads(1 if variant == "a" else (os.cpu_count() or 1))
     marks["train_start"] = time.time()
@@ -122,7 +122,7 @@ def _ray_sweep(specs, ray_params, train, val, sha, ckpt_root: Path) -> dict:
     """train_sweep as the train stage calls it, with its fixed costs timed from the outside."""
     import ray
 
-    from aevae import distributed
+    from aevae.ops import distributed
 
     marks: dict[str, float] = {}
     original_connect, original_shutdown = distributed.connect, ray.shutdown

@@ -36,7 +36,7 @@ def section(cfg: Settings) -> tuple[list[str], dict]:
     import torch
 
     from aevae.config import RunSpec, load_params
-    from aevae.training import train_model
+    from aevae.core.training import train_model
 
     params = load_params(REPO / "params.yaml")
     torch.set_num_threads(max(1, int(params.ray.cpus_per_model)))  # what a train-stage Ray task uses

@@ -28,9 +28,9 @@ def _ours_spec(epochs: int, precision: str = "fp32", lr: float = 1e-3, batch_siz
 
 def ours_time_to_target(x_train, x_test, target: float | None, max_epochs: int, device: str = "cpu",
                         **spec_kw) -> dict:
-    """Train with aevae.training.train_model (checkpointing every epoch, as the pipeline does), evaluating
+    """Train with aevae.core.training.train_model (checkpointing every epoch, as the pipeline does), evaluating
     on the test images after every epoch; stop at the first epoch whose test loss <= target."""
-    from aevae.training import train_model
+    from aevae.core.training import train_model
 
     trace: list[tuple[int, float, float]] = []  # (epoch, elapsed s, test loss per image)
     with tempfile.TemporaryDirectory(prefix="aevae-bench-ckpt-") as ckpt:
@@ -142,7 +142,7 @@ def section(cfg: Settings, threads: int) -> tuple[list[str], dict]:
     lines = [
         f"Baseline: pytorch/examples `vae/main.py` (bench/baseline_vae.py: MLP 784-400-20, DataLoader over a "
         f"Dataset that makes a PIL image and runs `ToTensor()` per sample, `loss.item()` every step, a test pass "
-        f"and the two PNG grids per epoch). Ours: `aevae.training.train_model`, VAE mlp hidden [400], latent 20, "
+        f"and the two PNG grids per epoch). Ours: `aevae.core.training.train_model`, VAE mlp hidden [400], latent 20, "
         f"BCE, beta 1, batch 128, Adam lr 1e-3, checkpoint every epoch, evaluated on the same test set after "
         f"every epoch. Data: {cfg.n_train} train + {cfg.n_test} test bundled MNIST digits; torch threads "
         f"{threads}; one process, warmed up. Baseline: {n_epochs} epochs; ours: epochs until its test loss "

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import torch
 
-from aevae import atomic, classifier
+from aevae import atomic
 from aevae.config import load_params
 from aevae.cpus import available_cpus
 from aevae.data.prepared import load_split
 from aevae.errors import run_cli
+from aevae.evaluation import classifier
 from aevae.progress import Progress
 
 OUT = Path("classifier/model.pt")

@@ -2,7 +2,7 @@
 
 Writes metrics/models/<model>.json (one per trained model, i.e. per seed), metrics/summary.json (each
 group's metrics as a mean with a 95% interval over seeds) and metrics/claims.json (a verdict per claim
-of the article and latent size; aevae.study).
+of the article and latent size; aevae.evaluation.study).
 
 The same keys (aevae.metric_registry) go to each model's MLflow child run. Each model is evaluated
 in its own Ray task, on a local instance or the cluster at RAY_ADDRESS, with one torch thread per CPU
@@ -14,15 +14,17 @@ metrics/arrays/<model>.npz, so the report does not run the models again for them
 import math
 from pathlib import Path
 
-from aevae import atomic, classifier, metric_registry, metrics, model_store, study
+from aevae import atomic, metric_registry
 from aevae.config import load_params, resolve_sweep
+from aevae.core import model_store
+from aevae.core.models import as_images
+from aevae.core.training import device_bytes
 from aevae.data.prepared import load_split
-from aevae.distributed import map_tasks
 from aevae.errors import UserError, run_cli
-from aevae.models import as_images
+from aevae.evaluation import classifier, metrics, study
+from aevae.ops.distributed import map_tasks
+from aevae.ops.tracking import log_evaluation
 from aevae.progress import Progress, say
-from aevae.tracking import log_evaluation
-from aevae.training import device_bytes
 
 OUT = Path("metrics")
 RUN_FACTS = Path("logs/evaluate_run.json")

@@ -8,15 +8,16 @@ aevae-<group> (one registered model per group, a version per seed).
 import shutil
 from pathlib import Path
 
-from aevae import atomic, model_store
+from aevae import atomic
 from aevae.config import PARAMS_FILE, load_params, resolve_sweep
+from aevae.core import model_store
+from aevae.core.training import check_budget, planned_epochs, stopped_by
 from aevae.data.prepared import load_manifest, load_split
-from aevae.distributed import check_address, checkpoint_dir, train_sweep
 from aevae.errors import UserError, run_cli
-from aevae.mlflow_store import tracking_uri
+from aevae.ops.distributed import check_address, checkpoint_dir, train_sweep
+from aevae.ops.mlflow_store import tracking_uri
+from aevae.ops.tracking import SweepTracker
 from aevae.progress import SweepProgress, say
-from aevae.tracking import SweepTracker
-from aevae.training import check_budget, planned_epochs, stopped_by
 
 RUN_FACTS = Path("logs/train_run.json")
 

@@ -205,7 +205,7 @@ _CLASSIFIER_SOURCES = ("classifier.py", "models.py", "rng.py", "data/__init__.py
 
 
 def cached_classifier(config: pytest.Config, images: np.ndarray, labels: np.ndarray, **train_kwargs):
-    """aevae.classifier.train(images, labels, **train_kwargs).model, trained once per code version and data.
+    """aevae.evaluation.classifier.train(images, labels, **train_kwargs).model, trained once per code version and data.
 
     Training is seeded and deterministic, so the weights are a function of the code, torch's version, the
     data and the settings: they are kept in pytest's cache (.pytest_cache) under a sha256 of those and
@@ -213,7 +213,7 @@ def cached_classifier(config: pytest.Config, images: np.ndarray, labels: np.ndar
     """
     import torch
 
-    from aevae import classifier as clf_lib
+    from aevae.evaluation import classifier as clf_lib
 
     cache = getattr(config, "cache", None)
     if cache is None:

@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from aevae import classifier as clf_lib
-from aevae import metrics
 from aevae.config import EvaluateParams, ModelParams, RunSpec, TrainParams
+from aevae.core.training import train_model
 from aevae.data.sources import from_bundled
-from aevae.distributed import map_tasks
-from aevae.training import train_model
+from aevae.evaluation import classifier as clf_lib
+from aevae.evaluation import metrics
+from aevae.ops.distributed import map_tasks
 
 pytestmark = pytest.mark.slow
 

@@ -15,10 +15,10 @@ import pytest
 import yaml
 
 from aevae.config import ModelParams, RayParams, RunSpec, TrainParams, load_params
-from aevae.distributed import CUDA_CONTEXT_BYTES, MEMORY_SAFETY, gpu_share
+from aevae.core.models import build_model
+from aevae.core.training import device_bytes
 from aevae.errors import UserError
-from aevae.models import build_model
-from aevae.training import device_bytes
+from aevae.ops.distributed import CUDA_CONTEXT_BYTES, MEMORY_SAFETY, gpu_share
 from project import SMALL_PARAMS
 
 GiB = 2**30
@@ -90,7 +90,7 @@ def _data() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _sweep(storage: Path, ray_params: RayParams, n: int = 2) -> tuple[dict, list]:
-    from aevae.distributed import train_sweep
+    from aevae.ops.distributed import train_sweep
 
     outcomes: list = []
     facts = train_sweep(_specs(n), *_data(), storage, ray_params, "sha", on_epoch=lambda name, rec: None,
@@ -126,8 +126,8 @@ def local_ray(monkeypatch):
 
 @pytest.mark.slow
 def test_packing_trains_several_models_on_one_gpu_at_once(tmp_path, local_ray):
-    from aevae import training
-    from aevae.distributed import map_tasks
+    from aevae.core import training
+    from aevae.ops.distributed import map_tasks
 
     ray = local_ray(num_cpus=2, num_gpus=1)
     # Evaluation tasks pack the same way; these two also leave two workers with torch loaded, so the two
@@ -156,8 +156,8 @@ def test_packing_trains_several_models_on_one_gpu_at_once(tmp_path, local_ray):
 
 @pytest.mark.slow
 def test_without_gpus_no_task_asks_for_one(tmp_path, local_ray):
-    from aevae import training
-    from aevae.distributed import map_tasks
+    from aevae.core import training
+    from aevae.ops.distributed import map_tasks
 
     local_ray(num_cpus=2)
     facts, outcomes = _sweep(tmp_path / "cpu", RayParams(gpus_per_model="auto"))

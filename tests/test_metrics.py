@@ -12,14 +12,14 @@ import torch
 from sklearn.decomposition import PCA
 from sklearn.model_selection import train_test_split
 
-from aevae import classifier as clf_lib
-from aevae import metrics as M
 from aevae.config import EvaluateParams, ModelParams, RunSpec, TrainParams
+from aevae.core.losses import recon_per_image
+from aevae.core.models import as_images
+from aevae.core.training import train_model
 from aevae.errors import UserError
-from aevae.losses import recon_per_image
+from aevae.evaluation import classifier as clf_lib
+from aevae.evaluation import metrics as M
 from aevae.metric_registry import METRICS
-from aevae.models import as_images
-from aevae.training import train_model
 from conftest import cached_classifier
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

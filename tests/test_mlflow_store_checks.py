@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from mlflow import MlflowClient
 
-from aevae import mlflow_store
+from aevae.ops import mlflow_store
 
 
 def test_the_experiment_is_model_training_and_the_url_opens_its_runs(tmp_path, monkeypatch):

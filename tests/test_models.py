@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from aevae.config import ModelParams
-from aevae.losses import kl_per_dim, recon_per_image
-from aevae.models import IMAGE_SHAPE, MODEL_KINDS, PIXELS, AutoEncoder, Posterior, build_model
-from aevae.training import kl_weight
+from aevae.core.losses import kl_per_dim, recon_per_image
+from aevae.core.models import IMAGE_SHAPE, MODEL_KINDS, PIXELS, AutoEncoder, Posterior, build_model
+from aevae.core.training import kl_weight
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -388,7 +388,7 @@ def test_the_decoder_first_layer_takes_the_latent_size(kind, arch):
 
 def test_one_reparameterization_serves_the_model_and_the_metrics():
     """VAE.reparameterize is models.reparameterize with fresh N(0, I) noise."""
-    from aevae.models import reparameterize
+    from aevae.core.models import reparameterize
 
     model = make("vae", "mlp")
     post = model.encode(images())

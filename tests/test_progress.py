@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from aevae import classifier as clf_lib
 from aevae.data.sources import from_bundled
 from aevae.errors import UserError
+from aevae.evaluation import classifier as clf_lib
 from aevae.progress import PROGRESS_ENV, Progress, every_s
 
 LINE = re.compile(r"^\[(\w+)\] (\d+)/(\d+) (\w+) \(\s*\d+%\).*ETA\s+(\d+s|\d+min|\?)$")

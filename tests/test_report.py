@@ -26,20 +26,23 @@ import torch
 from PIL import Image
 from threadpoolctl import threadpool_limits
 
-from aevae import atomic, model_store, plots, report, study
-from aevae import metrics as M
+from aevae import atomic
 from aevae.config import EvaluateParams, ModelParams, RunSpec, TrainParams
+from aevae.core import model_store
+from aevae.core.training import train_model
 from aevae.data import CLASS_NAMES
 from aevae.data.prepare import split, write_prepared
 from aevae.data.prepared import load_split
 from aevae.data.sources import from_bundled
-from aevae.training import train_model
+from aevae.evaluation import metrics as M
+from aevae.evaluation import study
+from aevae.report import build, figures
 from conftest import cached_classifier
 from project import make_project
 
 MODELS = {"ae": {"kind": "ae"}, "vae-beta1": {"kind": "vae", "beta": 1.0}}
 PER_MODEL = ("latent", "manifold", "reconstructions", "prior-samples", "gmm-samples", "interpolation", "training")
-SWEEP = ("latent-all", "rate-distortion", *(f"metrics-{g.slug}" for g in report.GROUPS))
+SWEEP = ("latent-all", "rate-distortion", *(f"metrics-{g.slug}" for g in build.GROUPS))
 FAST = EvaluateParams(seed=0, n_prior_samples=200, iw_samples=4, interp_pairs=4, interp_steps=6)
 PARAMS = {
     "data": {"source": "bundled", "val_fraction": 0.1, "test_fraction": 0.2, "seed": 0},
@@ -123,7 +126,7 @@ def test_page_is_self_contained_and_embeds_every_figure(run):
     sources = re.findall(r'<img[^>]*\ssrc="([^"]*)"', page)
     assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
     assert not re.search(r'<(link|script)\b|url\(|\ssrc="(?!data:)|href="(?!#)', page), "refers to another file"
-    embedded = report.embedded_images(page)
+    embedded = build.embedded_images(page)
     assert len(embedded) == len(sources)
     for data in embedded:
         _png_ok(data)
@@ -144,7 +147,7 @@ def test_page_states_provenance_and_summarises_every_model(run):
     assert manifest["data_sha256"] in page and "bundled" in page
     assert f"{run['accuracy']:.2%}" in page  # the reference classifier's test accuracy
     assert re.search(r"<code>([0-9a-f]{40}|unknown)</code><br>dirty: (yes|no|unknown)", page)  # commit + dirty flag
-    for claim in report.CLAIMS:
+    for claim in build.CLAIMS:
         assert f'id="claim-{claim}"' in page
     md = (run["root"] / "reports" / "summary.md").read_text().split("## Summary")[1]
     rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| model")]
@@ -186,26 +189,26 @@ def test_latent_figures_for_codes_of_one_and_more_than_two_dimensions():
     labels = np.repeat(np.arange(10), 30)
     codes = rng.standard_normal((300, 6)) + labels[:, None] * 0.5  # (N, 6)
     info = _spec("vae-z6", "vae", 6)
-    width, _ = _png_ok(plots.png(plots.latent_scatter(info, codes, labels)))  # PCA beside t-SNE
+    width, _ = _png_ok(figures.png(figures.latent_scatter(info, codes, labels)))  # PCA beside t-SNE
     assert width > 900
     ae2, vae1 = _spec("ae", "ae", 2), _spec("vae-z1", "vae", 1)
-    _png_ok(plots.png(plots.latent_scatter(vae1, codes[:, :1], labels)))
-    _png_ok(plots.png(plots.latent_side_by_side([ae2, info, vae1], [codes[:, :2] * 5, codes, codes[:, :1]], labels)))
+    _png_ok(figures.png(figures.latent_scatter(vae1, codes[:, :1], labels)))
+    _png_ok(figures.png(figures.latent_side_by_side([ae2, info, vae1], [codes[:, :2] * 5, codes, codes[:, :1]], labels)))
 
 
 def test_manifold_grid_uses_quantiles_for_the_vae_and_the_code_range_for_the_ae():
     codes = np.random.default_rng(0).uniform(-8, 3, size=(500, 2))
-    z1, z2, how = plots.manifold_grid(_spec("v", "vae", 2), codes, n=11)
+    z1, z2, how = figures.manifold_grid(_spec("v", "vae", 2), codes, n=11)
     assert z1[5] == pytest.approx(0.0, abs=1e-12) and z1[-1] == pytest.approx(2.576, abs=1e-3) and "quantile" in how
-    z1, _, how = plots.manifold_grid(_spec("a", "ae", 2), codes, n=11)
+    z1, _, how = figures.manifold_grid(_spec("a", "ae", 2), codes, n=11)
     assert -8 <= z1[0] < -7.8 and 2.8 < z1[-1] <= 3 and "percentile" in how
 
 
 def test_best_value_per_column_ignores_missing_values_and_direction_free_metrics():
     values = {"a": {"x": 1.0, "y": float("nan")}, "b": {"x": 2.0, "y": 3.0}, "c": {"x": 1.0, "y": 5.0}}
-    assert report._best(values, "x", "min") == {"a", "c"}
-    assert report._best(values, "y", "max") == {"c"}
-    assert report._best(values, "x", None) == set()
+    assert build._best(values, "x", "min") == {"a", "c"}
+    assert build._best(values, "y", "max") == {"c"}
+    assert build._best(values, "x", None) == set()
 
 
 # ------------------------------------------------- intervals and verdicts
@@ -233,13 +236,13 @@ def _study(tmp_path, seeds: tuple[int, ...], dims: tuple[int, ...] = (2, 16)):
     records = study.from_results(results, specs)
     atomic.write_json(tmp_path / "summary.json", study.aggregate(records))
     atomic.write_json(tmp_path / "claims.json", study.claims_file(records))
-    groups = [report._group_spec(s) for s in specs if s.seed == seeds[0]]
-    return report.read_study(tmp_path / "summary.json", tmp_path / "claims.json"), groups
+    groups = [build._group_spec(s) for s in specs if s.seed == seeds[0]]
+    return build.read_study(tmp_path / "summary.json", tmp_path / "claims.json"), groups
 
 
 def _render(tmp_path, seeds: tuple[int, ...], dataset: str = "mnist") -> tuple[str, str]:
     results, groups = _study(tmp_path, seeds)
-    return report.render(groups, results, [], {"test/accuracy": 0.9}, {"dataset": dataset}, GIT, {},
+    return build.render(groups, results, [], {"test/accuracy": 0.9}, {"dataset": dataset}, GIT, {},
                          {g.name: list(seeds) for g in groups}, seeds[0], CLASS_NAMES[dataset])
 
 
@@ -283,11 +286,11 @@ def test_bars_draw_the_interval_as_error_bars_and_none_for_one_seed():
     m = by_key("test/recon_mse_per_pixel")
     infos = [_spec("a", "ae", 2), _spec("b", "vae", 2)]
     means = {"a": {m.key: 0.05}, "b": {m.key: 0.06}}
-    fig = plots.metric_bars("t", [m], infos, means, {"a": {m.key: (0.04, 0.06)}, "b": {m.key: (0.055, 0.065)}})
+    fig = figures.metric_bars("t", [m], infos, means, {"a": {m.key: (0.04, 0.06)}, "b": {m.key: (0.055, 0.065)}})
     bars = [c for c in fig.axes[0].containers if isinstance(c, ErrorbarContainer)]
     extents = sorted(tuple(np.round(seg[:, 1], 6)) for c in bars for seg in c.lines[2][0].get_segments())
     assert extents == [(0.04, 0.06), (0.055, 0.065)]
-    fig = plots.metric_bars("t", [m], infos, means, {n: {m.key: (math.nan, math.nan)} for n in means})
+    fig = figures.metric_bars("t", [m], infos, means, {n: {m.key: (math.nan, math.nan)} for n in means})
     assert not [c for c in fig.axes[0].containers if isinstance(c, ErrorbarContainer)]
 
 
@@ -295,12 +298,12 @@ def test_fashion_mnist_figures_and_text_name_the_classes(tmp_path):
     fashion = CLASS_NAMES["fashion-mnist"]
     labels = np.repeat(np.arange(10), 20)
     codes = np.random.default_rng(0).standard_normal((200, 2)) + labels[:, None]  # (N, 2)
-    fig = plots.latent_scatter(_spec("vae", "vae", 2), codes, labels, classes=fashion)
+    fig = figures.latent_scatter(_spec("vae", "vae", 2), codes, labels, classes=fashion)
     legend = fig.axes[0].get_legend()
     assert legend.get_title().get_text() == "class"
     assert [t.get_text() for t in legend.get_texts()][:10] == list(fashion.names)
     images = np.zeros((10, 28, 28))
-    fig = plots.reconstructions(_spec("ae", "ae", 2), images, images, np.arange(10), classes=fashion)
+    fig = figures.reconstructions(_spec("ae", "ae", 2), images, images, np.arange(10), classes=fashion)
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == list(fashion.names)
     assert "class (label of the input)" == fig.axes[0].get_xlabel()
     page, _ = _render(tmp_path, seeds=(0, 1), dataset="fashion-mnist")
@@ -311,7 +314,7 @@ def test_fashion_mnist_figures_and_text_name_the_classes(tmp_path):
 
 
 def test_log_report_files_the_page_under_the_parent_and_figures_under_each_child(tmp_path, monkeypatch, capsys):
-    from aevae import mlflow_store, tracking
+    from aevae.ops import mlflow_store, tracking
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -1,4 +1,4 @@
-"""`make retrain` (python -m aevae.retrain): champion / challenger against a real MLflow server, end to end.
+"""`make retrain` (python -m aevae.ops.retrain): champion / challenger against a real MLflow server, end to end.
 
 The fast tests check the pieces (the policy, the lock, undoing aliases when the server fails midway);
 the slow one runs the whole story in a throwaway project: first champions, nothing to do, a worse
@@ -22,9 +22,9 @@ from types import SimpleNamespace
 import pytest
 from mlflow import MlflowClient
 
-from aevae import mlflow_store, model_registry, retrain
 from aevae.config import Params
 from aevae.errors import UserError
+from aevae.ops import mlflow_store, model_registry, retrain
 from mlflow_server import mlflow_server
 from project import SMALL_PARAMS, make_project, run, start, write_params
 
@@ -172,7 +172,7 @@ def test_a_promotion_without_a_champion_names_the_first_version_only_when_it_is(
 
 
 def _retrain(root: Path, uri: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return run([sys.executable, "-m", "aevae.retrain", *args], root, check=check, MLFLOW_TRACKING_URI=uri)
+    return run([sys.executable, "-m", "aevae.ops.retrain", *args], root, check=check, MLFLOW_TRACKING_URI=uri)
 
 
 def _aliases(uri: str) -> dict[str, dict[str, str]]:
@@ -241,7 +241,7 @@ def test_champion_moves_only_to_a_better_challenger(tmp_path):
         params["train"]["epochs"] = 8
         write_params(root, params)
         log = tmp_path / "first.log"
-        first_run = start([sys.executable, "-m", "aevae.retrain"], root, log, MLFLOW_TRACKING_URI=uri)
+        first_run = start([sys.executable, "-m", "aevae.ops.retrain"], root, log, MLFLOW_TRACKING_URI=uri)
         try:
             _wait_for(log, "Running stage 'train'", first_run)
             t0 = time.monotonic()
@@ -280,7 +280,7 @@ def test_champion_moves_only_to_a_better_challenger(tmp_path):
 def test_a_held_dvc_lock_is_one_line_naming_its_holder(tmp_path):
     import zc.lockfile
 
-    from aevae.retrain import check_dvc_lock
+    from aevae.ops.retrain import check_dvc_lock
 
     path = tmp_path / ".dvc" / "tmp" / "lock"
     path.parent.mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""Registered models people can load, call and serve (aevae.inference, aevae.pyfunc_model, model_card).
+"""Registered models people can load, call and serve (aevae.core.inference, aevae.ops.pyfunc_model, model_card).
 
 Fast tests check predict in-process, the signature, the description and that the shipped code is
 self-contained. The slow ones run a real tiny pipeline (`dvc repro evaluate`), then serve its VAE
@@ -28,9 +28,10 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModelContext
 
-from aevae import inference, model_card, model_store, pyfunc_model
 from aevae.config import ModelParams, Params, RunSpec
-from aevae.models import build_model
+from aevae.core import inference, model_store
+from aevae.core.models import build_model
+from aevae.ops import model_card, pyfunc_model
 from project import BIN, REPO, SMALL_PARAMS, copy_project, free_port, kill_group
 
 KINDS = ("ae", "vae")
@@ -129,17 +130,19 @@ def _imports(path: Path) -> set[str]:
 
 def test_the_shipped_code_is_self_contained_and_its_imports_are_pinned(tmp_path):
     """Every aevae module the pyfunc file reaches is shipped; every third-party import is a requirement."""
-    shipped = pyfunc_model.code_dir(tmp_path)
-    assert sorted(str(p.relative_to(shipped).with_suffix("")) for p in shipped.rglob("*.py")) == sorted(
-        pyfunc_model.SHIPPED_MODULES)
+    folder = pyfunc_model.code_dir(tmp_path)
+    shipped = pyfunc_model.shipped_modules()
+    assert sorted(str(p.relative_to(folder).with_suffix("")) for p in folder.rglob("*.py")) == sorted(shipped)
+    assert {"__init__", "core/__init__", "core/inference", "core/model_store", "core/models", "config"} <= set(shipped)
+    assert not any(m.startswith(("ops/", "evaluation/", "report/")) for m in shipped), shipped  # the core only
     allowed = set(pyfunc_model.REQUIREMENTS.values()) | {"mlflow"}  # MLflow pins itself
-    files = [Path(pyfunc_model.__file__), *shipped.rglob("*.py")]
+    files = [Path(pyfunc_model.__file__), *folder.rglob("*.py")]
     for path in files:
         for name in _imports(path):
             top = name.split(".")[0]
             if top == "aevae":
                 module = "/".join(name.split(".")[1:]) or "__init__"
-                assert module in pyfunc_model.SHIPPED_MODULES or f"{module}/__init__" in pyfunc_model.SHIPPED_MODULES, \
+                assert module in shipped or f"{module}/__init__" in shipped, \
                     f"{path.name} imports aevae.{module}, not shipped"
             elif top not in sys.stdlib_module_names and top != "__future__":
                 assert top in allowed, f"{path.name} imports {top}, which is not in the requirements"

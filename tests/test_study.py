@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from aevae import metric_registry, study
+from aevae import metric_registry
 from aevae.errors import UserError
-from aevae.study import SeedRecord
+from aevae.evaluation import study
+from aevae.evaluation.study import SeedRecord
 
 REPO = Path(__file__).resolve().parents[1]
 VERDICTS = (study.SUPPORTED, study.CONTRADICTED, study.INCONCLUSIVE, study.UNTESTABLE)
@@ -165,7 +166,7 @@ def test_console_with_one_seed_prints_means_and_says_there_is_no_interval():
 
 def test_docs_claims_table_is_the_study_output():
     assert study.markdown_table() in (REPO / "docs" / "study.md").read_text()
-    printed = subprocess.run([sys.executable, "-m", "aevae.study"], capture_output=True, text=True, check=True).stdout
+    printed = subprocess.run([sys.executable, "-m", "aevae.evaluation.study"], capture_output=True, text=True, check=True).stdout
     assert printed == study.markdown_table()
     for claim in study.CLAIMS:
         assert f"| `{claim.id}` |" in printed

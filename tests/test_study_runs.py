@@ -16,7 +16,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from aevae import study
+from aevae.evaluation import study
 from project import SEEDED_RUN_SEEDS, dvc, run, write_params
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import ray.exceptions as rex
 
-from aevae.distributed import task_failure
+from aevae.ops.distributed import task_failure
 
 
 def _raised(exc: Exception) -> Exception:

@@ -88,7 +88,7 @@ def test_unreachable_server_fails_within_seconds(tmp_path):
 def test_serve_check_names_the_registered_models_and_the_missing_alias(tmp_path, monkeypatch):
     """`make serve`'s check against a real SQLite store: one line instead of MLflow's traceback."""
     from aevae.errors import UserError
-    from aevae.model_registry import check_registered
+    from aevae.ops.model_registry import check_registered
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -116,7 +116,7 @@ def test_serve_check_names_the_registered_models_and_the_missing_alias(tmp_path,
 
 
 def test_make_models_lists_every_version_with_its_aliases(tmp_path, monkeypatch, capsys):
-    from aevae import model_registry
+    from aevae.ops import model_registry
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

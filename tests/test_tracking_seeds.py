@@ -15,8 +15,9 @@ import math
 import pytest
 from mlflow import MlflowClient
 
-from aevae import mlflow_store, retrain, study, tracking
 from aevae.config import Params, resolve_sweep
+from aevae.evaluation import study
+from aevae.ops import mlflow_store, retrain, tracking
 from project import SEEDED_RUN_SEEDS, SMALL_PARAMS, copy_project, dvc
 
 VERDICTS = {study.SUPPORTED, study.CONTRADICTED, study.INCONCLUSIVE, study.UNTESTABLE}

@@ -18,11 +18,8 @@ import torch
 import yaml
 
 from aevae.config import ModelParams, RunSpec, TrainParams, load_params
-from aevae.data.sources import from_bundled
-from aevae.errors import UserError
-from aevae.models import MODEL_KINDS, as_images
-from aevae.progress import SweepProgress
-from aevae.training import (
+from aevae.core.models import MODEL_KINDS, as_images
+from aevae.core.training import (
     CHECKPOINT,
     METRICS,
     Diverged,
@@ -33,6 +30,9 @@ from aevae.training import (
     stopped_by,
     train_model,
 )
+from aevae.data.sources import from_bundled
+from aevae.errors import UserError
+from aevae.progress import SweepProgress
 from conftest import assert_one_line, shipped_params
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

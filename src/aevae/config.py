@@ -79,7 +79,7 @@ class ModelParams(_Strict):
 
 class TrainParams(_Strict):
     epochs: PositiveInt = 20  # upper bound: max_steps ends training earlier on a large training set
-    # Optimizer steps cap (null: none): the budget that fits the data (aevae.training.planned_epochs).
+    # Optimizer steps cap (null: none): the budget that fits the data (aevae.core.training.planned_epochs).
     max_steps: PositiveInt | None = None
     batch_size: PositiveInt = 128
     lr: float = Field(1e-3, gt=0.0)
@@ -98,7 +98,7 @@ class SweepMember(_Strict):
 class SweepParams(_Strict):
     latent_dims: list[PositiveInt] = Field(default_factory=lambda: [2], min_length=1)
     # Every member x latent size trains once per seed (weights init, batch order, the VAE's noise);
-    # the study reports each metric as a mean with a 95% interval over them (aevae.study).
+    # the study reports each metric as a mean with a 95% interval over them (aevae.evaluation.study).
     seeds: list[Annotated[int, Field(ge=0, lt=2**32)]] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     models: list[SweepMember] = Field(min_length=1)
 
@@ -118,7 +118,7 @@ class RayParams(_Strict):
     use_gpu: bool | Literal["auto"] = "auto"
     # GPUs each training or evaluation task asks Ray for: a fraction packs several models on one GPU (0.25: four),
     # a whole number gives a model that many; auto: from the model's estimated memory and the GPU's size
-    # (aevae.distributed.gpu_share). Ray admits tasks by it; it is not a memory cap.
+    # (aevae.ops.distributed.gpu_share). Ray admits tasks by it; it is not a memory cap.
     gpus_per_model: float | Literal["auto"] = "auto"
     cpus_per_model: float = Field(1.0, gt=0.0)
     workers_per_model: PositiveInt = 1

@@ -77,7 +77,7 @@ class Progress:
 
 class SweepProgress:
     """`[model] epoch e/total ... ETA` lines; `epochs` maps a name to its planned epochs (fewer than
-    train.epochs when train.max_steps ends training first: aevae.training.planned_epochs)."""
+    train.epochs when train.max_steps ends training first: aevae.core.training.planned_epochs)."""
 
     def __init__(self, specs: list[RunSpec], stream=sys.stdout, every: float | None = None,
                  epochs: dict[str, int] | None = None):

@@ -124,11 +124,11 @@ def _descendant(pid: int, needle: str) -> psutil.Process | None:
 
 
 def test_kill_9_of_retrain_takes_its_dvc_and_stage_along(tmp_path):
-    from aevae.retrain import check_dvc_lock
+    from aevae.ops.retrain import check_dvc_lock
 
     root = make_project(tmp_path / "p", _params())
     log = tmp_path / "retrain.log"
-    proc = start([str(BIN / "python"), "-m", "aevae.retrain"], root, log)
+    proc = start([str(BIN / "python"), "-m", "aevae.ops.retrain"], root, log)
     try:
         train = _until(lambda: _descendant(proc.pid, "pipeline/train.py"), "no train stage", proc=proc, log=log)
         repro = _descendant(proc.pid, "repro")
@@ -185,7 +185,7 @@ def test_a_failing_ray_task_is_its_cause_on_one_allowed_core(tmp_path):
 
 
 def test_a_raising_evaluation_task_is_its_cause():
-    from aevae.distributed import map_tasks
+    from aevae.ops.distributed import map_tasks
 
     outcomes = []
     map_tasks(math.sqrt, {"ae": (-1.0,)}, {}, 1, 0, outcomes.append)

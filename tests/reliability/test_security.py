@@ -10,10 +10,11 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from aevae import classifier, model_store
 from aevae.config import ModelParams, RunSpec, TrainParams
+from aevae.core import model_store
+from aevae.core.models import build_model
 from aevae.errors import UserError
-from aevae.models import build_model
+from aevae.evaluation import classifier
 from project import REPO, SMALL_RUN_ENV, SMALL_RUN_SECRET
 
 

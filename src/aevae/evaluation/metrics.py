@@ -9,7 +9,7 @@ Every claim of the article becomes a number here:
 - latent regularity: MMD² and a moment KL between the encoded test set and
   N(0, I), and a "holes" score (prior samples far from every encoded image);
 - generation: prior samples z ~ N(0, I) decoded and scored by the reference
-  classifier (aevae.classifier): classifier-FID, confidence, class coverage; and the
+  classifier (aevae.evaluation.classifier): classifier-FID, confidence, class coverage; and the
   same scores for codes drawn from a Gaussian mixture fit to the model's own training
   codes (Ghosh et al. 2020's ex-post density estimation), which separates a poor
   decoder from a poorly matched prior;
@@ -43,10 +43,10 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from aevae import atomic, metric_registry
-from aevae.classifier import DigitClassifier
 from aevae.config import EvaluateParams
-from aevae.losses import kl_per_dim
-from aevae.models import EVAL_BATCH, PIXELS, AutoEncoder, as_images, reparameterize
+from aevae.core.losses import kl_per_dim
+from aevae.core.models import EVAL_BATCH, PIXELS, AutoEncoder, as_images, reparameterize
+from aevae.evaluation.classifier import DigitClassifier
 from aevae.rng import purpose_generator
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -320,7 +320,7 @@ def classifier_fid(features_a, features_b) -> float:
     """Fréchet distance between the reference classifier's features of two image sets.
 
     Call it classifier-FID: the same formula as FID, but in this project's CNN's
-    penultimate layer (aevae.classifier), so it is comparable only within the project.
+    penultimate layer (aevae.evaluation.classifier), so it is comparable only within the project.
     """
     return frechet_distance(*feature_stats(features_a), *feature_stats(features_b))
 

@@ -1,6 +1,6 @@
 """What people do with a trained autoencoder, on plain arrays: encode, reconstruct, decode, sample.
 
-The registered MLflow model (aevae.pyfunc_model) is a thin shell over these functions, so their
+The registered MLflow model (aevae.ops.pyfunc_model) is a thin shell over these functions, so their
 contract is the registry's contract:
 
 - images: float32 (B, 784), each row a 28x28 image flattened row by row, pixels in [0, 1]
@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from aevae.models import PIXELS, AutoEncoder
+from aevae.core.models import PIXELS, AutoEncoder
 
 METHODS = ("encode", "reconstruct", "decode", "sample")
 DEFAULT_METHOD = "reconstruct"

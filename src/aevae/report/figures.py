@@ -35,9 +35,9 @@ from torchvision.utils import make_grid  # noqa: E402
 
 from aevae import metric_registry  # noqa: E402
 from aevae.config import RunSpec  # noqa: E402
+from aevae.core.models import PIXELS  # noqa: E402
 from aevae.data import CLASS_NAMES, ClassNames  # noqa: E402
 from aevae.metric_registry import Metric  # noqa: E402
-from aevae.models import PIXELS  # noqa: E402
 
 DPI = 110
 DIGIT_COLORS = plt.get_cmap("tab10").colors  # class c -> DIGIT_COLORS[c], in every figure

@@ -381,7 +381,7 @@ def _train_one(spec: RunSpec, train_images, val_images, ckpt_dir: str, data_sha2
     """Body of one Ray task: plain PyTorch training on whatever device Ray assigned."""
     import torch
 
-    from aevae.training import Diverged, train_model
+    from aevae.core.training import Diverged, train_model
 
     torch.set_num_threads(_threads(cpus))
     device = _task_device()
@@ -404,7 +404,7 @@ def _ddp_loop(config: dict) -> None:
     import ray.train.torch
     import torch
 
-    from aevae.training import train_model
+    from aevae.core.training import train_model
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -425,7 +425,7 @@ def _fit_ddp(spec: RunSpec, data: tuple, ckpt_dir: str, data_sha256: str, ray_pa
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from aevae.training import CHECKPOINT, read_checkpoint, spec_digest
+    from aevae.core.training import CHECKPOINT, read_checkpoint, spec_digest
 
     t0 = time.perf_counter()
     ckpt = Path(ckpt_dir) / CHECKPOINT
@@ -451,7 +451,7 @@ def _fit_ddp(spec: RunSpec, data: tuple, ckpt_dir: str, data_sha256: str, ray_pa
 
 
 def checkpoint_dir(storage_path: Path, spec: RunSpec, data_sha256: str) -> Path:
-    from aevae.training import spec_digest
+    from aevae.core.training import spec_digest
 
     return storage_path / f"{spec.name}-{spec_digest(spec, data_sha256)}"
 
@@ -486,7 +486,7 @@ def _train_on_ray(specs, train_images, val_images, storage_path: Path, ray_param
     """train_sweep's body on a running Ray instance; returns {"use_gpu", "gpus_per_model"}."""
     import ray
 
-    from aevae.training import device_bytes
+    from aevae.core.training import device_bytes
 
     use_gpu = _use_gpu(ray_params.use_gpu)
     models = {spec.model_dump_json(): spec for spec in specs}.values()  # the sweep's seeds share a model's size

@@ -1,4 +1,4 @@
-"""The registered model: an MLflow pyfunc over aevae.inference, for people downstream of training.
+"""The registered model: an MLflow pyfunc over aevae.core.inference, for people downstream of training.
 
 model_registry.register_model logs this file as the model's code (MLflow "models from code": nothing is
 pickled) with the weights-only model.pt and config.json as an artifact, the few aevae modules the
@@ -25,14 +25,11 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
-from aevae import inference, model_store
 from aevae.config import ModelParams
-from aevae.models import PIXELS
+from aevae.core import inference, model_store
+from aevae.core.models import PIXELS
 
 ARTIFACT = "model_files"  # the artifact holding model.pt (weights only) and config.json
-# What this file imports of aevae, and what those import: shipped with the model as code_paths.
-SHIPPED_MODULES = ("__init__", "atomic", "config", "data/__init__", "errors", "inference", "losses", "metric_registry",
-                   "model_store", "models")
 # Third-party imports of the shipped modules: distribution -> import name. Pinned to the installed versions.
 REQUIREMENTS = {"torch": "torch", "numpy": "numpy", "pydantic": "pydantic", "pyyaml": "yaml", "ruamel.yaml": "ruamel"}
 
@@ -80,13 +77,62 @@ def signature(cfg: ModelParams) -> ModelSignature:
 
 def code_dir(dst: Path) -> Path:
     """dst/aevae/ holding the shipped modules (code_paths): the package as this file needs it, no more."""
-    src = Path(__file__).resolve().parent
+    src = _package_root()
     pkg = Path(dst) / "aevae"
     pkg.mkdir(parents=True)
-    for name in SHIPPED_MODULES:  # "data/__init__": a subpackage's own file, not its other modules
+    for name in shipped_modules():  # "data/__init__": a subpackage's own file, not its other modules
         (pkg / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src / f"{name}.py", pkg / f"{name}.py")
     return pkg
+
+
+def shipped_modules() -> tuple[str, ...]:
+    """What this file imports of aevae, and what those import, as paths under the package without ".py"
+    ("core/models", "data/__init__"), with the __init__ of every package on the way; sorted.
+
+    Computed from the source (every import statement, lazy ones too), so the shipped code follows the imports.
+    Only in a checkout or install of aevae: the copy MLflow loads the model from has no package around it.
+    """
+    root = _package_root()
+    found: set[str] = set()
+    todo = [Path(__file__).resolve()]
+    while todo:
+        for module in _aevae_imports(todo.pop(), root):
+            if module not in found:
+                found.add(module)
+                todo.append(root / f"{module}.py")
+    return tuple(sorted(found))
+
+
+def _package_root() -> Path:
+    return Path(__file__).resolve().parents[1]  # src/aevae (this file is aevae/ops/pyfunc_model.py)
+
+
+def _aevae_imports(path: Path, root: Path) -> set[str]:
+    """The aevae modules `path` imports (paths under `root`), each with its packages' __init__."""
+    import ast
+
+    modules: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            dotted = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            dotted = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+        else:
+            continue
+        for name in dotted:
+            parts = name.split(".")
+            if parts[0] != "aevae":
+                continue
+            rel = "/".join(parts[1:])
+            if (root / rel / "__init__.py").is_file():
+                modules.add(f"{rel}/__init__" if rel else "__init__")
+            elif rel and (root / f"{rel}.py").is_file():
+                modules.add(rel)
+            else:
+                continue  # a name imported from a module, not a module
+            modules.update(f"{'/'.join(parts[1:k])}/__init__".lstrip("/") for k in range(1, len(parts)))
+    return modules
 
 
 def pip_requirements() -> list[str]:

@@ -4,8 +4,8 @@ Child runs are named like models/<name> and tagged `model` (the group aggregated
 `member`, `seed` and `latent_dim` (mlflow_store.model_tags); the evaluate stage adds one aggregate
 child per group holding the mean and 95% interval over seeds under the seed children's metric keys
 (log_aggregates; why not parent metrics: see AGGREGATE_TAG) and puts the claims' verdicts on the
-parent as tags (verdict_tags). Each trained model is also registered (aevae.model_registry); the
-store itself (where it is, a client) is aevae.mlflow_store.
+parent as tags (verdict_tags). Each trained model is also registered (aevae.ops.model_registry); the
+store itself (where it is, a client) is aevae.ops.mlflow_store.
 
 Only the stage's driver process talks to MLflow: Ray workers send their per-epoch records back
 to it, so workers on a cluster need no route to the tracking server and an outage is handled in
@@ -33,11 +33,12 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from aevae import atomic, model_card
+from aevae import atomic
 from aevae.config import Params, RunSpec
 from aevae.errors import UserError
-from aevae.mlflow_store import client, experiment_id, first_line, model_tags, server_errors, tracking_uri
-from aevae.model_registry import describe_test_metrics, register_model
+from aevae.ops import model_card
+from aevae.ops.mlflow_store import client, experiment_id, first_line, model_tags, server_errors, tracking_uri
+from aevae.ops.model_registry import describe_test_metrics, register_model
 from aevae.provenance import git_state, sha256_file
 
 RUN_FILE = Path("logs/mlflow_run.json")

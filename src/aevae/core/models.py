@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from aevae.config import ModelParams
+from aevae.core.losses import LossTerms, kl_per_dim, recon_per_image
 from aevae.data import IMAGE_SHAPE, PIXELS
-from aevae.losses import LossTerms, kl_per_dim, recon_per_image
 
 EVAL_BATCH = 1024  # images per forward pass outside training (evaluation, scoring): bounds memory
 

@@ -27,9 +27,9 @@ import torch
 
 from aevae import atomic
 from aevae.config import RunSpec, TrainParams
+from aevae.core.losses import recon_per_image
+from aevae.core.models import EVAL_BATCH, AutoEncoder, as_images, build_model
 from aevae.errors import UserError
-from aevae.losses import recon_per_image
-from aevae.models import EVAL_BATCH, AutoEncoder, as_images, build_model
 from aevae.rng import epoch_generator
 
 CHECKPOINT = "last.pt"

@@ -1,4 +1,4 @@
-"""`make retrain` (`python -m aevae.retrain [--force]`): rerun the pipeline when the data or the code
+"""`make retrain` (`python -m aevae.ops.retrain [--force]`): rerun the pipeline when the data or the code
 changed, and let a newly trained model take the `champion` alias only when it beats the current one.
 
 One run, for a scheduler (cron, a systemd timer, a CI schedule):
@@ -44,9 +44,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import filelock
 
-from aevae import atomic, metric_registry, mlflow_store, model_registry, study, tracking
+from aevae import atomic, metric_registry
 from aevae.config import Criterion, Params, RunSpec, load_params, resolve_sweep
 from aevae.errors import UserError, end_child_with_parent, run_cli
+from aevae.evaluation import study
+from aevae.ops import mlflow_store, model_registry, tracking
 from aevae.provenance import git_state, sha256_file
 
 LOCK_FILE = Path("logs/retrain.lock")
@@ -236,9 +238,9 @@ class Scoring:
         self._data = None
 
     def _load(self):
-        from aevae import classifier
+        from aevae.core.models import as_images
         from aevae.data.prepared import load_split
-        from aevae.models import as_images
+        from aevae.evaluation import classifier
 
         train, test = load_split("train"), load_split("test")
         scorer, _ = classifier.load(Path("classifier/model.pt"))
@@ -246,7 +248,8 @@ class Scoring:
 
     def evaluate(self, model_dir: Path) -> dict[str, float]:
         """Every metric (metric_registry.KEYS) of the model in model_dir (model.pt + config.json)."""
-        from aevae import metrics, model_store
+        from aevae.core import model_store
+        from aevae.evaluation import metrics
 
         if self._data is None:
             self._data = self._load()
@@ -467,8 +470,8 @@ def retrain(force: bool = False) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m aevae.retrain [--force]`: take the lock, then retrain. Raises: UserError (exit 2 via run_cli)."""
-    parser = argparse.ArgumentParser(prog="python -m aevae.retrain", description=__doc__.splitlines()[0])
+    """`python -m aevae.ops.retrain [--force]`: take the lock, then retrain. Raises: UserError (exit 2 via run_cli)."""
+    parser = argparse.ArgumentParser(prog="python -m aevae.ops.retrain", description=__doc__.splitlines()[0])
     parser.add_argument("--force", action="store_true", help="run even if data, code and params are unchanged")
     args = parser.parse_args(argv)
     with exclusive():

@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from aevae import atomic
+from aevae.core.models import EVAL_BATCH, IMAGE_SHAPE, as_images
 from aevae.data import N_CLASSES
 from aevae.errors import UserError
-from aevae.models import EVAL_BATCH, IMAGE_SHAPE, as_images
 from aevae.rng import epoch_generator
 
 AUTO_AUGMENT_BELOW = 20_000  # training images under which augment: auto shifts them

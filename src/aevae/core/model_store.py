@@ -15,8 +15,8 @@ from pathlib import Path
 
 from aevae import atomic
 from aevae.config import RunSpec
+from aevae.core.models import AutoEncoder, build_model
 from aevae.errors import UserError
-from aevae.models import AutoEncoder, build_model
 
 MODELS_DIR = Path("models")
 

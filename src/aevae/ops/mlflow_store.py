@@ -191,7 +191,7 @@ def experiment_id(mlflow_client) -> str:
     return mlflow_client.create_experiment(EXPERIMENT, artifact_location=artifacts, tags=dict([EXPERIMENT_KIND]))
 
 
-AGGREGATE_FILTER = "tags.`aevae.aggregate` = 'true'"  # the aggregate child runs (aevae.tracking.AGGREGATE_TAG)
+AGGREGATE_FILTER = "tags.`aevae.aggregate` = 'true'"  # the aggregate child runs (aevae.ops.tracking.AGGREGATE_TAG)
 
 
 def ui_url(port: int, host: str = "127.0.0.1") -> str:
@@ -214,7 +214,7 @@ def ui_url(port: int, host: str = "127.0.0.1") -> str:
 
 
 def _print_ui_url(argv: list[str]) -> None:
-    """`python -m aevae.mlflow_store PORT`: the line `make ui` prints before the UI starts."""
+    """`python -m aevae.ops.mlflow_store PORT`: the line `make ui` prints before the UI starts."""
     port = int(argv[0]) if argv else 5000
     print(f"MLflow UI: {ui_url(port)}  (training runs of experiment '{EXPERIMENT}'; Ctrl-C stops it)", flush=True)
 

@@ -1,8 +1,8 @@
 """The MLflow Model Registry: one registered model per group (aevae-<group>), a version per trained seed,
-and the champion / challenger aliases that retraining moves (aevae.retrain).
+and the champion / challenger aliases that retraining moves (aevae.ops.retrain).
 
-Each version is self-contained (models from code: aevae.pyfunc_model, weights loaded with
-weights_only=True) and described by aevae.model_card; `make serve` checks the reference it is given
+Each version is self-contained (models from code: aevae.ops.pyfunc_model, weights loaded with
+weights_only=True) and described by aevae.ops.model_card; `make serve` checks the reference it is given
 (check_registered) before MLflow starts.
 """
 
@@ -15,10 +15,10 @@ import os
 import tempfile
 from pathlib import Path
 
-from aevae import model_card
 from aevae.config import RunSpec
 from aevae.errors import UserError
-from aevae.mlflow_store import client, first_line, model_tags, sqlite_path, tracking_uri
+from aevae.ops import model_card
+from aevae.ops.mlflow_store import client, first_line, model_tags, sqlite_path, tracking_uri
 
 PREFIX = "aevae-"  # registered names are PREFIX + group (registered_name); other models in the registry are not ours
 
@@ -81,7 +81,7 @@ def registered_name(group: str) -> str:
 
 def register_model(mlflow_client, run_id: str, model_dir: Path, spec: RunSpec, description: str,
                    example_images=None) -> str:
-    """Log models/<name>/ as an MLflow pyfunc (aevae.pyfunc_model) and register it as a new version of
+    """Log models/<name>/ as an MLflow pyfunc (aevae.ops.pyfunc_model) and register it as a new version of
     aevae-<group> tagged with model_tags (seed, latent_dim, ...); returns the new version.
 
     The version is self-contained: its code is pyfunc_model.py (models from code, nothing pickled) plus
@@ -94,7 +94,7 @@ def register_model(mlflow_client, run_id: str, model_dir: Path, spec: RunSpec, d
     import mlflow.pyfunc
     import numpy as np
 
-    from aevae import pyfunc_model
+    from aevae.ops import pyfunc_model
 
     mlflow.set_tracking_uri(tracking_uri())
     mlflow.set_registry_uri(tracking_uri())
@@ -128,7 +128,7 @@ def describe_test_metrics(mlflow_client, model_name: str, run_id: str, values: d
 
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-FINGERPRINT_TAG = "aevae.retrain.fingerprint"  # on the registered model: what the last retrain saw
+FINGERPRINT_TAG = "aevae.ops.retrain.fingerprint"  # on the registered model: what the last retrain saw
 
 
 def _registered_model(mlflow_client, model_name: str):
@@ -253,7 +253,7 @@ def listing(mlflow_client) -> list[list[str]]:
 
 def main() -> None:
     """Print every registered version and its aliases (see listing), or say that none is registered yet."""
-    from aevae.mlflow_store import server_errors
+    from aevae.ops.mlflow_store import server_errors
 
     with server_errors("listing the registered models", "nothing was changed"):
         rows = listing(_existing_store_client())

@@ -451,5 +451,5 @@ def markdown_table(claims: Sequence[Claim] = CLAIMS) -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":  # `python -m aevae.study` prints the claims table of docs/study.md
+if __name__ == "__main__":  # `python -m aevae.evaluation.study` prints the claims table of docs/study.md
     print(markdown_table(), end="")

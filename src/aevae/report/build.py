@@ -2,10 +2,10 @@
 
 make_report() reads the trained models, the evaluate stage's study (metrics/summary.json: every
 metric of every group as a mean with a Student-t 95% interval over seeds; metrics/claims.json: a
-verdict per claim and latent size, aevae.study) and arrays (metrics/arrays/<model>.npz: test codes,
-prior and GMM samples, interpolation strips) and the prepared test split, draws every figure (aevae.plots)
+verdict per claim and latent size, aevae.evaluation.study) and arrays (metrics/arrays/<model>.npz: test codes,
+prior and GMM samples, interpolation strips) and the prepared test split, draws every figure (aevae.report.figures)
 and renders two Jinja2 templates
-(aevae/templates/report.html.j2, summary.md.j2) from one context: figure records and
+(aevae/report/templates/report.html.j2, summary.md.j2) from one context: figure records and
 pandas DataFrames. Tables and bar charts are per group (a sweep member at one latent size, over
 its seeds); the figures of one model are drawn for one seed per group (ReportSettings.figure_seed).
 The prose that is data (claims, chart groups) is in
@@ -38,19 +38,22 @@ import pandas as pd
 import torch
 import yaml
 
-from aevae import atomic, metric_registry, metrics, model_store, plots
+from aevae import atomic, metric_registry
 from aevae.config import RunSpec
+from aevae.core import model_store
+from aevae.core.models import as_images
 from aevae.data import ClassNames, class_names
 from aevae.data.prepared import load_manifest, load_split
 from aevae.errors import UserError
+from aevae.evaluation import metrics
+from aevae.evaluation.study import CLAIMS as CLAIM_ORDER
+from aevae.evaluation.study import VERDICTS, none_to_nan, plus_minus, read_summary
 from aevae.metric_registry import Metric
-from aevae.models import as_images
 from aevae.provenance import git_state
-from aevae.study import CLAIMS as CLAIM_ORDER
-from aevae.study import VERDICTS, none_to_nan, plus_minus, read_summary
+from aevae.report import figures
 
 TITLE = "AutoEncoder vs Variational AutoEncoder: the comparison report"
-TEMPLATES = "templates"  # package folder of aevae holding the templates and report.yaml
+TEMPLATES = "templates"  # folder of this package holding the templates and report.yaml
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,7 @@ class ReportPaths:
 
     models: Path = Path("models")
     summary: Path = Path("metrics/summary.json")  # {group: {key: {mean, ci_low, ci_high, n_seeds}}}
-    claims: Path = Path("metrics/claims.json")  # aevae.study.claims_file
+    claims: Path = Path("metrics/claims.json")  # aevae.evaluation.study.claims_file
     per_model: Path = Path("metrics/models")  # <model>.json: one seed's metrics, quoted under its figures
     arrays: Path = Path("metrics/arrays")  # the evaluate stage's <model>.npz (metrics.save_arrays)
     classifier: Path = Path("metrics/classifier.json")
@@ -82,7 +85,7 @@ class ReportSettings:
 
 
 class ClaimSection(NamedTuple):
-    """How the report shows a claim of aevae.study.CLAIMS (whose `text` is the one copy of its wording)."""
+    """How the report shows a claim of aevae.evaluation.study.CLAIMS (whose `text` is the one copy of its wording)."""
 
     id: str
     text: str
@@ -99,7 +102,7 @@ class Chart(NamedTuple):
 
 def _text() -> dict:
     # Package data: found wherever aevae is installed or imported from.
-    return yaml.safe_load((importlib.resources.files("aevae") / TEMPLATES / "report.yaml").read_text())
+    return yaml.safe_load((importlib.resources.files("aevae.report") / TEMPLATES / "report.yaml").read_text())
 
 
 _TEXT = _text()
@@ -121,7 +124,7 @@ class StudyResults:
     means: dict[str, dict[str, float]]  # group -> metric key -> mean over seeds (NaN: does not apply)
     bounds: dict[str, dict[str, tuple[float, float]]]  # group -> key -> 95% (low, high); NaN with one seed
     seeds: tuple[int, ...]  # the training seeds the intervals are over
-    claims: dict  # metrics/claims.json (aevae.study.claims_file)
+    claims: dict  # metrics/claims.json (aevae.evaluation.study.claims_file)
 
     @property
     def interval(self) -> bool:
@@ -167,8 +170,8 @@ def latent_sizes(study: StudyResults) -> list[int]:
 
 
 def verdict_rows(study: StudyResults) -> list[dict]:
-    """One row per claim, in the study's order (aevae.study.CLAIMS; the JSON's keys are sorted):
-    {"id", "text", "cells": {latent size: the claim's verdict there (aevae.study.judge_claim)}}."""
+    """One row per claim, in the study's order (aevae.evaluation.study.CLAIMS; the JSON's keys are sorted):
+    {"id", "text", "cells": {latent size: the claim's verdict there (aevae.evaluation.study.judge_claim)}}."""
     rows: dict[str, dict] = {c.id: {"id": c.id, "text": c.text, "cells": {}} for c in CLAIM_ORDER}
     for dim in latent_sizes(study):
         for cid, verdict in study.claims["claims"][f"z{dim}"].items():
@@ -246,7 +249,7 @@ def _quoted(role: str, values: dict[str, float]) -> float:
 def model_figures(spec: RunSpec, model, arrays: dict[str, np.ndarray], test_images: np.ndarray,
                   test_labels: np.ndarray, history: list[dict], values: dict[str, float], s: ReportSettings,
                   scatter_idx: np.ndarray, scored: tuple[int, float] | None = None,
-                  classes: ClassNames = plots.MNIST, other_seeds: dict[int, list[dict]] | None = None) -> list[Figure]:
+                  classes: ClassNames = figures.MNIST, other_seeds: dict[int, list[dict]] | None = None) -> list[Figure]:
     """The figures of one model (six for a 2-d code, five otherwise: no decoded plane). The model itself is run
     only for the latent plane and the reconstructions; codes (N, latent), prior samples and interpolation strips
     come from the evaluate stage's `arrays` (metrics.load_arrays).
@@ -259,42 +262,42 @@ def model_figures(spec: RunSpec, model, arrays: dict[str, np.ndarray], test_imag
     codes = arrays["test_codes"]  # (N, latent) posterior means
     figs = []
 
-    fig = plots.latent_scatter(spec, codes[scatter_idx], test_labels[scatter_idx], seed=s.seed, classes=classes)
-    figs.append(Figure(f"{name}-latent", "Latent space", "latent", plots.png(fig), spec, ("holes", "regular"),
+    fig = figures.latent_scatter(spec, codes[scatter_idx], test_labels[scatter_idx], seed=s.seed, classes=classes)
+    figs.append(Figure(f"{name}-latent", "Latent space", "latent", figures.png(fig), spec, ("holes", "regular"),
                        wide=dim != 2))
 
     if dim == 2:
-        z1, z2, how = plots.manifold_grid(spec, codes, s.manifold_side)
+        z1, z2, how = figures.manifold_grid(spec, codes, s.manifold_side)
         zz = torch.tensor([[a, b] for b in z2[::-1] for a in z1], dtype=torch.float32)  # top row = highest z2
         decoded = metrics.decode(model, zz).cpu().numpy().reshape(len(z2), len(z1), 28, 28)
-        fig = plots.manifold(spec, decoded, z1, z2, how, classes=classes)
-        figs.append(Figure(f"{name}-manifold", "Decoded latent plane", "manifold", plots.png(fig), spec,
+        fig = figures.manifold(spec, decoded, z1, z2, how, classes=classes)
+        figs.append(Figure(f"{name}-manifold", "Decoded latent plane", "manifold", figures.png(fig), spec,
                            ("holes", "regular", "interp")))
 
     idx = _recon_examples(test_labels, s.recon_per_class)
     x = as_images(test_images[idx])
     recon = metrics.decode(model, metrics.encode(model, x)[0]).cpu().numpy().reshape(-1, 28, 28)
-    fig = plots.reconstructions(spec, x.numpy().reshape(-1, 28, 28), recon, test_labels[idx], classes=classes)
-    figs.append(Figure(f"{name}-reconstructions", "Reconstructions", "reconstructions", plots.png(fig), spec,
+    fig = figures.reconstructions(spec, x.numpy().reshape(-1, 28, 28), recon, test_labels[idx], classes=classes)
+    figs.append(Figure(f"{name}-reconstructions", "Reconstructions", "reconstructions", figures.png(fig), spec,
                        ("compress",), quoted=_quoted("reconstructions", values)))
 
     confident = values.get(metric_registry.for_figure("prior-samples").key)
     conf = (confident, *scored) if scored and confident is not None and math.isfinite(confident) else None
-    fig = plots.prior_samples(spec, arrays["prior_images"][:s.prior_images], confident=conf, classes=classes)
-    figs.append(Figure(f"{name}-prior-samples", "Prior samples", "prior-samples", plots.png(fig), spec,
+    fig = figures.prior_samples(spec, arrays["prior_images"][:s.prior_images], confident=conf, classes=classes)
+    figs.append(Figure(f"{name}-prior-samples", "Prior samples", "prior-samples", figures.png(fig), spec,
                        ("holes", "roles")))
 
     figs.append(gmm_figure(spec, arrays, values, s, scored))
 
     pairs = arrays["interp_pairs"][:s.interp_pairs]
     ends = test_images[pairs].astype(np.float32) / 255.0  # (pairs, 2, 28, 28)
-    fig = plots.interpolation_strips(spec, arrays["interp_strips"][:s.interp_pairs],
+    fig = figures.interpolation_strips(spec, arrays["interp_strips"][:s.interp_pairs],
                                      arrays["interp_pair_labels"][:s.interp_pairs], ends, classes=classes)
-    figs.append(Figure(f"{name}-interpolation", "Interpolation", "interpolation", plots.png(fig), spec,
+    figs.append(Figure(f"{name}-interpolation", "Interpolation", "interpolation", figures.png(fig), spec,
                        ("interp",), wide=True, quoted=_quoted("interpolation", values)))
 
-    fig = plots.training_curves(spec, history, other_seeds or {})
-    figs.append(Figure(f"{name}-training", "Training curves", "training", plots.png(fig), spec, ("loss",),
+    fig = figures.training_curves(spec, history, other_seeds or {})
+    figs.append(Figure(f"{name}-training", "Training curves", "training", figures.png(fig), spec, ("loss",),
                        wide=True))
     return figs
 
@@ -305,9 +308,9 @@ def gmm_figure(spec: RunSpec, arrays: dict[str, np.ndarray], values: dict[str, f
     the evaluate stage; captions quote both confident shares. scored: as for `model_figures`."""
     shares = [values.get(metric_registry.for_figure(role).key) for role in ("prior-samples", "gmm-samples")]
     finite = scored and all(v is not None and math.isfinite(v) for v in shares)
-    fig = plots.prior_vs_gmm(spec, arrays["prior_images"][:s.prior_images], arrays["gmm_images"][:s.prior_images],
+    fig = figures.prior_vs_gmm(spec, arrays["prior_images"][:s.prior_images], arrays["gmm_images"][:s.prior_images],
                              confident=(*shares, *scored) if finite else None)
-    return Figure(f"{spec.name}-gmm-samples", "Prior vs fitted-density samples", "gmm-samples", plots.png(fig), spec,
+    return Figure(f"{spec.name}-gmm-samples", "Prior vs fitted-density samples", "gmm-samples", figures.png(fig), spec,
                   ("holes", "roles"), wide=True, quoted=_quoted("gmm-samples", values))
 
 
@@ -324,7 +327,7 @@ def gmm_reading(specs: list[RunSpec], values: dict[str, dict[str, float]]) -> li
 
 
 def sweep_figures(specs: list[RunSpec], codes: dict[str, np.ndarray], labels: np.ndarray, study: StudyResults,
-                  scatter_idx: np.ndarray, classes: ClassNames = plots.MNIST) -> list[Figure]:
+                  scatter_idx: np.ndarray, classes: ClassNames = figures.MNIST) -> list[Figure]:
     """The figures across the sweep: latent spaces side by side, rate–distortion (VAEs only), a bar chart per group.
 
     specs: one per group, named by the group (`_group_spec`); codes: group -> (N, latent) of its figure seed.
@@ -332,19 +335,19 @@ def sweep_figures(specs: list[RunSpec], codes: dict[str, np.ndarray], labels: np
     """
     values = study.means
     figs = []
-    fig = plots.latent_side_by_side(specs, [codes[s.name][scatter_idx] for s in specs], labels[scatter_idx],
+    fig = figures.latent_side_by_side(specs, [codes[s.name][scatter_idx] for s in specs], labels[scatter_idx],
                                     classes=classes)
-    figs.append(Figure("latent-all", "Latent spaces side by side", "latent-all", plots.png(fig), None,
+    figs.append(Figure("latent-all", "Latent spaces side by side", "latent-all", figures.png(fig), None,
                        ("holes", "regular", "beta0")))
     if any(s.model.kind == "vae" for s in specs):
-        fig = plots.rate_distortion(specs, values, study.bounds)
-        figs.append(Figure("rate-distortion", "Rate–distortion across β", "rate-distortion", plots.png(fig), None,
+        fig = figures.rate_distortion(specs, values, study.bounds)
+        figs.append(Figure("rate-distortion", "Rate–distortion across β", "rate-distortion", figures.png(fig), None,
                            ("loss", "beta0")))
     members = metric_registry.grouped("chart")
     for chart in GROUPS:
         title = f"{chart.title}\n{study.bars_note}"
-        fig = plots.metric_bars(title, members[chart.slug], specs, values, study.bounds)
-        figs.append(Figure(f"metrics-{chart.slug}", chart.title, "metrics", plots.png(fig), None, chart.claims,
+        fig = figures.metric_bars(title, members[chart.slug], specs, values, study.bounds)
+        figs.append(Figure(f"metrics-{chart.slug}", chart.title, "metrics", figures.png(fig), None, chart.claims,
                            chart=chart))
     return figs
 
@@ -439,7 +442,7 @@ def _effect(effect: dict) -> str:
 
 
 def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.PackageLoader("aevae", TEMPLATES),
+    env = jinja2.Environment(loader=jinja2.PackageLoader("aevae.report", TEMPLATES),
                              autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",)),
                              undefined=jinja2.StrictUndefined)
     env.filters.update(
@@ -448,7 +451,7 @@ def _environment() -> jinja2.Environment:
         effect=_effect,
         data_uri=lambda data: "data:image/png;base64," + base64.b64encode(data).decode("ascii"),
         beta=lambda beta, kind: f"{beta:g}" if kind == "vae" else "–",
-        label=plots.label,
+        label=figures.label,
     )
     return env
 
@@ -495,7 +498,7 @@ def _measured(specs: list[RunSpec], study: StudyResults, claim: str) -> list[dic
 
 def render(specs: list[RunSpec], study: StudyResults, figures: list[Figure], classifier: dict,
            manifest: dict, git: dict, evaluate_params: dict, seeds: dict[str, list[int]] | None = None,
-           figure_seed: int | None = None, classes: ClassNames = plots.MNIST) -> tuple[str, str]:
+           figure_seed: int | None = None, classes: ClassNames = figures.MNIST) -> tuple[str, str]:
     """(index.html, summary.md) rendered from one context.
 
     specs: one per group, named by the group, in page order. seeds: group -> its training seeds (settings

@@ -1,0 +1,2 @@
+"""The comparison report: figures, tables and the Jinja2 templates of reports/index.html.
+"""
