@@ -8,7 +8,8 @@ from pathlib import Path
 
 from aevae import atomic, classifier
 from aevae.config import load_params
-from aevae.data.prepared import load_split
+from aevae.data import manifest_classes, manifest_shape
+from aevae.data.prepared import load_manifest, load_split
 from aevae.errors import run_cli
 from aevae.progress import Progress
 
@@ -19,11 +20,13 @@ METRICS = Path("metrics/classifier.json")
 def main() -> None:
     p = load_params().classifier
     train, val, test = load_split("train"), load_split("val"), load_split("test")
+    manifest = load_manifest()
+    config = classifier.ClassifierConfig(manifest_shape(manifest), len(manifest_classes(manifest).names))
     shift = classifier.augment_shift(p.augment, len(train.images))
     steps = -(-len(train.images) // p.batch_size)
     progress = Progress("classifier", p.max_epochs * steps, "steps")
     progress.line(f"training on {len(train.images)} images, at most {p.max_epochs} epochs of {steps} steps, "
-                  f"patience {p.patience}, random shift {shift} px")
+                  f"patience {p.patience} (margin {p.min_delta}), random shift {shift} px")
 
     def on_epoch(rec: dict) -> None:
         progress.update(rec["epoch"] * steps, f"epoch {rec['epoch']}: val accuracy {rec['val/accuracy']:.4f}",
@@ -32,6 +35,7 @@ def main() -> None:
     result = classifier.train(
         train.images, train.labels, val.images, val.labels, max_epochs=p.max_epochs, patience=p.patience,
         target_accuracy=p.target_accuracy, seed=p.seed, batch_size=p.batch_size, lr=p.lr, shift=shift,
+        config=config, min_delta=p.min_delta, max_steps=p.max_steps,
         on_step=lambda epoch, step: progress.update((epoch - 1) * steps + step, f"epoch {epoch}"),
         on_epoch=on_epoch,
     )

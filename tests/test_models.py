@@ -14,11 +14,14 @@ from torch import nn
 
 from aevae.config import ModelParams
 from aevae.losses import kl_per_dim, recon_per_image
-from aevae.models import IMAGE_SHAPE, MODEL_KINDS, PIXELS, AutoEncoder, Posterior, build_model
+from aevae.models import MODEL_KINDS, AutoEncoder, Posterior, build_model
 from aevae.training import kl_weight
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+IMAGE_SHAPE = (1, 28, 28)  # MNIST's (C, H, W): the shape most tests build for
+PIXELS = 784
 
 
 LATENT = 3
@@ -38,7 +41,7 @@ KINDS = tuple(MODEL_KINDS)  # every registered model kind, as timm's tests run o
 def make(kind: str, arch: str, seed: int = 0, **overrides) -> AutoEncoder:
     torch.manual_seed(seed)
     cfg = ModelParams(kind=kind, latent_dim=LATENT, **{**ARCHS[arch], **overrides})
-    return build_model(cfg)
+    return build_model(cfg, IMAGE_SHAPE)
 
 
 def images(n: int = BATCH, seed: int = 0) -> torch.Tensor:
@@ -377,7 +380,7 @@ def test_the_registry_holds_every_kind_the_config_allows():
     from typing import get_args
 
     assert set(MODEL_KINDS) == set(get_args(ModelParams.model_fields["kind"].annotation))
-    assert all(build_model(ModelParams(kind=k)).kind == k for k in MODEL_KINDS)
+    assert all(build_model(ModelParams(kind=k), IMAGE_SHAPE).kind == k for k in MODEL_KINDS)
 
 
 @every_model
@@ -397,3 +400,30 @@ def test_one_reparameterization_serves_the_model_and_the_metrics():
     z = model.reparameterize(post)
     torch.manual_seed(7)
     torch.testing.assert_close(z, reparameterize(post.mu, post.logvar, torch.randn_like(post.mu)), rtol=0, atol=0)
+
+
+# ------------------------------------------------------------ any image shape
+
+# (C, H, W): grey and colour at 8, 28, 32 and 64 px, and odd, non-square sizes.
+SHAPES = [(1, 8, 8), (3, 8, 8), (1, 28, 28), (3, 28, 28), (1, 32, 32), (3, 32, 32), (1, 64, 64), (3, 64, 64),
+          (1, 20, 12), (3, 15, 9), (3, 9, 31)]
+
+
+@every_model
+@pytest.mark.parametrize("shape", SHAPES, ids=["x".join(map(str, s)) for s in SHAPES])
+def test_round_trip_any_shape(kind, arch, shape):
+    torch.manual_seed(0)
+    model = build_model(ModelParams(kind=kind, latent_dim=LATENT, **ARCHS[arch]), shape)
+    x = torch.rand(BATCH, *shape)
+    logits, post = model(x)
+    assert logits.shape == (BATCH, *shape) and post.mu.shape == (BATCH, LATENT)
+    assert model.sample(2).shape == (2, *shape)
+    assert torch.isfinite(model.loss(x).total)
+
+
+def test_conv_stack_too_deep_for_the_image_is_a_user_error():
+    from aevae.errors import UserError
+
+    cfg = ModelParams(arch="conv", channels=[4, 8], pooling=True, latent_dim=2)
+    with pytest.raises(UserError, match="too small .*model.channels"):
+        build_model(cfg, (1, 3, 3))

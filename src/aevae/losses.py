@@ -1,6 +1,6 @@
 """Loss terms with stated units.
 
-Reconstruction is summed over the PIXELS (784) pixels of an image (BCE: nats
+Reconstruction is summed over the C*H*W pixels of an image (784 for MNIST) (BCE: nats
 under a Bernoulli decoder; MSE: squared error) and averaged over the batch. KL
 to N(0, I) is analytic, in nats per image: the one place the formula is written
 (the model's loss and metrics.kl_to_prior both call kl_per_dim). The KL weight
@@ -25,11 +25,11 @@ class LossTerms:
 def recon_per_image(logits: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
     """(B,) reconstruction error of each image, summed over pixels; float32 at least.
 
-    logits (B, 1, 28, 28) from the decoder, x (B, 1, 28, 28) in [0, 1]. kind "bce": Bernoulli
+    logits (B, C, H, W) from the decoder, x (B, C, H, W) in [0, 1]. kind "bce": Bernoulli
     cross-entropy in nats per image; "mse": squared error of sigmoid(logits) per image. Never raises
     for matching shapes.
     """
-    logits = logits.float()  # sums over 784 pixels lose precision in bf16
+    logits = logits.float()  # sums over C*H*W pixels (784 on MNIST) lose precision in bf16
     if kind == "bce":
         err = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
     else:

@@ -8,7 +8,7 @@ One look across every figure:
 - axes say their units; titles say what a reader should notice.
 
 Each function returns a Figure; `png(fig)` renders it (and closes it). Inputs are
-plain arrays: codes (N, latent), labels (N,), images (N, 28, 28) in [0, 1]; a model
+plain arrays: codes (N, latent), labels (N,), images (N, H, W) grey or (N, C, H, W) colour in [0, 1]; a model
 is described by its resolved config.RunSpec (name, kind, beta, latent size, recon loss),
 a metric by its aevae.metric_registry record. Nothing here raises on user input.
 """
@@ -37,7 +37,6 @@ from aevae import metric_registry  # noqa: E402
 from aevae.config import RunSpec  # noqa: E402
 from aevae.data import CLASS_NAMES, ClassNames  # noqa: E402
 from aevae.metric_registry import Metric  # noqa: E402
-from aevae.models import PIXELS  # noqa: E402
 
 DPI = 110
 DIGIT_COLORS = plt.get_cmap("tab10").colors  # class c -> DIGIT_COLORS[c], in every figure
@@ -97,8 +96,10 @@ def model_colors(models: Sequence[RunSpec]) -> dict[str, tuple]:
 
 
 def _grid_image(images: np.ndarray, nrow: int, padding: int = 2, pad_value: float = 0.5) -> np.ndarray:
-    """(N, 28, 28) in [0, 1] -> (H, W, 3) tiled by torchvision's make_grid, `nrow` images per row."""
-    x = torch.as_tensor(np.asarray(images, dtype=np.float32)).reshape(-1, 1, 28, 28).clamp(0, 1)
+    """(N, H, W) grey or (N, C, H, W) images in [0, 1] -> (H', W', 3) tiled by torchvision's make_grid, `nrow`
+    images per row (grey repeated into the three channels)."""
+    x = torch.as_tensor(np.asarray(images, dtype=np.float32))
+    x = (x.unsqueeze(1) if x.dim() == 3 else x).clamp(0, 1)
     return make_grid(x, nrow=nrow, padding=padding, pad_value=pad_value).permute(1, 2, 0).numpy()
 
 
@@ -222,13 +223,13 @@ def manifold_grid(info: RunSpec, codes: np.ndarray, n: int = 20) -> tuple[np.nda
 @styled
 def manifold(info: RunSpec, decoded: np.ndarray, z1: np.ndarray, z2: np.ndarray, how: str,
              classes: ClassNames = MNIST) -> Figure:
-    """decoded: (len(z2), len(z1), 28, 28), row 0 at the highest z2 (up in the picture is up in z).
+    """decoded: (len(z2), len(z1), H, W) or (len(z2), len(z1), C, H, W), row 0 at the highest z2 (up in the picture is up in z).
 
     Evenly spaced grids (the AE's) get true latent axes; quantile grids (the VAE's) are even in
     probability, not in z, so their ticks name the z of a few tiles instead.
     """
     rows, cols = decoded.shape[:2]
-    grid = _grid_image(decoded.reshape(-1, 28, 28), nrow=cols, padding=0)
+    grid = _grid_image(decoded.reshape(-1, *decoded.shape[2:]), nrow=cols, padding=0)
     fig, ax = plt.subplots(figsize=(6.3, 6.7))
     even = np.allclose(np.diff(z1), np.diff(z1)[0]) and np.allclose(np.diff(z2), np.diff(z2)[0])
     if even:
@@ -267,8 +268,8 @@ def reconstructions(info: RunSpec, originals: np.ndarray, recons: np.ndarray, la
     grid = _grid_image(np.concatenate(stacked), nrow=per_row, padding=2, pad_value=1.0)
     fig, ax = plt.subplots(figsize=(7.4, 0.74 * 2 * rows + 0.9))
     ax.imshow(grid, interpolation="nearest")
-    tile = 30  # 28 pixels + 2 of padding
-    ax.set_yticks([tile * (i + 0.5) + 1 for i in range(2 * rows)], ["input", "recon"] * rows)
+    tile_h, tile = originals.shape[-2] + 2, originals.shape[-1] + 2  # an image's pixels + 2 of padding (MNIST: 30)
+    ax.set_yticks([tile_h * (i + 0.5) + 1 for i in range(2 * rows)], ["input", "recon"] * rows)
     cols = min(per_row, n)  # a test split of few classes fills less than one row
     names = [classes.name(c) for c in labels[:cols]]
     ax.set_xticks([tile * (i + 0.5) + 1 for i in range(cols)], names,
@@ -313,7 +314,7 @@ def prior_vs_gmm(info: RunSpec, prior_images: np.ndarray, gmm_images: np.ndarray
                  confident: tuple[float, float, int, float] | None = None) -> Figure:
     """Decoded z ~ N(0, I) (left) beside decoded codes of a GMM fit to the training codes (right).
 
-    images: (n, 28, 28) in [0, 1], the same number on both sides. confident: (prior share, GMM share
+    images: (n, H, W) or (n, C, H, W) in [0, 1], the same number on both sides. confident: (prior share, GMM share
     the classifier is confident on, how many samples each share is over, the top-class probability
     it takes to count). Ex-post density estimation: Ghosh et al. (2020), section 4.
     """
@@ -341,21 +342,21 @@ def prior_vs_gmm(info: RunSpec, prior_images: np.ndarray, gmm_images: np.ndarray
 @styled
 def interpolation_strips(info: RunSpec, strips: np.ndarray, pair_labels: np.ndarray,
                          endpoints: np.ndarray | None = None, classes: ClassNames = MNIST) -> Figure:
-    """strips: (pairs, steps, 28, 28) decoded along straight lines between the codes of two test images.
+    """strips: (pairs, steps, H, W) or (pairs, steps, C, H, W) decoded along straight lines between the codes of two test images.
 
-    endpoints: (pairs, 2, 28, 28) the two test images themselves, drawn left and right of each strip.
+    endpoints: (pairs, 2, H, W) or (pairs, 2, C, H, W) the two test images themselves, drawn left and right of each strip.
     """
     pairs, steps = strips.shape[:2]
-    tile = 30  # 28 pixels + 2 of padding
+    tile_h, tile = strips.shape[-2] + 2, strips.shape[-1] + 2  # an image's pixels + 2 of padding (MNIST: 30)
     strip_px, end_px = tile * steps + 2, tile + 2  # widths of the tiled images, so all share one scale
     ratios = [end_px, strip_px, end_px] if endpoints is not None else [strip_px]
-    height = 0.5 * pairs + 1.3
+    height = 0.5 * pairs * tile_h / tile + 1.3
     fig, axes = plt.subplots(1, len(ratios), figsize=(0.5 * sum(ratios) / tile + 1.2, height),
                              gridspec_kw={"width_ratios": ratios, "wspace": 0.06}, squeeze=False)
     fig.subplots_adjust(top=1 - 0.85 / height, bottom=0.5 / height)
     axes = axes[0]
     mid = axes[1] if endpoints is not None else axes[0]
-    mid.imshow(_grid_image(strips.reshape(-1, 28, 28), nrow=steps, pad_value=1.0), interpolation="nearest")
+    mid.imshow(_grid_image(strips.reshape(-1, *strips.shape[2:]), nrow=steps, pad_value=1.0), interpolation="nearest")
     mid.set_xticks([])
     mid.set_yticks([])
     mid.set_title("decoded along the line between their codes", fontsize=10.5, loc="center")
@@ -368,7 +369,7 @@ def interpolation_strips(info: RunSpec, strips: np.ndarray, pair_labels: np.ndar
             ax.set_title(name, fontsize=10.5, loc="center")
             ax.set_yticks([])
     first = axes[0]
-    first.set_yticks([tile * (i + 0.5) + 1 for i in range(pairs)],
+    first.set_yticks([tile_h * (i + 0.5) + 1 for i in range(pairs)],
                      [f"{classes.name(a)} → {classes.name(b)}" for a, b in pair_labels])
     for ax in axes:
         ax.tick_params(length=0)
@@ -468,11 +469,11 @@ def latent_side_by_side(infos: Sequence[RunSpec], codes: Sequence[np.ndarray], l
 
 @styled
 def rate_distortion(infos: Sequence[RunSpec], metrics: dict[str, dict[str, float]],
-                    bounds: dict[str, dict[str, tuple[float, float]]] | None = None) -> Figure:
+                    bounds: dict[str, dict[str, tuple[float, float]]] | None = None, pixels: int = 784) -> Figure:
     """One point per VAE (x: KL nats per image, y: recon nats per image), labelled with beta; AEs as lines.
 
     The axes' metrics are the registry's "rate" and "distortion" roles; the distortion is per pixel
-    in metrics and drawn per image (x PIXELS). metrics: model name -> {key: value} (means over seeds);
+    in metrics and drawn per image (x `pixels`, C*H*W of the data's images; MNIST's 784). metrics: model name -> {key: value} (means over seeds);
     bounds: model name -> {key: (low, high)}, the 95% intervals drawn as error bars in both directions
     (none where a bound is NaN: one seed).
     """
@@ -482,7 +483,7 @@ def rate_distortion(infos: Sequence[RunSpec], metrics: dict[str, dict[str, float
     rate_key, distortion_key = metric_registry.for_figure("rate").key, metric_registry.for_figure("distortion").key
 
     def distortion(name: str) -> float:
-        return metrics[name][distortion_key] * PIXELS  # per pixel -> per image
+        return metrics[name][distortion_key] * pixels  # per pixel -> per image
 
     vaes = [i for i in infos if i.model.kind == "vae" and _finite(metrics[i.name].get(rate_key))]
     dims = sorted({i.model.latent_dim for i in vaes})
@@ -497,7 +498,7 @@ def rate_distortion(infos: Sequence[RunSpec], metrics: dict[str, dict[str, float
             xb, yb = b.get(rate_key, (math.nan, math.nan)), b.get(distortion_key, (math.nan, math.nan))
             if all(_finite(v) for v in (*xb, *yb)):
                 ax.errorbar([xi], [yi], xerr=[[xi - xb[0]], [xb[1] - xi]],
-                            yerr=[[yi - yb[0] * PIXELS], [yb[1] * PIXELS - yi]], fmt="none", ecolor="#555555",
+                            yerr=[[yi - yb[0] * pixels], [yb[1] * pixels - yi]], fmt="none", ecolor="#555555",
                             elinewidth=1, capsize=3, zorder=2)
             ax.scatter([xi], [yi], s=70, marker=markers[k % len(markers)], color=colors[i.name], zorder=3,
                        edgecolors="black", linewidths=0.6)
