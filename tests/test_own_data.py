@@ -248,3 +248,60 @@ def test_folder_bad_input_is_one_line_and_writes_nothing(tmp_path, make_bad):
         assert text in message, f"{text!r} missing from: {message}"
     assert tree_digest(out) == before, "data/prepared was changed by a failed run"
     assert hidden_entries(out.parent) == [], "temp folders left behind"
+
+
+# ---------------------------------------------------------------------------------------------- torchvision
+
+
+def test_torchvision_kmnist_reads_its_idx_files_offline(tmp_path):
+    from conftest import write_idx_dir
+
+    from aevae.data.sources import from_torchvision
+
+    written = write_idx_dir(tmp_path / "KMNIST" / "raw", gz=False)
+    raw = from_torchvision("kmnist", tmp_path, download=False)
+    np.testing.assert_array_equal(raw.train_images, written["arrays"]["train_images"])
+    np.testing.assert_array_equal(raw.test_labels, written["arrays"]["test_labels"])
+
+
+def test_torchvision_cifar10_reads_its_pickled_batches_offline(tmp_path, monkeypatch):
+    import pickle
+
+    from aevae.data.prepare import dataset_classes
+    from aevae.data.sources import from_torchvision
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    batches = {}
+    for i, name in enumerate(["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
+                              "test_batch"]):
+        batches[name] = (images(4, 3, 32 * 32), [(i + j) % 10 for j in range(4)])  # rows of 3x32x32, CIFAR's own
+        with open(folder / name, "wb") as fh:
+            pickle.dump({"data": batches[name][0].reshape(4, -1), "labels": batches[name][1]}, fh)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    with open(folder / "batches.meta", "wb") as fh:
+        pickle.dump({"label_names": names}, fh)
+    import torchvision.datasets.cifar
+
+    # torchvision checks the md5 of the real CIFAR-10 files; these are written by the test in that format
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args, **kwargs: True)
+    raw = from_torchvision("cifar10", tmp_path, download=False)
+    assert raw.train_images.shape == (20, 3, 32, 32) and raw.test_images.shape == (4, 3, 32, 32)
+    np.testing.assert_array_equal(raw.test_images, batches["test_batch"][0].reshape(4, 3, 32, 32))
+    assert raw.train_labels.tolist()[:4] == [0, 1, 2, 3] and dataset_classes(raw, "cifar10").names == tuple(names)
+
+
+def test_torchvision_svhn_reads_its_mat_files_offline(tmp_path, monkeypatch):
+    import scipy.io
+    from torchvision import datasets
+
+    from aevae.data.sources import from_torchvision
+
+    x = {split: images(5, 32, 32, 3).transpose(1, 2, 3, 0) for split in ("train", "test")}  # (32, 32, 3, N)
+    for split in ("train", "test"):
+        scipy.io.savemat(tmp_path / f"{split}_32x32.mat", {"X": x[split], "y": np.array([[10], [1], [2], [3], [4]])})
+    monkeypatch.setattr(datasets.SVHN, "_check_integrity", lambda self: True)  # md5s of the real files
+    raw = from_torchvision("svhn", tmp_path, download=False)
+    assert raw.train_images.shape == (5, 3, 32, 32)
+    np.testing.assert_array_equal(raw.train_images, x["train"].transpose(3, 2, 0, 1))  # SVHN's own transpose
+    assert raw.train_labels.tolist() == [0, 1, 2, 3, 4]  # its "10" is the digit 0

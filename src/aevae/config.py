@@ -50,7 +50,7 @@ class _Strict(BaseModel):
 
 class DataParams(_Strict):
     # "custom": a team's own images (source npz or folder), named by their folders or numbered.
-    dataset: Literal["mnist", "fashion-mnist", "idx", "custom"] = "mnist"
+    dataset: Literal["mnist", "fashion-mnist", "kmnist", "cifar10", "svhn", "idx", "custom"] = "mnist"
     source: Literal["auto", "torchvision", "idx", "bundled", "npz", "folder"] = "auto"
     idx_dir: str = "data/raw/mnist"
     download_dir: str = "data/raw/download"

@@ -75,18 +75,44 @@ def from_idx(folder: Path) -> RawData:
     return RawData(*train, *test, source="idx", origin=str(folder.resolve()))
 
 
-def from_torchvision(dataset: str, download_dir: Path) -> RawData:
-    """Download with torchvision (needs internet), then read its IDX files."""
+# torchvision's dataset classes by data.dataset: those stored as IDX files, and those read into arrays.
+_IDX_DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmnist": "KMNIST"}
+_ARRAY_DATASETS = {"cifar10": "CIFAR10", "svhn": "SVHN"}
+
+
+def _array_split(cls, root: str, train: bool, download: bool) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | None]:
+    """(images (N, 3, H, W) uint8, labels (N,) uint8, class names or None) of a CIFAR-10 or SVHN split."""
+    if cls.__name__ == "SVHN":  # SVHN's own layout: .mat files, images already (N, 3, 32, 32), "10" read as 0
+        ds = cls(root, split="train" if train else "test", download=download)
+        return np.ascontiguousarray(ds.data, dtype=np.uint8), np.asarray(ds.labels, dtype=np.uint8), None
+    ds = cls(root, train=train, download=download)  # CIFAR-10: pickled batches, images (N, 32, 32, 3)
+    images = np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2), dtype=np.uint8)
+    return images, np.asarray(ds.targets, dtype=np.uint8), tuple(ds.classes)
+
+
+def from_torchvision(dataset: str, download_dir: Path, download: bool = True) -> RawData:
+    """MNIST, Fashion-MNIST, KMNIST, CIFAR-10 or SVHN by name, through torchvision: downloaded into
+    `download_dir` (needs internet, skipped when the files are there) or, with download False, read from
+    files already in torchvision's own layout there.
+
+    Raises: UserError for another dataset, or when the files can be neither downloaded nor read.
+    """
     from torchvision import datasets
 
-    cls = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}.get(dataset)
-    if cls is None:
-        raise UserError(f"data.source 'torchvision' cannot download dataset '{dataset}'; use source 'idx' for it")
+    name = _IDX_DATASETS.get(dataset) or _ARRAY_DATASETS.get(dataset)
+    if name is None:
+        raise UserError(f"data.source 'torchvision' cannot download dataset '{dataset}' (it takes"
+                        f" {', '.join([*_IDX_DATASETS, *_ARRAY_DATASETS])}); use source 'idx', 'npz' or 'folder'")
+    cls = getattr(datasets, name)
     old_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT_S)  # fail fast offline instead of hanging
     try:
+        if dataset in _ARRAY_DATASETS:
+            (x_tr, y_tr, names), (x_te, y_te, _) = (_array_split(cls, str(download_dir), t, download)
+                                                    for t in (True, False))
+            return RawData(x_tr, y_tr, x_te, y_te, source="torchvision", origin=name, class_names=names)
         for train in (True, False):
-            cls(str(download_dir), train=train, download=True)
+            cls(str(download_dir), train=train, download=download)
     except (OSError, RuntimeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(
