@@ -427,3 +427,39 @@ def test_conv_stack_too_deep_for_the_image_is_a_user_error():
     cfg = ModelParams(arch="conv", channels=[4, 8], pooling=True, latent_dim=2)
     with pytest.raises(UserError, match="too small .*model.channels"):
         build_model(cfg, (1, 3, 3))
+
+
+def test_gaussian_recon_is_the_normal_nll_with_a_learned_shared_sigma():
+    from aevae.losses import gaussian_nll
+
+    x, mean = torch.rand(4, 3, 8, 8), torch.rand(4, 3, 8, 8)
+    log_sigma = torch.tensor(-1.2)
+    expected = -torch.distributions.Normal(mean, log_sigma.exp()).log_prob(x).flatten(1).sum(1)
+    torch.testing.assert_close(gaussian_nll(mean, x, log_sigma), expected)
+    torch.testing.assert_close(recon_per_image(torch.logit(mean), x, "gaussian", log_sigma), expected, rtol=1e-4,
+                               atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gaussian_models_learn_their_sigma(kind):
+    torch.manual_seed(0)
+    model = build_model(ModelParams(kind=kind, latent_dim=2, hidden=[16], recon="gaussian"), (3, 8, 8))
+    assert float(model.log_sigma) == 0.0 and "log_sigma" in model.state_dict()
+    model.loss(torch.rand(6, 3, 8, 8)).total.backward()
+    assert model.log_sigma.grad is not None and float(model.log_sigma.grad) != 0.0
+    assert not hasattr(build_model(ModelParams(kind=kind, hidden=[16]), (3, 8, 8)), "log_sigma")  # bce: none
+
+
+def test_vae_terms_of_a_gaussian_vae_use_its_likelihood():
+    from aevae import metrics
+
+    torch.manual_seed(0)
+    model = build_model(ModelParams(kind="vae", latent_dim=2, hidden=[16], recon="gaussian"), (3, 8, 8)).eval()
+    x = torch.rand(5, 3, 8, 8)
+    one = metrics.vae_terms(model, x, k=1, seed=0)
+    with torch.no_grad():
+        model.log_sigma.fill_(-1.0)  # a sharper likelihood changes -log p(x|z), not the KL
+    sharper = metrics.vae_terms(model, x, k=1, seed=0)
+    assert all(math.isfinite(v) for v in one.values())
+    assert one["kl_nats_per_image"] == sharper["kl_nats_per_image"]
+    assert one["neg_elbo_nats_per_image"] != sharper["neg_elbo_nats_per_image"]

@@ -96,7 +96,8 @@ class ModelParams(_Strict):
     pooling: bool = False
     activation: Literal["relu", "leaky_relu", "gelu", "elu", "tanh", "linear"] = "relu"
     latent_dim: PositiveInt = 2  # set per run from sweep.latent_dims; params.yaml's model section may not set it
-    recon: Literal["bce", "mse"] = "bce"
+    # bce: Bernoulli on [0, 1] intensities; gaussian: a learned shared variance (sigma-VAE), for natural images.
+    recon: Literal["bce", "mse", "gaussian"] = "bce"
     beta: NonNegativeFloat = 1.0
     kl_warmup_epochs: NonNegativeInt = 0
     free_bits: NonNegativeFloat = 0.0  # nats per latent dimension

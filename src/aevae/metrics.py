@@ -46,7 +46,7 @@ from aevae import atomic, metric_registry
 from aevae.classifier import DigitClassifier
 from aevae.config import EvaluateParams
 from aevae.data import array_shape
-from aevae.losses import kl_per_dim
+from aevae.losses import gaussian_nll, kl_per_dim
 from aevae.models import EVAL_BATCH, AutoEncoder, as_images, reparameterize
 from aevae.rng import purpose_generator
 
@@ -181,7 +181,9 @@ def vae_terms(model: AutoEncoder, images, k: int = 64, seed: int = 0, batch_rows
     - neg_elbo_nats_per_image: E_q[-log p(x|z)] (Monte Carlo, the k samples) + analytic KL;
     - iw_nll_nats_per_image: -log (1/k sum_i w_i) (Burda et al. 2016), an upper bound
       on -log p(x) that tightens as k grows; k = 1 is the ELBO.
-    log p(x|z) = -BCE(logits, x) summed over pixels (x is grey-level: "continuous BCE").
+    log p(x|z) = -BCE(logits, x) summed over pixels (x is grey-level: "continuous BCE"); for a model trained
+    with recon "gaussian", log N(x; sigmoid(logits), sigma^2) with its learned sigma (nats on another scale:
+    compare such models with each other only).
     The AE has no posterior: all three are NaN.
     """
     nan = float("nan")
@@ -200,8 +202,13 @@ def vae_terms(model: AutoEncoder, images, k: int = 64, seed: int = 0, batch_rows
         z = reparameterize(mu, logvar, eps)  # (k, B, latent)
         pixels = x[0].numel()  # C*H*W
         logits = model.decode(z.reshape(k * b, d)).float().reshape(k, b, pixels)
-        log_px = -F.binary_cross_entropy_with_logits(logits, x.reshape(1, b, pixels).expand(k, b, pixels),
-                                                     reduction="none").sum(2).double()  # (k, B)
+        if model.cfg.recon == "gaussian":  # the sigma-VAE's own likelihood, with its learned sigma
+            log_px = -gaussian_nll(torch.sigmoid(logits).reshape(k * b, pixels),
+                                   x.reshape(1, b, pixels).expand(k, b, pixels).reshape(k * b, pixels),
+                                   model.log_sigma).reshape(k, b).double()  # (k, B)
+        else:
+            log_px = -F.binary_cross_entropy_with_logits(logits, x.reshape(1, b, pixels).expand(k, b, pixels),
+                                                         reduction="none").sum(2).double()  # (k, B)
         log_pz = -0.5 * (z.double().pow(2) + LOG_2PI).sum(2)  # (k, B)
         log_qz = -0.5 * (eps.double().pow(2) + logvar.double() + LOG_2PI).sum(2)  # (k, B)
         log_w = log_px + log_pz - log_qz

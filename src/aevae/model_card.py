@@ -42,7 +42,7 @@ def describe(spec: RunSpec, params: Params, manifest: dict, run_id: str, last_ep
     counts = ", ".join(f"{split} {c['total']}" for split, c in manifest.get("counts", {}).items())
     changed = ", ".join(f"`{k}={json.dumps(v)}`" for k, v in changed_params(spec, params).items()) or "none"
     val = last_epoch.get("val/loss_per_image")
-    loss_unit = "nats" if spec.model.recon == "bce" else "squared error"
+    loss_unit = "squared error" if spec.model.recon == "mse" else "nats"
     shape, classes = manifest_shape(manifest), manifest_classes(manifest)
     c, h, w = shape
     return "\n\n".join([

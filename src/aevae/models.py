@@ -161,6 +161,8 @@ class AutoEncoder(nn.Module):
         self.image_shape = tuple(int(s) for s in image_shape)  # (C, H, W) of the images it encodes and decodes
         self.encoder = build_encoder(cfg, self._encoder_out(cfg), self.image_shape)
         self.decoder = build_decoder(cfg, self.image_shape)
+        if cfg.recon == "gaussian":  # sigma-VAE: one learned log sigma for every pixel, starting at sigma = 1
+            self.log_sigma = nn.Parameter(torch.zeros(()))
 
     @staticmethod
     def _encoder_out(cfg: ModelParams) -> int:
@@ -187,13 +189,14 @@ class AutoEncoder(nn.Module):
     def loss(self, x: torch.Tensor, kl_weight: float | None = None) -> LossTerms:
         """Batch-mean per-image loss terms of x (B, C, H, W) in [0, 1]: scalars.
 
-        recon is summed over pixels (nats for BCE, squared error for MSE), KL in nats per image.
+        recon is summed over pixels (nats for BCE and the Gaussian, squared error for MSE), KL in nats per image.
         kl_weight multiplies the KL term (the VAE's; an AE has none): the training loop passes its
         warm-up schedule's value (training.kl_weight); None means the full weight cfg.beta.
         z is sampled in eval too, so validation reports the same ELBO terms.
         """
         post = self.encode(x)
-        recon = recon_per_image(self.decode(self.reparameterize(post)), x, self.cfg.recon).mean()
+        recon = recon_per_image(self.decode(self.reparameterize(post)), x, self.cfg.recon,
+                                getattr(self, "log_sigma", None)).mean()
         return self._total(recon, post, self.cfg.beta if kl_weight is None else kl_weight)
 
     def _total(self, recon: torch.Tensor, post: Posterior, kl_weight: float) -> LossTerms:

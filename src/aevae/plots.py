@@ -398,7 +398,7 @@ def training_curves(info: RunSpec, history: list[dict], other_seeds: dict[int, l
             ax.plot([int(float(r["epoch"])) for r in rows], col(key, rows), "-", lw=0.9, alpha=0.45, color=color,
                     label=f"other seeds ({', '.join(map(str, other_seeds))})" if legend and n == 0 else None)
 
-    unit = "nats per image" if info.model.recon == "bce" else "squared error summed over pixels, per image"
+    unit = "squared error summed over pixels, per image" if info.model.recon == "mse" else "nats per image"
     panels = 2 if info.model.kind == "vae" else 1
     fig, axes = plt.subplots(1, panels, figsize=(4.9 * panels, 3.8), squeeze=False)
     ax = axes[0, 0]
@@ -469,7 +469,7 @@ def latent_side_by_side(infos: Sequence[RunSpec], codes: Sequence[np.ndarray], l
 
 @styled
 def rate_distortion(infos: Sequence[RunSpec], metrics: dict[str, dict[str, float]],
-                    bounds: dict[str, dict[str, tuple[float, float]]] | None = None, pixels: int = 784) -> Figure:
+                    bounds: dict[str, dict[str, tuple[float, float]]] | None, pixels: int) -> Figure:
     """One point per VAE (x: KL nats per image, y: recon nats per image), labelled with beta; AEs as lines.
 
     The axes' metrics are the registry's "rate" and "distortion" roles; the distortion is per pixel

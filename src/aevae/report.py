@@ -325,7 +325,7 @@ def gmm_reading(specs: list[RunSpec], values: dict[str, dict[str, float]]) -> li
 
 
 def sweep_figures(specs: list[RunSpec], codes: dict[str, np.ndarray], labels: np.ndarray, study: StudyResults,
-                  scatter_idx: np.ndarray, classes: ClassNames = plots.MNIST, pixels: int = 784) -> list[Figure]:
+                  scatter_idx: np.ndarray, classes: ClassNames, pixels: int) -> list[Figure]:
     """The figures across the sweep: latent spaces side by side, rate–distortion (VAEs only), a bar chart per group.
 
     pixels: C*H*W of the data's images (MNIST's 784), to draw the distortion per image.

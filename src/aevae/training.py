@@ -237,7 +237,7 @@ def _check_diverged(spec: RunSpec, epoch: int, train: list[float], val: list[flo
     worst = max(train[0], val[0])
     if all(np.isfinite(train + val)) and worst <= DIVERGENCE_FACTOR * baseline:
         return
-    unit = "nats per image" if spec.model.recon == "bce" else "per image"
+    unit = "per image" if spec.model.recon == "mse" else "nats per image"
     why = (f"loss {train[0]}" if not all(np.isfinite(train + val)) else
            f"loss {worst:.4g} {unit}, over {DIVERGENCE_FACTOR:g}x the {baseline:.4g} of always"
            " predicting the mean training image")
