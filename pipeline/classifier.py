@@ -22,7 +22,7 @@ def main() -> None:
     train, val, test = load_split("train"), load_split("val"), load_split("test")
     manifest = load_manifest()
     config = classifier.ClassifierConfig(manifest_shape(manifest), len(manifest_classes(manifest).names))
-    shift = classifier.augment_shift(p.augment, len(train.images))
+    shift = classifier.augment_shift(p.augment, len(train.images), side=min(config.image_shape[1:]))
     steps = -(-len(train.images) // p.batch_size)
     progress = Progress("classifier", p.max_epochs * steps, "steps")
     progress.line(f"training on {len(train.images)} images, at most {p.max_epochs} epochs of {steps} steps, "
