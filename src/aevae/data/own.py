@@ -185,16 +185,16 @@ def _read_classes(root: Path, image_size, channels, background) -> tuple[np.ndar
     classes = _subdirs(root)
     loose = _files(root)
     if classes and loose:
-        raise UserError(f"{root} holds both class folders and the file {loose[0].name}; move the loose images into a"
-                        " class folder, or the class folders' images up for unlabelled data")
+        raise UserError(f"{root} holds both class folders and the file {loose[0].name}; move that file into a class"
+                        " folder, or out of the image folder")
     if not classes:
         if not loose:
             raise UserError(f"{root} holds no images; put them in <class>/ folders (or directly there, unlabelled)")
         images = [_read_image(p, image_size, channels, background) for p in loose]
         return stack(images, [str(p) for p in loose]), None, []
     if len(classes) == 1:
-        raise UserError(f"{root} holds one class folder ({classes[0].name}); add a folder per class, or put the"
-                        " images directly in it for unlabelled data")
+        raise UserError(f"{root} holds one class folder ({classes[0].name}); the comparison needs two classes or"
+                        " more: add a folder per class")
     paths, labels = [], []
     for k, folder in enumerate(classes):
         files = _files(folder)
