@@ -263,8 +263,9 @@ def reconstructions(info: RunSpec, originals: np.ndarray, recons: np.ndarray, la
     rows = -(-n // per_row)
     stacked = []
     for r in range(rows):
-        stacked.append(originals[r * per_row:(r + 1) * per_row])
-        stacked.append(recons[r * per_row:(r + 1) * per_row])
+        for part in (originals[r * per_row:(r + 1) * per_row], recons[r * per_row:(r + 1) * per_row]):
+            blank = np.ones((per_row - len(part), *part.shape[1:]), dtype=part.dtype)  # a short last row: white
+            stacked.append(np.concatenate([part, blank]) if len(blank) else part)
     grid = _grid_image(np.concatenate(stacked), nrow=per_row, padding=2, pad_value=1.0)
     fig, ax = plt.subplots(figsize=(7.4, 0.74 * 2 * rows + 0.9))
     ax.imshow(grid, interpolation="nearest")
