@@ -95,6 +95,11 @@ def model_colors(models: Sequence[RunSpec]) -> dict[str, tuple]:
     return out
 
 
+def _plural(noun: str) -> str:
+    """"digit" -> "digits", "class" -> "classes"."""
+    return noun + ("es" if noun.endswith(("s", "x", "ch", "sh")) else "s")
+
+
 def _grid_image(images: np.ndarray, nrow: int, padding: int = 2, pad_value: float = 0.5) -> np.ndarray:
     """(N, H, W) grey or (N, C, H, W) images in [0, 1] -> (H', W', 3) tiled by torchvision's make_grid, `nrow`
     images per row (grey repeated into the three channels)."""
@@ -173,7 +178,7 @@ def latent_scatter(info: RunSpec, codes: np.ndarray, labels: np.ndarray, seed: i
         fig, ax = plt.subplots(figsize=(6.4, 5.0))
         _strip_codes(ax, codes, labels, classes=classes)
         ax.set_title(f"{label(info)}: the 1-d code of each test image, by {classes.noun}\n"
-                     f"Look for {classes.noun}s that share a stretch of the line", fontsize=11)
+                     f"Look for {_plural(classes.noun)} that share a stretch of the line", fontsize=11)
         return fig
     if info.model.latent_dim == 2:
         fig, ax = plt.subplots(figsize=(6.4, 5.6))
@@ -246,7 +251,7 @@ def manifold(info: RunSpec, decoded: np.ndarray, z1: np.ndarray, z2: np.ndarray,
         ax.set_xlabel("z₁ (latent units; tiles evenly spaced in probability)")
         ax.set_ylabel("z₂ (latent units; tiles evenly spaced in probability)")
     ax.set_title(f"{label(info)}: the decoder over a {cols}×{rows} grid of the latent plane\n"
-                 f"Look for smooth morphing between {classes.noun}s, and for tiles that decode to no {classes.noun}",
+                 f"Look for smooth morphing between {_plural(classes.noun)}, and for tiles that decode to no {classes.noun}",
                  fontsize=11)
     ax.text(0.0, -0.13, f"Grid: {how}.", transform=ax.transAxes, fontsize=9.5, style="italic", ha="left",
             va="top")
@@ -305,7 +310,7 @@ def prior_samples(info: RunSpec, images: np.ndarray, per_row: int = 10,
         ax.set_xlabel(f"The reference classifier is confident (top-class p > {threshold:g})\n"
                       f"on {share:.0%} of the {n} prior samples the evaluate stage scored", fontsize=10.5)
     ax.set_title(f"{label(info)}: {len(images)} random codes z ~ N(0, I), decoded\n"
-                 f"Look for {classes.noun}s vs blurs: a blur is a code\nthat fell where no {classes.noun} was encoded",
+                 f"Look for {_plural(classes.noun)} vs blurs: a blur is a code\nthat fell where no {classes.noun} was encoded",
                  fontsize=11)
     return fig
 
@@ -377,7 +382,7 @@ def interpolation_strips(info: RunSpec, strips: np.ndarray, pair_labels: np.ndar
         for spine in ax.spines.values():
             spine.set_visible(False)
     fig.suptitle(f"{label(info)}: straight lines between the codes of two test images x₁ and x₂\n"
-                 f"Look for gradual morphing vs sudden jumps or non-{classes.noun}s mid-way", x=0.02, ha="left",
+                 f"Look for gradual morphing vs sudden jumps or non-{_plural(classes.noun)} mid-way", x=0.02, ha="left",
                  fontsize=11)
     return fig
 
