@@ -71,3 +71,30 @@ def test_the_step_budget_ends_training_after_the_epoch_that_reaches_it():
     x, y = data(200, (1, 8, 8), 2)
     result = clf_lib.train(x, y, max_epochs=10, batch_size=64, shift=0, max_steps=5)  # 4 steps an epoch
     assert result.stopped == "max_steps" and len(result.history) == 2
+
+
+def test_evaluate_and_figures_on_colour_non_square_data():
+    """The evaluate stage's metrics and the report's per-image figures, on (3, 12, 10) images of 3 classes."""
+    import math
+
+    from aevae import metrics, plots
+    from aevae.config import EvaluateParams, ModelParams, RunSpec
+    from aevae.data import ClassNames
+    from aevae.models import build_model
+
+    x, y = data(150, (3, 12, 10), 3)
+    xt, yt = data(60, (3, 12, 10), 3, seed=1)
+    scorer = clf_lib.train(x, y, max_epochs=1, shift=0).model
+    torch.manual_seed(0)
+    spec = RunSpec(name="vae", model=ModelParams(kind="vae", hidden=[16], latent_dim=2), train={"epochs": 1})
+    model = build_model(spec.model, (3, 12, 10)).eval()
+    params = EvaluateParams(n_prior_samples=50, iw_samples=2, iw_images=20, interp_pairs=4, interp_steps=3)
+    ev = metrics.evaluate(model, x, y, xt, yt, scorer, params)
+    assert all(math.isfinite(v) for k, v in ev.metrics.items() if not k.startswith("test/moment"))
+    assert ev.prior_images.shape == (50, 3, 12, 10) and ev.interpolation.strips.shape == (4, 3, 3, 12, 10)
+    names = ClassNames("class", ("a", "b", "c"))
+    recon = metrics.decode(model, metrics.encode(model, xt[:5])[0]).numpy()
+    for fig in (plots.reconstructions(spec, xt[:5] / 255.0, recon, yt[:5], classes=names),
+                plots.interpolation_strips(spec, ev.interpolation.strips, ev.interpolation.pair_labels, classes=names),
+                plots.prior_samples(spec, ev.prior_images[:20], classes=names)):
+        assert plots.png(fig)[:4] == b"\x89PNG"
