@@ -305,3 +305,13 @@ def test_torchvision_svhn_reads_its_mat_files_offline(tmp_path, monkeypatch):
     assert raw.train_images.shape == (5, 3, 32, 32)
     np.testing.assert_array_equal(raw.train_images, x["train"].transpose(3, 2, 0, 1))  # SVHN's own transpose
     assert raw.train_labels.tolist() == [0, 1, 2, 3, 4]  # its "10" is the digit 0
+
+
+def test_npz_class_with_one_image_names_the_file(tmp_path):
+    y = np.array([0] * 10 + [1] * 10 + [2])
+    np.savez(tmp_path / "one.npz", x_train=images(21, 8, 8), y_train=y)
+    with pytest.raises(UserError) as info:
+        prepare(tmp_path / "prepared", "npz", tmp_path / "one.npz")
+    assert_one_line(str(info.value))
+    assert "one.npz" in str(info.value) and "[2]" in str(info.value) and "single image" in str(info.value)
+    assert not (tmp_path / "prepared").exists()

@@ -77,12 +77,14 @@ def _check_test(labels: np.ndarray) -> None:
                         " needs at least 2 per class present: add test images or drop those")
 
 
-def _check_stratifiable(labels: np.ndarray, fraction: float, what: str) -> None:
+def _check_stratifiable(labels: np.ndarray, fraction: float, what: str, origin: str = "") -> None:
     """sklearn's stratified split needs 2+ images per class and a share holding every class."""
     classes, counts = np.unique(labels, return_counts=True)
     if counts.min() < 2:
         rare = classes[counts < 2].tolist()
-        raise UserError(f"class(es) {rare} have a single image; a stratified {what} split needs at least 2 per class")
+        where = f" of {origin}" if origin else ""
+        raise UserError(f"class(es) {rare}{where} have a single image; a stratified {what} split needs at least 2 per"
+                        " class: add images of those classes or drop them")
     n_held = int(np.ceil(fraction * len(labels)))
     if n_held < len(classes) or len(labels) - n_held < len(classes):
         raise UserError(
@@ -105,7 +107,7 @@ def split(raw: RawData, val_fraction: float, test_fraction: float, seed: int) ->
     images, labels = raw.train_images, raw.train_labels
     out = {}
     if raw.test_images is None:
-        _check_stratifiable(labels, test_fraction, "test")
+        _check_stratifiable(labels, test_fraction, "test", raw.origin)
         images, test_x, labels, test_y = train_test_split(
             images, labels, test_size=test_fraction, stratify=labels, random_state=seed
         )
@@ -113,7 +115,7 @@ def split(raw: RawData, val_fraction: float, test_fraction: float, seed: int) ->
     else:
         out["test"] = (raw.test_images, raw.test_labels)
     _check_test(out["test"][1])
-    _check_stratifiable(labels, val_fraction, "val")
+    _check_stratifiable(labels, val_fraction, "val", raw.origin)
     train_x, val_x, train_y, val_y = train_test_split(
         images, labels, test_size=val_fraction, stratify=labels, random_state=seed
     )
