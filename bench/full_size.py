@@ -84,7 +84,7 @@ def flops_per_image(spec) -> float:
 
     from aevae.core.models import build_model
 
-    model = build_model(spec.model)
+    model = build_model(spec.model, (1, 28, 28))  # full MNIST
     x = torch.rand(64, 1, 28, 28)
     with FlopCounterMode(display=False) as counter:
         model.loss(x, 0).total.backward()

@@ -11,7 +11,8 @@ import torch
 from aevae import atomic
 from aevae.config import load_params
 from aevae.cpus import available_cpus
-from aevae.data.prepared import load_split
+from aevae.data import manifest_classes, manifest_shape
+from aevae.data.prepared import load_manifest, load_split
 from aevae.errors import run_cli
 from aevae.evaluation import classifier
 from aevae.progress import Progress
@@ -24,11 +25,13 @@ def main() -> None:
     p = load_params().classifier
     torch.set_num_threads(available_cpus())  # torch sizes itself by the machine, not the CPUs this process may use
     train, val, test = load_split("train"), load_split("val"), load_split("test")
-    shift = classifier.augment_shift(p.augment, len(train.images))
+    manifest = load_manifest()
+    config = classifier.ClassifierConfig(manifest_shape(manifest), len(manifest_classes(manifest).names))
+    shift = classifier.augment_shift(p.augment, len(train.images), side=min(config.image_shape[1:]))
     steps = -(-len(train.images) // p.batch_size)
     progress = Progress("classifier", p.max_epochs * steps, "steps")
     progress.line(f"training on {len(train.images)} images, at most {p.max_epochs} epochs of {steps} steps, "
-                  f"patience {p.patience}, random shift {shift} px")
+                  f"patience {p.patience} (margin {p.min_delta}), random shift {shift} px")
 
     def on_epoch(rec: dict) -> None:
         progress.update(rec["epoch"] * steps, f"epoch {rec['epoch']}: val accuracy {rec['val/accuracy']:.4f}",
@@ -37,6 +40,7 @@ def main() -> None:
     result = classifier.train(
         train.images, train.labels, val.images, val.labels, max_epochs=p.max_epochs, patience=p.patience,
         target_accuracy=p.target_accuracy, seed=p.seed, batch_size=p.batch_size, lr=p.lr, shift=shift,
+        config=config, min_delta=p.min_delta, max_steps=p.max_steps,
         on_step=lambda epoch, step: progress.update((epoch - 1) * steps + step, f"epoch {epoch}"),
         on_epoch=on_epoch,
     )

@@ -11,7 +11,9 @@ from pathlib import Path
 from aevae import atomic
 from aevae.config import PARAMS_FILE, load_params, resolve_sweep
 from aevae.core import model_store
+from aevae.core.models import feature_sizes
 from aevae.core.training import check_budget, planned_epochs, stopped_by
+from aevae.data import manifest_shape
 from aevae.data.prepared import load_manifest, load_split
 from aevae.errors import UserError, run_cli
 from aevae.ops.distributed import check_address, checkpoint_dir, train_sweep
@@ -28,8 +30,11 @@ def main() -> None:
     manifest = load_manifest()
     train, val = load_split("train"), load_split("val")
     world = params.ray.workers_per_model
-    for spec in specs:  # a KL warm-up longer than the budget fails here, before any tracking run or Ray
+    shape = manifest_shape(manifest)
+    for spec in specs:  # a KL warm-up longer than the budget, or images too small for the convs, fail here
         check_budget(spec, len(train.images), world)
+        if spec.model.arch == "conv":
+            feature_sizes(spec.model, *shape[1:])
     check_address()  # a bad RAY_ADDRESS fails before any tracking run is opened
     say("train", f"opening the MLflow pipeline run and {len(specs)} child runs in {tracking_uri()}")
     # The tracker fails fast if the server is down; leaving the block early ends its runs FAILED / KILLED.
@@ -69,7 +74,8 @@ def _train(params, specs, manifest: dict, train, val, tracker: SweepTracker) -> 
             return
         folder = model_store.save(model_store.MODELS_DIR, outcome.spec, outcome.state_dict, outcome.history,
                                   {"data_sha256": manifest["data_sha256"],
-                                   "stopped_by": stopped_by(outcome.spec.train, n_train, world)})
+                                   "stopped_by": stopped_by(outcome.spec.train, n_train, world)},
+                                  image_shape=manifest_shape(manifest))
         runs[name] = {"device": outcome.device, "epochs_run": outcome.epochs_run, "seconds": round(outcome.seconds, 3),
                       "node_id": outcome.node_id, "resources": outcome.resources}
         progress.done(name, outcome.epochs_run, outcome.seconds)

@@ -75,7 +75,7 @@ BAD_PARAMS = [
     ("val-fraction-zero", _set("data", "val_fraction", 0.0), ["data.val_fraction", "0.0"]),
     ("test-fraction-negative", _set("data", "test_fraction", -0.1), ["data.test_fraction", "-0.1"]),
     ("unknown-model-kind", _set_member("vae-beta0", "kind", "gan"), ["sweep.models.2.model.kind", "'gan'", "'ae'", "'vae'"]),
-    ("unknown-dataset", _set("data", "dataset", "cifar10"), ["data.dataset", "'cifar10'", "'mnist'"]),
+    ("unknown-dataset", _set("data", "dataset", "imagenet"), ["data.dataset", "'imagenet'", "'mnist'"]),
     ("unknown-source", _set("data", "source", "s3"), ["data.source", "'s3'", "'bundled'"]),
     ("unknown-activation", _set("model", "activation", "swish"), ["model.activation", "'swish'", "'relu'"]),
     (

@@ -297,7 +297,8 @@ def test_prepared_folder_and_manifest(tmp_path, idx_dataset):
     assert json.loads((out / "manifest.json").read_text()) == manifest == load_manifest(out)
     assert manifest["source"] == "idx" and manifest["dataset"] == "mnist"
     assert manifest["origin"] == str((tmp_path / "raw").resolve())
-    assert manifest["image_shape"] == [28, 28] and manifest["classes"] == list(range(10))
+    assert manifest["image_shape"] == [1, 28, 28] and manifest["classes"] == list(range(10))
+    assert manifest["class_noun"] == "digit" and manifest["class_names"] == [str(c) for c in range(10)]
     assert {s: manifest["counts"][s]["total"] for s in SPLITS} == {"train": 108, "val": 12, "test": 30}
     per_class = manifest["counts"]["val"]["per_class"]
     assert sorted(per_class) == [str(c) for c in range(10)] and sum(per_class.values()) == 12
@@ -435,7 +436,7 @@ BAD_INPUTS = [
     ("empty-file", False, lambda p, a: p["test_labels"].write_bytes(b""), ["empty file"], "test_labels"),
     ("trailing-bytes", True, _trailing_bytes, ["bytes but its header"], "train_labels"),
     ("count-mismatch", True, _count_mismatch, ["120 images", "119 labels"], "train_labels"),
-    ("wrong-image-size", True, _wrong_size, ["(20, 20)", "28x28"], None),
+    ("train-test-sizes-differ", True, _wrong_size, ["(1, 20, 20)", "(1, 28, 28)", "data.image_size"], None),
     ("one-class-only", False, _one_class, ["one class", "[7]"], None),
 ]
 

@@ -14,10 +14,13 @@ from torch import nn
 
 from aevae.config import ModelParams
 from aevae.core.losses import kl_per_dim, recon_per_image
-from aevae.core.models import IMAGE_SHAPE, MODEL_KINDS, PIXELS, AutoEncoder, Posterior, build_model
+from aevae.core.models import MODEL_KINDS, AutoEncoder, Posterior, build_model
 from aevae.core.training import kl_weight
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+IMAGE_SHAPE = (1, 28, 28)  # MNIST's (C, H, W): the shape most tests build for
+PIXELS = 784
 
 
 LATENT = 3
@@ -37,7 +40,7 @@ KINDS = tuple(MODEL_KINDS)  # every registered model kind, as timm's tests run o
 def make(kind: str, arch: str, seed: int = 0, **overrides) -> AutoEncoder:
     torch.manual_seed(seed)
     cfg = ModelParams(kind=kind, latent_dim=LATENT, **{**ARCHS[arch], **overrides})
-    return build_model(cfg)
+    return build_model(cfg, IMAGE_SHAPE)
 
 
 def images(n: int = BATCH, seed: int = 0) -> torch.Tensor:
@@ -376,7 +379,7 @@ def test_the_registry_holds_every_kind_the_config_allows():
     from typing import get_args
 
     assert set(MODEL_KINDS) == set(get_args(ModelParams.model_fields["kind"].annotation))
-    assert all(build_model(ModelParams(kind=k)).kind == k for k in MODEL_KINDS)
+    assert all(build_model(ModelParams(kind=k), IMAGE_SHAPE).kind == k for k in MODEL_KINDS)
 
 
 @every_model
@@ -396,3 +399,66 @@ def test_one_reparameterization_serves_the_model_and_the_metrics():
     z = model.reparameterize(post)
     torch.manual_seed(7)
     torch.testing.assert_close(z, reparameterize(post.mu, post.logvar, torch.randn_like(post.mu)), rtol=0, atol=0)
+
+
+# ------------------------------------------------------------ any image shape
+
+# (C, H, W): grey and colour at 8, 28, 32 and 64 px, and odd, non-square sizes.
+SHAPES = [(1, 8, 8), (3, 8, 8), (1, 28, 28), (3, 28, 28), (1, 32, 32), (3, 32, 32), (1, 64, 64), (3, 64, 64),
+          (1, 20, 12), (3, 15, 9), (3, 9, 31)]
+
+
+@every_model
+@pytest.mark.parametrize("shape", SHAPES, ids=["x".join(map(str, s)) for s in SHAPES])
+def test_round_trip_any_shape(kind, arch, shape):
+    torch.manual_seed(0)
+    model = build_model(ModelParams(kind=kind, latent_dim=LATENT, **ARCHS[arch]), shape)
+    x = torch.rand(BATCH, *shape)
+    logits, post = model(x)
+    assert logits.shape == (BATCH, *shape) and post.mu.shape == (BATCH, LATENT)
+    assert model.sample(2).shape == (2, *shape)
+    assert torch.isfinite(model.loss(x).total)
+
+
+def test_conv_stack_too_deep_for_the_image_is_a_user_error():
+    from aevae.errors import UserError
+
+    cfg = ModelParams(arch="conv", channels=[4, 8], pooling=True, latent_dim=2)
+    with pytest.raises(UserError, match="too small .*model.channels"):
+        build_model(cfg, (1, 3, 3))
+
+
+def test_gaussian_recon_is_the_normal_nll_with_a_learned_shared_sigma():
+    from aevae.core.losses import gaussian_nll
+
+    x, mean = torch.rand(4, 3, 8, 8), torch.rand(4, 3, 8, 8)
+    log_sigma = torch.tensor(-1.2)
+    expected = -torch.distributions.Normal(mean, log_sigma.exp()).log_prob(x).flatten(1).sum(1)
+    torch.testing.assert_close(gaussian_nll(mean, x, log_sigma), expected)
+    torch.testing.assert_close(recon_per_image(torch.logit(mean), x, "gaussian", log_sigma), expected, rtol=1e-4,
+                               atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gaussian_models_learn_their_sigma(kind):
+    torch.manual_seed(0)
+    model = build_model(ModelParams(kind=kind, latent_dim=2, hidden=[16], recon="gaussian"), (3, 8, 8))
+    assert float(model.log_sigma.detach()) == 0.0 and "log_sigma" in model.state_dict()
+    model.loss(torch.rand(6, 3, 8, 8)).total.backward()
+    assert model.log_sigma.grad is not None and float(model.log_sigma.grad) != 0.0
+    assert not hasattr(build_model(ModelParams(kind=kind, hidden=[16]), (3, 8, 8)), "log_sigma")  # bce: none
+
+
+def test_vae_terms_of_a_gaussian_vae_use_its_likelihood():
+    from aevae.evaluation import metrics
+
+    torch.manual_seed(0)
+    model = build_model(ModelParams(kind="vae", latent_dim=2, hidden=[16], recon="gaussian"), (3, 8, 8)).eval()
+    x = torch.rand(5, 3, 8, 8)
+    one = metrics.vae_terms(model, x, k=1, seed=0)
+    with torch.no_grad():
+        model.log_sigma.fill_(-1.0)  # a sharper likelihood changes -log p(x|z), not the KL
+    sharper = metrics.vae_terms(model, x, k=1, seed=0)
+    assert all(math.isfinite(v) for v in one.values())
+    assert one["kl_nats_per_image"] == sharper["kl_nats_per_image"]
+    assert one["neg_elbo_nats_per_image"] != sharper["neg_elbo_nats_per_image"]

@@ -60,6 +60,8 @@ def test_classifier_stops_early_and_keeps_its_best_epoch(digits, one_torch_threa
 def test_augmentation_only_for_small_training_sets():
     assert clf_lib.augment_shift("auto", 3_600) == 2 and clf_lib.augment_shift("auto", 54_000) == 0
     assert clf_lib.augment_shift(True, 54_000) == 2 and clf_lib.augment_shift(False, 3_600) == 0
+    sides = {side: clf_lib.augment_shift("auto", 3_600, side=side) for side in (8, 28, 32, 64)}
+    assert sides == {8: 1, 28: 2, 32: 2, 64: 5}  # scaled with the image: MNIST's 2 px stays
 
 
 @pytest.mark.slow

@@ -36,7 +36,7 @@ from aevae.data.prepared import load_split
 from aevae.data.sources import from_bundled
 from aevae.evaluation import metrics as M
 from aevae.evaluation import study
-from aevae.report import build, figures
+from aevae.report.build import build, figures
 from conftest import cached_classifier
 from project import make_project
 
@@ -82,7 +82,7 @@ def run(tmp_path_factory, _one_thread, request):
                        train=TrainParams(epochs=2, batch_size=128, lr=2e-3, seed=0))
         result = train_model(spec, train.images, val.images)
         model_store.save(root / "models", spec, result.model.state_dict(), result.history,
-                         {"data_sha256": manifest["data_sha256"]})
+                         {"data_sha256": manifest["data_sha256"]}, image_shape=(1, 28, 28))
     scorer = cached_classifier(request.config, train.images, train.labels, max_epochs=1, seed=0)
     accuracy = scorer.accuracy(test.images, test.labels)
     atomic.write_json(root / "metrics" / "classifier.json", {"test/accuracy": accuracy})

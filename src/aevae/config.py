@@ -50,14 +50,40 @@ class _Strict(BaseModel):
 
 
 class DataParams(_Strict):
-    dataset: Literal["mnist", "fashion-mnist", "idx"] = "mnist"
-    source: Literal["auto", "torchvision", "idx", "bundled"] = "auto"
+    # "custom": a team's own images (source npz or folder), named by their folders or numbered.
+    dataset: Literal["mnist", "fashion-mnist", "kmnist", "cifar10", "svhn", "idx", "custom"] = "mnist"
+    source: Literal["auto", "torchvision", "idx", "bundled", "npz", "folder"] = "auto"
     idx_dir: str = "data/raw/mnist"
     download_dir: str = "data/raw/download"
+    path: str | None = None  # npz: the .npz file; folder: the image folder (aevae.data.own)
+    # (H, W) every image is resized to (antialiased), or one int for square; null: keep the data's size.
+    image_size: Annotated[int, Field(ge=8, le=128)] | list[Annotated[int, Field(ge=8, le=128)]] | None = None
+    channels: Literal[1, 3] | None = None  # convert to grey (1) or colour (3); null: keep the data's
+    background: int = Field(0, ge=0, le=255)  # grey level alpha (transparency) is composited on
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     # Only for sources without an official test split (the bundled subset).
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5)
     seed: int = 0
+
+    @field_validator("image_size")
+    @classmethod
+    def _two_sides(cls, value):
+        if isinstance(value, list) and len(value) != 2:
+            raise ValueError(f"give one side or [height, width], not {len(value)} numbers")
+        return value
+
+    @model_validator(mode="after")
+    def _path_for_own_data(self) -> DataParams:
+        if self.source in ("npz", "folder") and not self.path:
+            raise ValueError(f"path: source '{self.source}' reads data.path; set it to the {self.source} to read")
+        return self
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """image_size as (H, W), or None."""
+        if self.image_size is None:
+            return None
+        return (self.image_size, self.image_size) if isinstance(self.image_size, int) else tuple(self.image_size)
 
 
 class ModelParams(_Strict):
@@ -71,7 +97,8 @@ class ModelParams(_Strict):
     pooling: bool = False
     activation: Literal["relu", "leaky_relu", "gelu", "elu", "tanh", "linear"] = "relu"
     latent_dim: PositiveInt = 2  # set per run from sweep.latent_dims; params.yaml's model section may not set it
-    recon: Literal["bce", "mse"] = "bce"
+    # bce: Bernoulli on [0, 1] intensities; gaussian: a learned shared variance (sigma-VAE), for natural images.
+    recon: Literal["bce", "mse", "gaussian"] = "bce"
     beta: NonNegativeFloat = 1.0
     kl_warmup_epochs: NonNegativeInt = 0
     free_bits: NonNegativeFloat = 0.0  # nats per latent dimension
@@ -137,6 +164,9 @@ class RayParams(_Strict):
 class ClassifierParams(_Strict):
     max_epochs: PositiveInt = 30
     patience: PositiveInt = 3  # epochs without a better validation accuracy before stopping
+    # "Better" is by more than this share: a dataset that plateaus below target_accuracy stops there, not on noise.
+    min_delta: float = Field(0.0, ge=0.0, lt=1.0)
+    max_steps: PositiveInt | None = None  # optimizer steps budget, checked after each epoch (null: none)
     target_accuracy: float | None = Field(None, gt=0.0, le=1.0)  # stop once validation accuracy reaches it
     augment: bool | Literal["auto"] = "auto"  # random shifts; auto: only for small training sets
     batch_size: PositiveInt = 64

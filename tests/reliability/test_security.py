@@ -30,9 +30,9 @@ class _RunsCode:
 
 def _saved_model(root):
     spec = RunSpec(name="ae", model=ModelParams(hidden=[16]), train=TrainParams(epochs=1))
-    model = build_model(spec.model)
+    model = build_model(spec.model, (1, 28, 28))
     history = [{"epoch": 1, "train/loss_per_image": 1.0, "seconds": 0.1}]
-    return model_store.save(root, spec, model.state_dict(), history, {})
+    return model_store.save(root, spec, model.state_dict(), history, {}, image_shape=(1, 28, 28))
 
 
 def test_a_model_file_with_code_is_refused(tmp_path):

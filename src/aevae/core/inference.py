@@ -3,8 +3,10 @@
 The registered MLflow model (aevae.ops.pyfunc_model) is a thin shell over these functions, so their
 contract is the registry's contract:
 
-- images: float32 (B, 784), each row a 28x28 image flattened row by row, pixels in [0, 1]
-  (uint8 pixels divided by 255); outputs are Bernoulli means sigmoid(logits), also in [0, 1];
+- images: float32 (B, C*H*W), each row one (C, H, W) image of the model's `image_shape` flattened
+  channel by channel, then row by row (numpy's C order of (C, H, W); MNIST: (B, C*H*W) of 1x28x28),
+  pixels in [0, 1] (uint8 pixels divided by 255); outputs are Bernoulli means sigmoid(logits), also
+  in [0, 1], in the same layout;
 - codes: float32 (B, latent), the latent vectors the decoder takes;
 - every function returns a dict of float32 numpy arrays, so a server can send it as JSON.
 
@@ -19,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from aevae.core.models import PIXELS, AutoEncoder
+from aevae.core.models import AutoEncoder
 
 METHODS = ("encode", "reconstruct", "decode", "sample")
 DEFAULT_METHOD = "reconstruct"
@@ -50,26 +52,27 @@ def _rows(x, width: int, what: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
-def _images(x) -> torch.Tensor:
-    """(B, 784) pixels in [0, 1] -> (B, 1, 28, 28) tensor."""
-    flat = _rows(x, PIXELS, "images (28x28 pixels flattened)")
+def _images(model: AutoEncoder, x) -> torch.Tensor:
+    """(B, C*H*W) pixels in [0, 1] -> (B, C, H, W) tensor of the model's image_shape."""
+    c, h, w = model.image_shape
+    flat = _rows(x, c * h * w, f"images ({c}x{h}x{w} pixels flattened)")
     if flat.min() < 0.0 or flat.max() > 1.0:
         raise ValueError("image pixels must be in [0, 1]; divide uint8 pixels by 255")
-    return flat.reshape(-1, 1, 28, 28)
+    return flat.reshape(-1, c, h, w)
 
 
 def _pixels(logits: torch.Tensor) -> np.ndarray:
-    """(B, 1, 28, 28) decoder logits -> (B, 784) float32 Bernoulli means in [0, 1]."""
+    """(B, C, H, W) decoder logits -> (B, C*H*W) float32 Bernoulli means in [0, 1]."""
     return torch.sigmoid(logits).flatten(1).numpy().astype(np.float32, copy=False)
 
 
 @torch.no_grad()
 def encode(model: AutoEncoder, images) -> dict[str, np.ndarray]:
-    """(B, 784) images -> {"mu": (B, latent)}, plus {"logvar": (B, latent)} for a VAE.
+    """(B, C*H*W) images -> {"mu": (B, latent)}, plus {"logvar": (B, latent)} for a VAE.
 
     mu is the AE's code or the VAE's posterior mean; logvar is log sigma^2 of q(z|x), per dimension.
     """
-    post = model.encode(_images(images))
+    post = model.encode(_images(model, images))
     out = {"mu": post.mu.numpy()}
     if post.logvar is not None:
         out["logvar"] = post.logvar.numpy()
@@ -78,19 +81,19 @@ def encode(model: AutoEncoder, images) -> dict[str, np.ndarray]:
 
 @torch.no_grad()
 def reconstruct(model: AutoEncoder, images) -> dict[str, np.ndarray]:
-    """(B, 784) images -> {"images": (B, 784)}: decoded from the mean code, no sampling noise."""
-    return {"images": _pixels(model.decode(model.encode(_images(images)).mu))}
+    """(B, C*H*W) images -> {"images": (B, C*H*W)}: decoded from the mean code, no sampling noise."""
+    return {"images": _pixels(model.decode(model.encode(_images(model, images)).mu))}
 
 
 @torch.no_grad()
 def decode(model: AutoEncoder, codes) -> dict[str, np.ndarray]:
-    """(B, latent) codes -> {"images": (B, 784)}."""
+    """(B, latent) codes -> {"images": (B, C*H*W)}."""
     return {"images": _pixels(model.decode(_rows(codes, model.cfg.latent_dim, "codes")))}
 
 
 @torch.no_grad()
 def sample(model: AutoEncoder, n: int, seed: int = 0, codes: CodeSampler = standard_normal) -> dict[str, np.ndarray]:
-    """n images decoded from codes drawn from `codes` (the prior N(0, I) by default) -> {"images": (n, 784)}.
+    """n images decoded from codes drawn from `codes` (the prior N(0, I) by default) -> {"images": (n, C*H*W)}.
 
     The same seed gives the same images on any machine with the same torch (CPU generator).
     """

@@ -29,6 +29,7 @@ from aevae import atomic
 from aevae.config import RunSpec, TrainParams
 from aevae.core.losses import recon_per_image
 from aevae.core.models import EVAL_BATCH, AutoEncoder, as_images, build_model
+from aevae.data import shape_of
 from aevae.errors import UserError
 from aevae.rng import epoch_generator
 
@@ -46,13 +47,13 @@ class Diverged(RuntimeError):
 
 
 def trivial_loss(train_images: torch.Tensor, val_images: torch.Tensor, recon: str) -> float:
-    """Per-image loss on val_images (B, 1, 28, 28) of the model that outputs the mean training image for every input.
+    """Per-image loss on val_images (B, C, H, W) of the model that outputs the mean training image for every input.
 
     The best input-independent output: what a model that learnt nothing scores (BCE: nats per image,
-    ~206 on MNIST where 0.5 everywhere scores 784 ln 2 = 543; MSE: squared error per image). Its KL
+    ~206 on MNIST where 0.5 everywhere scores 784 ln 2 = 543 (784 = C*H*W pixels); MSE: squared error per image). Its KL
     is 0 (posterior = prior), so it is a baseline for the VAE's total loss too.
     """
-    mean = train_images.float().mean(0, keepdim=True).clamp(1e-4, 1 - 1e-4)  # (1, 1, 28, 28); finite logits
+    mean = train_images.float().mean(0, keepdim=True).clamp(1e-4, 1 - 1e-4)  # (1, C, H, W); finite logits
     logits = torch.logit(mean).expand_as(val_images)
     return float(recon_per_image(logits, val_images.float(), recon).mean())
 
@@ -179,7 +180,7 @@ def _autocast(device: torch.device, precision: str):
 
 
 class LossOf(torch.nn.Module):
-    """forward(x (B, 1, 28, 28), kl_weight) -> (total, recon, kl) scalars: the module that DDP or torch.compile wraps."""
+    """forward(x (B, C, H, W), kl_weight) -> (total, recon, kl) scalars: the module that DDP or torch.compile wraps."""
 
     def __init__(self, model: AutoEncoder):
         super().__init__()
@@ -193,7 +194,7 @@ class LossOf(torch.nn.Module):
 
 def _run_epoch(step: torch.nn.Module, opt, x: torch.Tensor, spec: RunSpec, epoch: int, weight: float,
                shard: tuple[int, int], max_batches: int) -> torch.Tensor:
-    """One pass over x (N, 1, 28, 28) with KL weight `weight`, cut after `max_batches` optimizer steps (the
+    """One pass over x (N, C, H, W) with KL weight `weight`, cut after `max_batches` optimizer steps (the
     budget's last epoch); returns (3,) device tensor of per-image means of [total, recon, kl] over the images seen."""
     step.train()
     rank, world = shard
@@ -215,7 +216,7 @@ def _run_epoch(step: torch.nn.Module, opt, x: torch.Tensor, spec: RunSpec, epoch
 
 @torch.no_grad()
 def evaluate_loss(model: AutoEncoder, x: torch.Tensor, kl_weight: float | None = None, precision: str = "fp32") -> torch.Tensor:
-    """(3,) per-image means of [total, recon, kl] over x (N, 1, 28, 28), in eval mode, batched.
+    """(3,) per-image means of [total, recon, kl] over x (N, C, H, W), in eval mode, batched.
 
     Units as AutoEncoder.loss (nats per image for BCE and KL); kl_weight as there (None: cfg.beta).
     """
@@ -285,7 +286,7 @@ def _check_diverged(spec: RunSpec, epoch: int, train: list[float], val: list[flo
     worst = max(train[0], val[0])
     if all(np.isfinite(train + val)) and worst <= DIVERGENCE_FACTOR * baseline:
         return
-    unit = "nats per image" if spec.model.recon == "bce" else "per image"
+    unit = "per image" if spec.model.recon == "mse" else "nats per image"
     why = (f"loss {train[0]}" if not all(np.isfinite(train + val)) else
            f"loss {worst:.4g} {unit}, over {DIVERGENCE_FACTOR:g}x the {baseline:.4g} of always"
            " predicting the mean training image")
@@ -319,7 +320,7 @@ def train_model(
     max_steps = spec.train.max_steps or math.inf
     device = torch.device(device)
     torch.manual_seed(spec.train.seed)  # weights init and the VAE's sampling noise
-    model = build_model(spec.model).to(device)
+    model = build_model(spec.model, shape_of(train_images)).to(device)
     # fused: one kernel for the whole update instead of ~6 small ops per tensor; ~2x faster epochs on CPU.
     opt = torch.optim.Adam(model.parameters(), lr=spec.train.lr, weight_decay=spec.train.weight_decay, fused=True)
     digest = spec_digest(spec, data_sha256)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from aevae.data import N_CLASSES
 from aevae.errors import UserError
 
 _UBYTE = 0x08  # the only element type MNIST-style datasets use
@@ -74,8 +73,4 @@ def read_split(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.nda
             f"{images_path.name} has {len(images)} images but {labels_path.name} has {len(labels)} labels;"
             " the files do not belong together"
         )
-    bad = np.flatnonzero(labels >= N_CLASSES)
-    if len(bad):
-        raise UserError(f"{labels_path}: label {int(labels[bad[0]])} (item {int(bad[0])}, one of {len(bad)} such) is"
-                        f" not a class 0-{N_CLASSES - 1} of an MNIST-style dataset; fix or drop those items")
     return images, labels

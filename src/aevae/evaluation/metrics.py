@@ -17,7 +17,7 @@ Every claim of the article becomes a number here:
 - interpolation: evenness of the decoded path between two codes, and its
   classifier confidence.
 
-Images are float (N, 1, 28, 28) in [0, 1] or uint8 (N, 28, 28) arrays; codes
+Images are float (N, C, H, W) in [0, 1] or uint8 (N, H, W) / (N, C, H, W) arrays; codes
 are (N, latent) posterior means (the AE's code, the VAE's mu). Randomness
 comes from explicit seeds only, so `evaluate_model` is deterministic.
 """
@@ -44,8 +44,9 @@ from threadpoolctl import threadpool_limits
 
 from aevae import atomic, metric_registry
 from aevae.config import EvaluateParams
-from aevae.core.losses import kl_per_dim
-from aevae.core.models import EVAL_BATCH, PIXELS, AutoEncoder, as_images, reparameterize
+from aevae.core.losses import gaussian_nll, kl_per_dim
+from aevae.core.models import EVAL_BATCH, AutoEncoder, as_images, reparameterize
+from aevae.data import array_shape
 from aevae.evaluation.classifier import DigitClassifier
 from aevae.rng import purpose_generator
 
@@ -103,7 +104,7 @@ def encode(model: AutoEncoder, images) -> tuple[torch.Tensor, torch.Tensor | Non
 
 @torch.no_grad()
 def decode(model: AutoEncoder, z: torch.Tensor) -> torch.Tensor:
-    """(N, latent) codes -> (N, 1, 28, 28) images in [0, 1] (sigmoid of the logits), batched."""
+    """(N, latent) codes -> (N, C, H, W) images in [0, 1] (sigmoid of the logits), batched."""
     model.eval()
     z = z.to(_device(model)).float()
     return torch.cat([torch.sigmoid(model.decode(z[i : i + EVAL_BATCH]).float()) for i in range(0, len(z), EVAL_BATCH)])
@@ -128,21 +129,22 @@ def reconstruction_error(model: AutoEncoder, images) -> dict[str, float]:
         logits = model.decode(model.encode(batch).mu).float()
         mse += float(((torch.sigmoid(logits) - batch) ** 2).sum())
         bce += float(F.binary_cross_entropy_with_logits(logits, batch, reduction="sum"))
-    n = len(x) * PIXELS
+    n = x[0].numel() * len(x)  # pixels: images x C*H*W
     return {"mse_per_pixel": mse / n, "bce_nats_per_pixel": bce / n}
 
 
 def _flat64(images) -> np.ndarray:
-    """(N, 784) float64 pixels in [0, 1]; uint8 is divided in float64 so sklearn sees exact values."""
+    """(N, C*H*W) float64 pixels in [0, 1]; uint8 is divided in float64 so sklearn sees exact values."""
     if isinstance(images, np.ndarray) and images.dtype == np.uint8:
-        return images.reshape(-1, PIXELS).astype(np.float64) / 255.0
-    return as_images(images).reshape(-1, PIXELS).double().numpy()
+        return images.reshape(len(images), -1).astype(np.float64) / 255.0
+    x = as_images(images)
+    return x.reshape(len(x), -1).double().numpy()
 
 
 def pca_reconstruct(train_images, test_images, n_components: int, seed: int = 0) -> np.ndarray:
-    """PCA fit on train, test projected and reconstructed: (N, 784) floats (not clipped)."""
+    """PCA fit on train, test projected and reconstructed: (N, C*H*W) floats (not clipped)."""
     train, test = _flat64(train_images), _flat64(test_images)
-    # covariance_eigh: exact like "full" (same components), 10x faster when images outnumber pixels (54k x 784).
+    # covariance_eigh: exact like "full" (same components), 10x faster when images outnumber pixels (54k x 784 on MNIST).
     pca = PCA(n_components=n_components, svd_solver="covariance_eigh", random_state=seed).fit(train)
     return pca.inverse_transform(pca.transform(test))
 
@@ -179,7 +181,9 @@ def vae_terms(model: AutoEncoder, images, k: int = 64, seed: int = 0, batch_rows
     - neg_elbo_nats_per_image: E_q[-log p(x|z)] (Monte Carlo, the k samples) + analytic KL;
     - iw_nll_nats_per_image: -log (1/k sum_i w_i) (Burda et al. 2016), an upper bound
       on -log p(x) that tightens as k grows; k = 1 is the ELBO.
-    log p(x|z) = -BCE(logits, x) summed over pixels (x is grey-level: "continuous BCE").
+    log p(x|z) = -BCE(logits, x) summed over pixels (x is grey-level: "continuous BCE"); for a model trained
+    with recon "gaussian", log N(x; sigmoid(logits), sigma^2) with its learned sigma (nats on another scale:
+    compare such models with each other only).
     The AE has no posterior: all three are NaN.
     """
     nan = float("nan")
@@ -196,9 +200,15 @@ def vae_terms(model: AutoEncoder, images, k: int = 64, seed: int = 0, batch_rows
         b, d = mu.shape
         eps = torch.randn(k, b, d, generator=gen).to(device)  # (k, B, latent)
         z = reparameterize(mu, logvar, eps)  # (k, B, latent)
-        logits = model.decode(z.reshape(k * b, d)).float().reshape(k, b, PIXELS)
-        log_px = -F.binary_cross_entropy_with_logits(logits, x.reshape(1, b, PIXELS).expand(k, b, PIXELS),
-                                                     reduction="none").sum(2).double()  # (k, B)
+        pixels = x[0].numel()  # C*H*W
+        logits = model.decode(z.reshape(k * b, d)).float().reshape(k, b, pixels)
+        if model.cfg.recon == "gaussian":  # the sigma-VAE's own likelihood, with its learned sigma
+            log_px = -gaussian_nll(torch.sigmoid(logits).reshape(k * b, pixels),
+                                   x.reshape(1, b, pixels).expand(k, b, pixels).reshape(k * b, pixels),
+                                   model.log_sigma).reshape(k, b).double()  # (k, B)
+        else:
+            log_px = -F.binary_cross_entropy_with_logits(logits, x.reshape(1, b, pixels).expand(k, b, pixels),
+                                                         reduction="none").sum(2).double()  # (k, B)
         log_pz = -0.5 * (z.double().pow(2) + LOG_2PI).sum(2)  # (k, B)
         log_qz = -0.5 * (eps.double().pow(2) + logvar.double() + LOG_2PI).sum(2)  # (k, B)
         log_w = log_px + log_pz - log_qz
@@ -340,7 +350,7 @@ def gaussian_fit_samples(codes, n: int, seed: int = 0) -> np.ndarray:
 
 
 def decode_prior_samples(model: AutoEncoder, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(z (n, latent) ~ N(0, I), decoded images (n, 1, 28, 28) in [0, 1]); the same for AE and VAE."""
+    """(z (n, latent) ~ N(0, I), decoded images (n, C, H, W) in [0, 1]); the same for AE and VAE."""
     z = torch.randn(n, model.cfg.latent_dim, generator=purpose_generator(seed, 2))
     return z, decode(model, z)
 
@@ -420,7 +430,7 @@ def latent_structure(train_codes, train_labels, test_codes, test_labels, k: int 
 class Interpolation:
     """Decoded straight latent paths between test pairs (see `interpolate`)."""
 
-    strips: np.ndarray  # (pairs, steps, 28, 28) float32 decoded images in [0, 1], for figures
+    strips: np.ndarray  # (pairs, steps, H, W) grey or (pairs, steps, C, H, W) colour, float32 decoded images in [0, 1], for figures
     pairs: np.ndarray  # (pairs, 2) indices into the test images
     pair_labels: np.ndarray  # (pairs, 2) their labels
 
@@ -438,8 +448,8 @@ def different_class_pairs(labels, n_pairs: int, seed: int = 0) -> np.ndarray:
 def interpolate(model: AutoEncoder, images, labels, n_pairs: int = 32, steps: int = 10, seed: int = 0) -> Interpolation:
     """Decode the straight line between the mean codes of test pairs of different classes.
 
-    images (N, 28, 28) uint8 or (N, 1, 28, 28) floats, labels (N,); pairs from
-    `different_class_pairs` (seeded). Strips: (n_pairs, steps, 28, 28) in [0, 1], endpoints
+    images uint8 (N, H, W) / (N, C, H, W) or (N, C, H, W) floats, labels (N,); pairs from
+    `different_class_pairs` (seeded). Strips: (n_pairs, steps, *array_shape) in [0, 1], endpoints
     included (t = 0 and 1 decode the two codes themselves).
     """
     pairs = different_class_pairs(labels, n_pairs, seed)
@@ -447,7 +457,7 @@ def interpolate(model: AutoEncoder, images, labels, n_pairs: int = 32, steps: in
     mu = mu.reshape(n_pairs, 2, -1)  # (P, 2, latent)
     t = torch.linspace(0.0, 1.0, steps, device=mu.device)[None, :, None]  # (1, S, 1)
     z = (1.0 - t) * mu[:, :1] + t * mu[:, 1:]  # (P, S, latent)
-    strips = decode(model, z.reshape(n_pairs * steps, -1)).reshape(n_pairs, steps, 28, 28)
+    strips = decode(model, z.reshape(n_pairs * steps, -1)).reshape(n_pairs, steps, *array_shape(model.image_shape))
     return Interpolation(strips.cpu().numpy(), pairs, np.asarray(labels)[pairs])
 
 
@@ -467,7 +477,7 @@ def smoothness_ratio(strips) -> float:
 
 def path_confidence(strips, classifier: DigitClassifier) -> float:
     """Mean top-class probability of the reference classifier over every image of every path."""
-    x = torch.as_tensor(np.asarray(strips), dtype=torch.float32).reshape(-1, 1, 28, 28)
+    x = torch.as_tensor(np.asarray(strips), dtype=torch.float32).reshape(-1, *classifier.cfg.image_shape)
     return float(classifier.predict_proba(x).max(1).values.mean())
 
 
@@ -480,8 +490,8 @@ class Evaluation:
 
     metrics: dict[str, float]  # metric_registry.KEYS -> value, NaN where the metric does not apply
     interpolation: Interpolation
-    prior_images: np.ndarray  # (n, 28, 28) decoded prior samples in [0, 1], for figures
-    gmm_images: np.ndarray  # (n, 28, 28) decoded samples of the GMM fit to the training codes, for figures
+    prior_images: np.ndarray  # (n, H, W) grey / (n, C, H, W) colour decoded prior samples in [0, 1], for figures
+    gmm_images: np.ndarray  # (n, H, W) / (n, C, H, W) decoded samples of the GMM fit to the training codes, for figures
     test_codes: np.ndarray  # (N, latent) posterior means of the test set, for scatter plots
     timings: dict[str, float] = field(default_factory=dict)  # seconds per part
 
@@ -508,8 +518,8 @@ def save_arrays(path, evaluation: Evaluation) -> None:
 
 
 def load_arrays(path) -> dict[str, np.ndarray]:
-    """The arrays `save_arrays` wrote: test_codes (N, latent), prior_images and gmm_images (n, 28, 28), interp_strips
-    (pairs, steps, 28, 28), interp_pairs and interp_pair_labels (pairs, 2). No pickles."""
+    """The arrays `save_arrays` wrote: test_codes (N, latent), prior_images and gmm_images (n, H, W) or (n, C, H, W),
+    interp_strips (pairs, steps, H, W) or (pairs, steps, C, H, W), interp_pairs and interp_pair_labels (pairs, 2). No pickles."""
     with np.load(path, allow_pickle=False) as npz:
         return {k: npz[k] for k in npz.files}
 
@@ -584,8 +594,9 @@ def evaluate(model: AutoEncoder, train_images, train_labels, test_images, test_l
                            "not matching metric_registry.METRICS")
     kind = model.cfg.kind
     metrics = {m.key: float(measured[m.key]) if m.applies(kind) else float("nan") for m in metric_registry.METRICS}
-    images = {"prior_images": prior_images.reshape(-1, 28, 28).cpu().numpy(),
-              "gmm_images": gmm_images.reshape(-1, 28, 28).cpu().numpy()}
+    shape = array_shape(model.image_shape)
+    images = {"prior_images": prior_images.reshape(-1, *shape).cpu().numpy(),
+              "gmm_images": gmm_images.reshape(-1, *shape).cpu().numpy()}
     return Evaluation(metrics, interp, test_codes=test_codes, timings=timings, **images)
 
 

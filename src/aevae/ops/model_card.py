@@ -12,11 +12,18 @@ import math
 
 from aevae import metric_registry
 from aevae.config import DataParams, ModelParams, Params, RunSpec, TrainParams
+from aevae.data import manifest_classes, manifest_shape
 
 TEST_HEADING = "**Test metrics**"
 PENDING = "pending: the evaluate stage writes them here when it has run."
-CALL = ('`mlflow.pyfunc.load_model(uri).predict(x, params={"method": m})`: `x` float32 (B, 784) images in [0, 1]'
-        ' for `encode` / `reconstruct`, (B, latent) codes for `decode`, ignored by `sample` (params `n`, `seed`).')
+
+
+def call(image_shape: tuple[int, int, int]) -> str:
+    """How to call a version whose images are (C, H, W) `image_shape`."""
+    c, h, w = image_shape
+    return ('`mlflow.pyfunc.load_model(uri).predict(x, params={"method": m})`: `x` float32'
+            f' (B, {c * h * w}) images in [0, 1] ({c}x{h}x{w}, each row flattened in (C, H, W) order)'
+            ' for `encode` / `reconstruct`, (B, latent) codes for `decode`, ignored by `sample` (params `n`, `seed`).')
 
 
 def changed_params(spec: RunSpec, params: Params) -> dict[str, object]:
@@ -35,16 +42,19 @@ def describe(spec: RunSpec, params: Params, manifest: dict, run_id: str, last_ep
     counts = ", ".join(f"{split} {c['total']}" for split, c in manifest.get("counts", {}).items())
     changed = ", ".join(f"`{k}={json.dumps(v)}`" for k, v in changed_params(spec, params).items()) or "none"
     val = last_epoch.get("val/loss_per_image")
-    loss_unit = "nats" if spec.model.recon == "bce" else "squared error"
+    loss_unit = "squared error" if spec.model.recon == "mse" else "nats"
+    shape, classes = manifest_shape(manifest), manifest_classes(manifest)
+    c, h, w = shape
     return "\n\n".join([
         f"**{spec.name}**: {spec.model.kind.upper()}, {spec.model.arch}, latent size {spec.model.latent_dim}, "
         f"trained by run `{run_id}` ({last_epoch.get('epoch', '?')} epochs"
         + (f"; last validation loss {val:.4g} {loss_unit} per image" if val is not None else "") + ").",
         f"**Data**: {manifest['dataset']} from source `{manifest['source']}`"
         + (f" ({manifest['origin']})" if manifest.get("origin") else "")
-        + f"; images {counts}; sha256 `{manifest['data_sha256']}`.",
+        + f"; {c}x{h}x{w} {'grey' if c == 1 else 'colour'} images {counts}; {len(classes.names)} classes"
+        + f" ({', '.join(classes.names)}); sha256 `{manifest['data_sha256']}`.",
         f"**Params that differ from the defaults**: {changed}.",
-        f"**Call**: {CALL}",
+        f"**Call**: {call(shape)}",
         f"{TEST_HEADING}: {PENDING}",
     ])
 

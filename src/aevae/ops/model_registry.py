@@ -87,13 +87,14 @@ def register_model(mlflow_client, run_id: str, model_dir: Path, spec: RunSpec, d
     The version is self-contained: its code is pyfunc_model.py (models from code, nothing pickled) plus
     the aevae modules it imports (code_paths), its weights are model.pt loaded with weights_only=True,
     its requirements are pinned public packages. It carries a signature, an input example (the first
-    `example_images`, (k, 28, 28) uint8, as float32 (k, 784) in [0, 1]) and `description`.
+    `example_images`, (k, H, W) or (k, C, H, W) uint8, as float32 (k, C*H*W) in [0, 1]) and `description`.
     A server that fails raises MlflowException or OSError (SweepTracker keeps the first and reports it).
     """
     import mlflow
     import mlflow.pyfunc
     import numpy as np
 
+    from aevae.core import model_store
     from aevae.ops import pyfunc_model
 
     mlflow.set_tracking_uri(tracking_uri())
@@ -107,7 +108,7 @@ def register_model(mlflow_client, run_id: str, model_dir: Path, spec: RunSpec, d
             contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         info = mlflow.pyfunc.log_model(
             name="model", python_model=pyfunc_model.__file__, code_paths=[str(pyfunc_model.code_dir(Path(tmp)))],
-            artifacts={pyfunc_model.ARTIFACT: str(model_dir)}, signature=pyfunc_model.signature(spec.model),
+            artifacts={pyfunc_model.ARTIFACT: str(model_dir)}, signature=pyfunc_model.signature(spec.model, model_store.image_shape(model_dir.name, model_dir.parent)),
             input_example=example, pip_requirements=pyfunc_model.pip_requirements(),
             registered_model_name=registered_name(spec.group), await_registration_for=30)
     version_id = str(info.registered_model_version)

@@ -6,7 +6,7 @@ file imports as code_paths, and requirements pinned to public packages. So a reg
 loads and serves (`mlflow models serve`) on a machine without this checkout:
 
     model = mlflow.pyfunc.load_model("models:/aevae-vae-beta1@champion")
-    model.predict(images, params={"method": "encode"})  # images: float32 (B, 784) in [0, 1]
+    model.predict(images, params={"method": "encode"})  # images: float32 (B, C*H*W) in [0, 1]
 
 A module that knows MLflow beside mlflow_store, tracking and model_registry, because MLflow executes this file wherever
 the model is loaded; it holds the pyfunc's contract (signature, code, requirements) and nothing else.
@@ -14,6 +14,7 @@ the model is loaded; it holds the pyfunc's contract (signature, code, requiremen
 
 from __future__ import annotations
 
+import math
 import shutil
 from importlib.metadata import version
 from pathlib import Path
@@ -27,7 +28,6 @@ from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
 from aevae.config import ModelParams
 from aevae.core import inference, model_store
-from aevae.core.models import PIXELS
 
 ARTIFACT = "model_files"  # the artifact holding model.pt (weights only) and config.json
 # Third-party imports of the shipped modules: distribution -> import name. Pinned to the installed versions.
@@ -37,10 +37,11 @@ REQUIREMENTS = {"torch": "torch", "numpy": "numpy", "pydantic": "pydantic", "pyy
 class AevaeModel(PythonModel):
     """predict(x, params={"method": ..., "n": ..., "seed": ...}) -> dict of float32 arrays.
 
-    encode: (B, 784) images -> {"mu": (B, latent)} (+ {"logvar": (B, latent)} for a VAE);
-    reconstruct: (B, 784) images -> {"images": (B, 784)}; decode: (B, latent) codes -> {"images": (B, 784)};
-    sample: n images from the prior N(0, I), seeded -> {"images": (n, 784)} (the input is ignored).
-    Pixels are in [0, 1]. A caller's mistake raises MlflowException INVALID_PARAMETER_VALUE (HTTP 400).
+    encode: (B, C*H*W) images -> {"mu": (B, latent)} (+ {"logvar": (B, latent)} for a VAE);
+    reconstruct: (B, C*H*W) images -> {"images": (B, C*H*W)}; decode: (B, latent) codes -> {"images": (B, C*H*W)};
+    sample: n images from the prior N(0, I), seeded -> {"images": (n, C*H*W)} (the input is ignored).
+    (C, H, W) is the model's image_shape (MNIST: 1x28x28, C*H*W = 784), each row flattened in numpy's C
+    order of (C, H, W). Pixels are in [0, 1]. A caller's mistake raises MlflowException INVALID_PARAMETER_VALUE (HTTP 400).
     """
 
     def load_context(self, context) -> None:
@@ -59,12 +60,13 @@ def default_params() -> dict:
     return {"method": inference.DEFAULT_METHOD, "n": inference.DEFAULT_N, "seed": 0}
 
 
-def signature(cfg: ModelParams) -> ModelSignature:
-    """Inputs: one float32 (B, width) tensor, width 784 for images or latent_dim for codes; outputs by method."""
+def signature(cfg: ModelParams, image_shape: tuple[int, int, int]) -> ModelSignature:
+    """Inputs: one float32 (B, width) tensor, width C*H*W of `image_shape` (C, H, W) for images or latent_dim
+    for codes; outputs by method."""
     outputs = [TensorSpec(np.dtype(np.float32), (-1, cfg.latent_dim), "mu")]
     if cfg.kind == "vae":
         outputs.append(TensorSpec(np.dtype(np.float32), (-1, cfg.latent_dim), "logvar"))
-    outputs.append(TensorSpec(np.dtype(np.float32), (-1, PIXELS), "images"))
+    outputs.append(TensorSpec(np.dtype(np.float32), (-1, math.prod(image_shape)), "images"))
     defaults = default_params()
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1))]),

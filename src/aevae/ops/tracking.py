@@ -35,6 +35,7 @@ from typing import Any
 
 from aevae import atomic
 from aevae.config import Params, RunSpec
+from aevae.data import array_shape, manifest_shape
 from aevae.errors import UserError
 from aevae.ops import model_card
 from aevae.ops.mlflow_store import client, experiment_id, first_line, model_tags, server_errors, tracking_uri
@@ -173,7 +174,7 @@ class SweepTracker:
     def __init__(self, params: Params, specs: list[RunSpec], manifest: dict, params_file: Path,
                  example_images=None):
         self.params, self.manifest, self.error, self.status = params, manifest, None, None
-        self.example_images = example_images  # (k, 28, 28) uint8: the registered versions' input example
+        self.example_images = example_images  # (k, H, W) or (k, C, H, W) uint8: the registered versions' input example
         self.client = client()
         RUN_FILE.unlink(missing_ok=True)  # models/ is about to change: the old run no longer describes it
         self.parent_id, self.children, self.open = None, {}, set()
@@ -292,7 +293,7 @@ def log_dataset(mlflow_client, run_id: str, manifest: dict) -> None:
     """
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
-    shape = manifest.get("image_shape", [28, 28])
+    shape = list(array_shape(manifest_shape(manifest)))  # one image as stored: (H, W) grey, (C, H, W) colour
     schema = {"mlflow_tensorspec": {"features": json.dumps([{"name": "images", "type": "tensor", "tensor-spec": {
         "dtype": "uint8", "shape": [-1, *shape]}}]), "targets": None}}
     profile = {"data_sha256": manifest["data_sha256"], "source": manifest["source"],

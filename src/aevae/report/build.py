@@ -42,7 +42,7 @@ from aevae import atomic, metric_registry
 from aevae.config import RunSpec
 from aevae.core import model_store
 from aevae.core.models import as_images
-from aevae.data import ClassNames, class_names
+from aevae.data import ClassNames, array_shape, manifest_classes, manifest_shape
 from aevae.data.prepared import load_manifest, load_split
 from aevae.errors import UserError
 from aevae.evaluation import metrics
@@ -269,15 +269,16 @@ def model_figures(spec: RunSpec, model, arrays: dict[str, np.ndarray], test_imag
     if dim == 2:
         z1, z2, how = figures.manifold_grid(spec, codes, s.manifold_side)
         zz = torch.tensor([[a, b] for b in z2[::-1] for a in z1], dtype=torch.float32)  # top row = highest z2
-        decoded = metrics.decode(model, zz).cpu().numpy().reshape(len(z2), len(z1), 28, 28)
+        decoded = metrics.decode(model, zz).cpu().numpy().reshape(len(z2), len(z1), *array_shape(model.image_shape))
         fig = figures.manifold(spec, decoded, z1, z2, how, classes=classes)
         figs.append(Figure(f"{name}-manifold", "Decoded latent plane", "manifold", figures.png(fig), spec,
                            ("holes", "regular", "interp")))
 
     idx = _recon_examples(test_labels, s.recon_per_class)
     x = as_images(test_images[idx])
-    recon = metrics.decode(model, metrics.encode(model, x)[0]).cpu().numpy().reshape(-1, 28, 28)
-    fig = figures.reconstructions(spec, x.numpy().reshape(-1, 28, 28), recon, test_labels[idx], classes=classes)
+    shape = array_shape(model.image_shape)
+    recon = metrics.decode(model, metrics.encode(model, x)[0]).cpu().numpy().reshape(-1, *shape)
+    fig = figures.reconstructions(spec, x.numpy().reshape(-1, *shape), recon, test_labels[idx], classes=classes)
     figs.append(Figure(f"{name}-reconstructions", "Reconstructions", "reconstructions", figures.png(fig), spec,
                        ("compress",), quoted=_quoted("reconstructions", values)))
 
@@ -290,7 +291,7 @@ def model_figures(spec: RunSpec, model, arrays: dict[str, np.ndarray], test_imag
     figs.append(gmm_figure(spec, arrays, values, s, scored))
 
     pairs = arrays["interp_pairs"][:s.interp_pairs]
-    ends = test_images[pairs].astype(np.float32) / 255.0  # (pairs, 2, 28, 28)
+    ends = test_images[pairs].astype(np.float32) / 255.0  # (pairs, 2, H, W) or (pairs, 2, C, H, W)
     fig = figures.interpolation_strips(spec, arrays["interp_strips"][:s.interp_pairs],
                                      arrays["interp_pair_labels"][:s.interp_pairs], ends, classes=classes)
     figs.append(Figure(f"{name}-interpolation", "Interpolation", "interpolation", figures.png(fig), spec,
@@ -327,9 +328,10 @@ def gmm_reading(specs: list[RunSpec], values: dict[str, dict[str, float]]) -> li
 
 
 def sweep_figures(specs: list[RunSpec], codes: dict[str, np.ndarray], labels: np.ndarray, study: StudyResults,
-                  scatter_idx: np.ndarray, classes: ClassNames = figures.MNIST) -> list[Figure]:
+                  scatter_idx: np.ndarray, classes: ClassNames, pixels: int) -> list[Figure]:
     """The figures across the sweep: latent spaces side by side, rate–distortion (VAEs only), a bar chart per group.
 
+    pixels: C*H*W of the data's images (MNIST's 784), to draw the distortion per image.
     specs: one per group, named by the group (`_group_spec`); codes: group -> (N, latent) of its figure seed.
     Bars are the means over seeds with their 95% interval as error bars (none with one seed).
     """
@@ -340,7 +342,7 @@ def sweep_figures(specs: list[RunSpec], codes: dict[str, np.ndarray], labels: np
     figs.append(Figure("latent-all", "Latent spaces side by side", "latent-all", figures.png(fig), None,
                        ("holes", "regular", "beta0")))
     if any(s.model.kind == "vae" for s in specs):
-        fig = figures.rate_distortion(specs, values, study.bounds)
+        fig = figures.rate_distortion(specs, values, study.bounds, pixels=pixels)
         figs.append(Figure("rate-distortion", "Rate–distortion across β", "rate-distortion", figures.png(fig), None,
                            ("loss", "beta0")))
     members = metric_registry.grouped("chart")
@@ -548,7 +550,7 @@ def make_report(paths: ReportPaths = ReportPaths(), settings: ReportSettings = R
     study = read_study(paths.summary, paths.claims)
     classifier = atomic.read_json(paths.classifier, "classifier")
     manifest = load_manifest(paths.prepared)
-    classes = class_names(manifest.get("dataset", "idx"))
+    classes = manifest_classes(manifest)
     test = load_split("test", paths.prepared)
     labels = test.labels.astype(np.int64)
     by_group = _models_by_group(paths.models, study)
@@ -579,7 +581,8 @@ def make_report(paths: ReportPaths = ReportPaths(), settings: ReportSettings = R
     step = on_step or (lambda _text: None)
     groups = [_group_spec(s) for s in specs]
     step("figures across the sweep (latent spaces side by side, t-SNE above 2 dims, bar charts)")
-    figures = sweep_figures(groups, codes, labels, study, scatter_idx, classes) + per_model
+    pixels = math.prod(manifest_shape(manifest))
+    figures = sweep_figures(groups, codes, labels, study, scatter_idx, classes, pixels) + per_model
     git = git_state() if git is None else git
     seeds = {g: sorted(s.seed for s in models) for g, models in by_group.items()}
     step(f"rendering the page ({len(figures)} figures)")

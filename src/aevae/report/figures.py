@@ -8,7 +8,7 @@ One look across every figure:
 - axes say their units; titles say what a reader should notice.
 
 Each function returns a Figure; `png(fig)` renders it (and closes it). Inputs are
-plain arrays: codes (N, latent), labels (N,), images (N, 28, 28) in [0, 1]; a model
+plain arrays: codes (N, latent), labels (N,), images (N, H, W) grey or (N, C, H, W) colour in [0, 1]; a model
 is described by its resolved config.RunSpec (name, kind, beta, latent size, recon loss),
 a metric by its aevae.metric_registry record. Nothing here raises on user input.
 """
@@ -35,7 +35,6 @@ from torchvision.utils import make_grid  # noqa: E402
 
 from aevae import metric_registry  # noqa: E402
 from aevae.config import RunSpec  # noqa: E402
-from aevae.core.models import PIXELS  # noqa: E402
 from aevae.data import CLASS_NAMES, ClassNames  # noqa: E402
 from aevae.metric_registry import Metric  # noqa: E402
 
@@ -96,9 +95,16 @@ def model_colors(models: Sequence[RunSpec]) -> dict[str, tuple]:
     return out
 
 
+def _plural(noun: str) -> str:
+    """"digit" -> "digits", "class" -> "classes"."""
+    return noun + ("es" if noun.endswith(("s", "x", "ch", "sh")) else "s")
+
+
 def _grid_image(images: np.ndarray, nrow: int, padding: int = 2, pad_value: float = 0.5) -> np.ndarray:
-    """(N, 28, 28) in [0, 1] -> (H, W, 3) tiled by torchvision's make_grid, `nrow` images per row."""
-    x = torch.as_tensor(np.asarray(images, dtype=np.float32)).reshape(-1, 1, 28, 28).clamp(0, 1)
+    """(N, H, W) grey or (N, C, H, W) images in [0, 1] -> (H', W', 3) tiled by torchvision's make_grid, `nrow`
+    images per row (grey repeated into the three channels)."""
+    x = torch.as_tensor(np.asarray(images, dtype=np.float32))
+    x = (x.unsqueeze(1) if x.dim() == 3 else x).clamp(0, 1)
     return make_grid(x, nrow=nrow, padding=padding, pad_value=pad_value).permute(1, 2, 0).numpy()
 
 
@@ -172,7 +178,7 @@ def latent_scatter(info: RunSpec, codes: np.ndarray, labels: np.ndarray, seed: i
         fig, ax = plt.subplots(figsize=(6.4, 5.0))
         _strip_codes(ax, codes, labels, classes=classes)
         ax.set_title(f"{label(info)}: the 1-d code of each test image, by {classes.noun}\n"
-                     f"Look for {classes.noun}s that share a stretch of the line", fontsize=11)
+                     f"Look for {_plural(classes.noun)} that share a stretch of the line", fontsize=11)
         return fig
     if info.model.latent_dim == 2:
         fig, ax = plt.subplots(figsize=(6.4, 5.6))
@@ -222,13 +228,13 @@ def manifold_grid(info: RunSpec, codes: np.ndarray, n: int = 20) -> tuple[np.nda
 @styled
 def manifold(info: RunSpec, decoded: np.ndarray, z1: np.ndarray, z2: np.ndarray, how: str,
              classes: ClassNames = MNIST) -> Figure:
-    """decoded: (len(z2), len(z1), 28, 28), row 0 at the highest z2 (up in the picture is up in z).
+    """decoded: (len(z2), len(z1), H, W) or (len(z2), len(z1), C, H, W), row 0 at the highest z2 (up in the picture is up in z).
 
     Evenly spaced grids (the AE's) get true latent axes; quantile grids (the VAE's) are even in
     probability, not in z, so their ticks name the z of a few tiles instead.
     """
     rows, cols = decoded.shape[:2]
-    grid = _grid_image(decoded.reshape(-1, 28, 28), nrow=cols, padding=0)
+    grid = _grid_image(decoded.reshape(-1, *decoded.shape[2:]), nrow=cols, padding=0)
     fig, ax = plt.subplots(figsize=(6.3, 6.7))
     even = np.allclose(np.diff(z1), np.diff(z1)[0]) and np.allclose(np.diff(z2), np.diff(z2)[0])
     if even:
@@ -245,7 +251,7 @@ def manifold(info: RunSpec, decoded: np.ndarray, z1: np.ndarray, z2: np.ndarray,
         ax.set_xlabel("z₁ (latent units; tiles evenly spaced in probability)")
         ax.set_ylabel("z₂ (latent units; tiles evenly spaced in probability)")
     ax.set_title(f"{label(info)}: the decoder over a {cols}×{rows} grid of the latent plane\n"
-                 f"Look for smooth morphing between {classes.noun}s, and for tiles that decode to no {classes.noun}",
+                 f"Look for smooth morphing between {_plural(classes.noun)}, and for tiles that decode to no {classes.noun}",
                  fontsize=11)
     ax.text(0.0, -0.13, f"Grid: {how}.", transform=ax.transAxes, fontsize=9.5, style="italic", ha="left",
             va="top")
@@ -262,13 +268,14 @@ def reconstructions(info: RunSpec, originals: np.ndarray, recons: np.ndarray, la
     rows = -(-n // per_row)
     stacked = []
     for r in range(rows):
-        stacked.append(originals[r * per_row:(r + 1) * per_row])
-        stacked.append(recons[r * per_row:(r + 1) * per_row])
+        for part in (originals[r * per_row:(r + 1) * per_row], recons[r * per_row:(r + 1) * per_row]):
+            blank = np.ones((per_row - len(part), *part.shape[1:]), dtype=part.dtype)  # a short last row: white
+            stacked.append(np.concatenate([part, blank]) if len(blank) else part)
     grid = _grid_image(np.concatenate(stacked), nrow=per_row, padding=2, pad_value=1.0)
     fig, ax = plt.subplots(figsize=(7.4, 0.74 * 2 * rows + 0.9))
     ax.imshow(grid, interpolation="nearest")
-    tile = 30  # 28 pixels + 2 of padding
-    ax.set_yticks([tile * (i + 0.5) + 1 for i in range(2 * rows)], ["input", "recon"] * rows)
+    tile_h, tile = originals.shape[-2] + 2, originals.shape[-1] + 2  # an image's pixels + 2 of padding (MNIST: 30)
+    ax.set_yticks([tile_h * (i + 0.5) + 1 for i in range(2 * rows)], ["input", "recon"] * rows)
     cols = min(per_row, n)  # a test split of few classes fills less than one row
     names = [classes.name(c) for c in labels[:cols]]
     ax.set_xticks([tile * (i + 0.5) + 1 for i in range(cols)], names,
@@ -303,7 +310,7 @@ def prior_samples(info: RunSpec, images: np.ndarray, per_row: int = 10,
         ax.set_xlabel(f"The reference classifier is confident (top-class p > {threshold:g})\n"
                       f"on {share:.0%} of the {n} prior samples the evaluate stage scored", fontsize=10.5)
     ax.set_title(f"{label(info)}: {len(images)} random codes z ~ N(0, I), decoded\n"
-                 f"Look for {classes.noun}s vs blurs: a blur is a code\nthat fell where no {classes.noun} was encoded",
+                 f"Look for {_plural(classes.noun)} vs blurs: a blur is a code\nthat fell where no {classes.noun} was encoded",
                  fontsize=11)
     return fig
 
@@ -313,7 +320,7 @@ def prior_vs_gmm(info: RunSpec, prior_images: np.ndarray, gmm_images: np.ndarray
                  confident: tuple[float, float, int, float] | None = None) -> Figure:
     """Decoded z ~ N(0, I) (left) beside decoded codes of a GMM fit to the training codes (right).
 
-    images: (n, 28, 28) in [0, 1], the same number on both sides. confident: (prior share, GMM share
+    images: (n, H, W) or (n, C, H, W) in [0, 1], the same number on both sides. confident: (prior share, GMM share
     the classifier is confident on, how many samples each share is over, the top-class probability
     it takes to count). Ex-post density estimation: Ghosh et al. (2020), section 4.
     """
@@ -341,21 +348,21 @@ def prior_vs_gmm(info: RunSpec, prior_images: np.ndarray, gmm_images: np.ndarray
 @styled
 def interpolation_strips(info: RunSpec, strips: np.ndarray, pair_labels: np.ndarray,
                          endpoints: np.ndarray | None = None, classes: ClassNames = MNIST) -> Figure:
-    """strips: (pairs, steps, 28, 28) decoded along straight lines between the codes of two test images.
+    """strips: (pairs, steps, H, W) or (pairs, steps, C, H, W) decoded along straight lines between the codes of two test images.
 
-    endpoints: (pairs, 2, 28, 28) the two test images themselves, drawn left and right of each strip.
+    endpoints: (pairs, 2, H, W) or (pairs, 2, C, H, W) the two test images themselves, drawn left and right of each strip.
     """
     pairs, steps = strips.shape[:2]
-    tile = 30  # 28 pixels + 2 of padding
+    tile_h, tile = strips.shape[-2] + 2, strips.shape[-1] + 2  # an image's pixels + 2 of padding (MNIST: 30)
     strip_px, end_px = tile * steps + 2, tile + 2  # widths of the tiled images, so all share one scale
     ratios = [end_px, strip_px, end_px] if endpoints is not None else [strip_px]
-    height = 0.5 * pairs + 1.3
+    height = 0.5 * pairs * tile_h / tile + 1.3
     fig, axes = plt.subplots(1, len(ratios), figsize=(0.5 * sum(ratios) / tile + 1.2, height),
                              gridspec_kw={"width_ratios": ratios, "wspace": 0.06}, squeeze=False)
     fig.subplots_adjust(top=1 - 0.85 / height, bottom=0.5 / height)
     axes = axes[0]
     mid = axes[1] if endpoints is not None else axes[0]
-    mid.imshow(_grid_image(strips.reshape(-1, 28, 28), nrow=steps, pad_value=1.0), interpolation="nearest")
+    mid.imshow(_grid_image(strips.reshape(-1, *strips.shape[2:]), nrow=steps, pad_value=1.0), interpolation="nearest")
     mid.set_xticks([])
     mid.set_yticks([])
     mid.set_title("decoded along the line between their codes", fontsize=10.5, loc="center")
@@ -368,14 +375,14 @@ def interpolation_strips(info: RunSpec, strips: np.ndarray, pair_labels: np.ndar
             ax.set_title(name, fontsize=10.5, loc="center")
             ax.set_yticks([])
     first = axes[0]
-    first.set_yticks([tile * (i + 0.5) + 1 for i in range(pairs)],
+    first.set_yticks([tile_h * (i + 0.5) + 1 for i in range(pairs)],
                      [f"{classes.name(a)} → {classes.name(b)}" for a, b in pair_labels])
     for ax in axes:
         ax.tick_params(length=0)
         for spine in ax.spines.values():
             spine.set_visible(False)
     fig.suptitle(f"{label(info)}: straight lines between the codes of two test images x₁ and x₂\n"
-                 f"Look for gradual morphing vs sudden jumps or non-{classes.noun}s mid-way", x=0.02, ha="left",
+                 f"Look for gradual morphing vs sudden jumps or non-{_plural(classes.noun)} mid-way", x=0.02, ha="left",
                  fontsize=11)
     return fig
 
@@ -397,7 +404,7 @@ def training_curves(info: RunSpec, history: list[dict], other_seeds: dict[int, l
             ax.plot([int(float(r["epoch"])) for r in rows], col(key, rows), "-", lw=0.9, alpha=0.45, color=color,
                     label=f"other seeds ({', '.join(map(str, other_seeds))})" if legend and n == 0 else None)
 
-    unit = "nats per image" if info.model.recon == "bce" else "squared error summed over pixels, per image"
+    unit = "squared error summed over pixels, per image" if info.model.recon == "mse" else "nats per image"
     panels = 2 if info.model.kind == "vae" else 1
     fig, axes = plt.subplots(1, panels, figsize=(4.9 * panels, 3.8), squeeze=False)
     ax = axes[0, 0]
@@ -468,11 +475,11 @@ def latent_side_by_side(infos: Sequence[RunSpec], codes: Sequence[np.ndarray], l
 
 @styled
 def rate_distortion(infos: Sequence[RunSpec], metrics: dict[str, dict[str, float]],
-                    bounds: dict[str, dict[str, tuple[float, float]]] | None = None) -> Figure:
+                    bounds: dict[str, dict[str, tuple[float, float]]] | None, pixels: int) -> Figure:
     """One point per VAE (x: KL nats per image, y: recon nats per image), labelled with beta; AEs as lines.
 
     The axes' metrics are the registry's "rate" and "distortion" roles; the distortion is per pixel
-    in metrics and drawn per image (x PIXELS). metrics: model name -> {key: value} (means over seeds);
+    in metrics and drawn per image (x `pixels`, C*H*W of the data's images; MNIST's 784). metrics: model name -> {key: value} (means over seeds);
     bounds: model name -> {key: (low, high)}, the 95% intervals drawn as error bars in both directions
     (none where a bound is NaN: one seed).
     """
@@ -482,7 +489,7 @@ def rate_distortion(infos: Sequence[RunSpec], metrics: dict[str, dict[str, float
     rate_key, distortion_key = metric_registry.for_figure("rate").key, metric_registry.for_figure("distortion").key
 
     def distortion(name: str) -> float:
-        return metrics[name][distortion_key] * PIXELS  # per pixel -> per image
+        return metrics[name][distortion_key] * pixels  # per pixel -> per image
 
     vaes = [i for i in infos if i.model.kind == "vae" and _finite(metrics[i.name].get(rate_key))]
     dims = sorted({i.model.latent_dim for i in vaes})
@@ -497,7 +504,7 @@ def rate_distortion(infos: Sequence[RunSpec], metrics: dict[str, dict[str, float
             xb, yb = b.get(rate_key, (math.nan, math.nan)), b.get(distortion_key, (math.nan, math.nan))
             if all(_finite(v) for v in (*xb, *yb)):
                 ax.errorbar([xi], [yi], xerr=[[xi - xb[0]], [xb[1] - xi]],
-                            yerr=[[yi - yb[0] * PIXELS], [yb[1] * PIXELS - yi]], fmt="none", ecolor="#555555",
+                            yerr=[[yi - yb[0] * pixels], [yb[1] * pixels - yi]], fmt="none", ecolor="#555555",
                             elinewidth=1, capsize=3, zorder=2)
             ax.scatter([xi], [yi], s=70, marker=markers[k % len(markers)], color=colors[i.name], zorder=3,
                        edgecolors="black", linewidths=0.6)
