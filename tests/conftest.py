@@ -156,6 +156,16 @@ def assert_one_line(message: str) -> None:
     assert "\n" not in text, f"error message is not one line:\n{text}"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """pytest-xdist's workers ignore SIGINT, and an ignored signal stays ignored in every process they start: a
+    stage would then ignore Ctrl-C, as no user's stage does. Give the workers Python's own handler instead
+    (a handler, unlike SIG_IGN, is reset to the default in a started process)."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Tell tests/project.py which tier runs now (its end-to-end helpers refuse a test not marked slow) and
@@ -201,7 +211,7 @@ def one_torch_thread():
 
 
 # Source files whose change can change a trained classifier's weights: part of its cache key.
-_CLASSIFIER_SOURCES = ("classifier.py", "models.py", "rng.py", "data/__init__.py")
+_CLASSIFIER_SOURCES = ("evaluation/classifier.py", "core/models.py", "rng.py", "data/__init__.py")
 
 
 def cached_classifier(config: pytest.Config, images: np.ndarray, labels: np.ndarray, **train_kwargs):

@@ -53,7 +53,7 @@ def test_the_memory_estimate_counts_the_data_and_grows_with_the_model():
     big = RunSpec(name="b", model=ModelParams(hidden=[512, 256]), train=TrainParams())
     data = 4 * 784 * (1000 + 100) + 5 * 784 * 1000  # float32 for the whole run; uint8 + float while converting
     assert data < device_bytes(small, x, 100) < device_bytes(big, x, 100)
-    params = sum(p.numel() for p in build_model(big.model).parameters())
+    params = sum(p.numel() for p in build_model(big.model, (1, 28, 28)).parameters())
     assert device_bytes(big, x, 100) - data > 16 * params  # weights, gradients, Adam's two moments
 
 

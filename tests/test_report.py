@@ -36,7 +36,7 @@ from aevae.data.prepared import load_split
 from aevae.data.sources import from_bundled
 from aevae.evaluation import metrics as M
 from aevae.evaluation import study
-from aevae.report.build import build, figures
+from aevae.report import build, figures
 from conftest import cached_classifier
 from project import make_project
 

@@ -104,7 +104,10 @@ def test_runs_of_a_killed_train_stage_end_killed_on_the_next_start(tmp_path):
     stage("prepare", root)
     log = tmp_path / "train.log"
     proc = start([str(BIN / "python"), "pipeline/train.py"], root, log)
-    opened = _until(lambda: len(_runs(root)) == 2 and _runs(root), "runs never opened", proc=proc, log=log)
+    # The stage says so once its runs are open; asking the store before that would race the stage's creation of it.
+    _until(lambda: "training 2 models" in log.read_text(), "runs never opened", proc=proc, log=log)
+    opened = _runs(root)
+    assert len(opened) == 2
     os.kill(proc.pid, signal.SIGKILL)  # the stage alone, as `kill -9 <pid>` would
     kill_group(proc)  # then whatever it left (its Ray instance), so the test leaves nothing running
     assert {r.info.status for r in _runs(root)} == {"RUNNING"}
@@ -172,6 +175,7 @@ def test_store_of_another_mlflow_is_one_line_in_a_path_with_a_space(tmp_path):
     assert not (root / "models").exists() or not any((root / "models").iterdir())
 
 
+@pytest.mark.own_ray  # it counts the CPUs of the local instance it starts
 def test_a_failing_ray_task_is_its_cause_on_one_allowed_core(tmp_path):
     root = make_project(tmp_path / "p", _params(storage_path="blocked"), git=False)
     (root / "blocked").write_text("a file where the checkpoint folder should be\n")

@@ -78,7 +78,7 @@ def device_bytes(spec: RunSpec, train_images: np.ndarray, n_val: int = 0) -> int
     model on the CPU and running one image through it: milliseconds, no GPU needed. A caller adds its own safety
     factor. Never raises.
     """
-    model = build_model(spec.model)
+    model = build_model(spec.model, shape_of(train_images))
     parameters = sum(p.numel() for p in model.parameters())
     per_image = _activation_floats(model, as_images(train_images[:1]))
     activations = 4 * per_image * max(_ACTIVATION_COPIES * spec.train.batch_size, EVAL_BATCH)
