@@ -19,7 +19,10 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	@touch "$(STAMP)"
 
+# params.yaml is checked first by the stages' own reader: DVC parses it too, and its messages for a YAML error
+# or a mistyped section are many lines; ours is one line naming the key and the fix.
 repro: setup
+	$(PY) -c "from aevae.errors import run_cli; from aevae.config import load_params, resolve_sweep; run_cli(lambda: resolve_sweep(load_params()))"
 	dvc repro
 
 # Every test, the end-to-end runs included (CI runs this), on TEST_JOBS pytest-xdist workers; each module stays

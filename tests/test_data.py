@@ -18,7 +18,7 @@ from aevae.data import sources
 from aevae.data.idx import read_idx, read_split
 from aevae.data.prepare import split, write_prepared
 from aevae.data.prepared import load_manifest, load_split
-from aevae.data.sources import RawData, load_raw
+from aevae.data.sources import DEFAULT_IDX_DIR, RawData, load_raw
 from aevae.errors import UserError
 from conftest import (
     IDX_NAMES,
@@ -139,9 +139,10 @@ def test_auto_prefers_the_idx_folder(tmp_path, idx_dataset):
     assert manifest["source"] == "idx" and manifest["test_split"] == "official"
 
 
-def test_auto_falls_back_to_bundled_with_a_warning(tmp_path, capsys, no_network):
+def test_auto_falls_back_to_bundled_with_a_warning(tmp_path, capsys, monkeypatch, no_network):
+    monkeypatch.chdir(tmp_path)  # the default data.idx_dir, empty
     start = time.monotonic()
-    raw = load_raw("mnist", "auto", tmp_path / "raw" / "mnist", tmp_path / "raw" / "download")
+    raw = load_raw("mnist", "auto", Path(DEFAULT_IDX_DIR), tmp_path / "raw" / "download")
     assert time.monotonic() - start < 60
     assert raw.source == "bundled" and len(raw.train_images) == 5000
     err = capsys.readouterr().err
@@ -149,6 +150,13 @@ def test_auto_falls_back_to_bundled_with_a_warning(tmp_path, capsys, no_network)
     manifest = write_prepared(tmp_path / "prepared", split(raw, 0.1, 0.2, 0), raw, "mnist")
     assert manifest["source"] == "bundled"
     assert manifest["test_split"] == "carved from the training data"
+
+
+def test_auto_with_a_mistyped_idx_dir_does_not_substitute_the_bundled_digits(tmp_path, no_network):
+    with pytest.raises(UserError) as info:
+        load_raw("mnist", "auto", tmp_path / "myidxx", tmp_path / "download")
+    assert_one_line(str(info.value))
+    assert f"data.idx_dir {tmp_path / 'myidxx'} holds no IDX files; fix the path" in str(info.value)
 
 
 def test_auto_without_idx_files_does_not_substitute_mnist_for_other_datasets(tmp_path, no_network):

