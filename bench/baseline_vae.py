@@ -110,10 +110,18 @@ def run(
     t_start = time.perf_counter()
     torch.manual_seed(seed)
     kwargs: dict = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}  # as the script
-    train_loader = DataLoader(MNISTLike(train_images, train_labels, transform=transforms.ToTensor()),
-                              batch_size=BATCH_SIZE, shuffle=True, **kwargs)
-    test_loader = DataLoader(MNISTLike(test_images, test_labels, transform=transforms.ToTensor()),
-                             batch_size=BATCH_SIZE, shuffle=False, **kwargs)
+    train_loader = DataLoader(
+        MNISTLike(train_images, train_labels, transform=transforms.ToTensor()),
+        batch_size=BATCH_SIZE,
+        shuffle=True,
+        **kwargs,
+    )
+    test_loader = DataLoader(
+        MNISTLike(test_images, test_labels, transform=transforms.ToTensor()),
+        batch_size=BATCH_SIZE,
+        shuffle=False,
+        **kwargs,
+    )
     model = VAE().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     log = io.StringIO()
@@ -130,9 +138,15 @@ def run(
             train_loss += loss.item()
             optimizer.step()
             if batch_idx % LOG_INTERVAL == 0:
-                print("Train Epoch: {} [{}/{} ({:.0f}%)]\tLoss: {:.6f}".format(
-                    epoch, batch_idx * len(data), len(train_loader.dataset),
-                    100.0 * batch_idx / len(train_loader), loss.item() / len(data)))
+                print(
+                    "Train Epoch: {} [{}/{} ({:.0f}%)]\tLoss: {:.6f}".format(
+                        epoch,
+                        batch_idx * len(data),
+                        len(train_loader.dataset),
+                        100.0 * batch_idx / len(train_loader),
+                        loss.item() / len(data),
+                    )
+                )
         print("====> Epoch: {} Average loss: {:.4f}".format(epoch, train_loss / len(train_loader.dataset)))
         return train_loss / len(train_loader.dataset)
 
@@ -162,8 +176,12 @@ def run(
                     sample = torch.randn(64, 20).to(device)
                     sample = model.decode(sample).cpu()
                     save_image(sample.view(64, 1, 28, 28), results_dir / f"sample_{epoch}.png")
-            rec = {"epoch": epoch, "train_loss": train_loss, "test_loss": test_loss,
-                   "elapsed_s": time.perf_counter() - t_start}
+            rec = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "test_loss": test_loss,
+                "elapsed_s": time.perf_counter() - t_start,
+            }
             history.append(rec)
             if on_epoch:
                 on_epoch(rec)

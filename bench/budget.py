@@ -90,13 +90,22 @@ def run_one(group: str, steps: int | None, data: Path, quick: bool, max_epochs: 
     if not converge:
         result = train_model(spec, d["train"], d["val"])
         rec = result.history[-1]
-        out = {"steps": rec["steps"], "epochs": rec["epoch"], "test": _test_loss(result.model, d["test"]),
-               "val": rec["val/loss_per_image"]}
+        out = {
+            "steps": rec["steps"],
+            "epochs": rec["epoch"],
+            "test": _test_loss(result.model, d["test"]),
+            "val": rec["val/loss_per_image"],
+        }
     else:
         out = _converge(spec, d, patience)
     log(f"{group} {'convergence' if converge else f'budget {steps}'}: {out}")
-    return {"group": group, "budget": steps, **out,
-            "wall_s": time.perf_counter() - wall0, "cpu_s": time.process_time() - cpu0}
+    return {
+        "group": group,
+        "budget": steps,
+        **out,
+        "wall_s": time.perf_counter() - wall0,
+        "cpu_s": time.process_time() - cpu0,
+    }
 
 
 def _converge(spec, d: dict, patience: int) -> dict:
@@ -111,8 +120,12 @@ def _converge(spec, d: dict, patience: int) -> dict:
                 break  # max epochs reached
             rec = result.history[-1]
             if rec["val/loss_per_image"] < best["val"]:
-                best = {"val": rec["val/loss_per_image"], "epochs": rec["epoch"], "steps": rec["steps"],
-                        "test": _test_loss(result.model, d["test"])}
+                best = {
+                    "val": rec["val/loss_per_image"],
+                    "epochs": rec["epoch"],
+                    "steps": rec["steps"],
+                    "test": _test_loss(result.model, d["test"]),
+                }
             elif rec["epoch"] - best["epochs"] >= patience:
                 break
     return {**best, "epochs_run": len(result.history)}
@@ -124,8 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of the MNIST IDX files")
     parser.add_argument("--max-epochs", type=int, default=50)
     parser.add_argument("--patience", type=int, default=5)
-    parser.add_argument("--steps", type=int, action="append",
-                        help="a budget in optimizer steps, repeatable (default: params.yaml's train.max_steps)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        action="append",
+        help="a budget in optimizer steps, repeatable (default: params.yaml's train.max_steps)",
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
@@ -151,23 +168,45 @@ def _append(args, groups: list[str], budgets: list, rows: dict, seconds: float, 
     from aevae.config import load_params
 
     train = load_params(REPO / "params.yaml").train
-    lines = [f"## {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC: training budget"
-             f"{' (quick)' if args.quick else ''} (bench/budget.py)", "",
-             *machine_info(1), f"- load average at start: {load}", "",
-             f"Budget: train.epochs {train.epochs}, train.max_steps {train.max_steps} (batch {train.batch_size}),"
-             f" seed 0. Convergence: up to {args.max_epochs} epochs, stopped after {args.patience} epochs without a"
-             " better validation loss, test loss at the best validation epoch. Test loss in nats per image (AE: BCE"
-             " reconstruction; VAE: negative ELBO). Two runs at a time, one torch thread each.", ""]
+    lines = [
+        f"## {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC: training budget"
+        f"{' (quick)' if args.quick else ''} (bench/budget.py)",
+        "",
+        *machine_info(1),
+        f"- load average at start: {load}",
+        "",
+        f"Budget: train.epochs {train.epochs}, train.max_steps {train.max_steps} (batch {train.batch_size}),"
+        f" seed 0. Convergence: up to {args.max_epochs} epochs, stopped after {args.patience} epochs without a"
+        " better validation loss, test loss at the best validation epoch. Test loss in nats per image (AE: BCE"
+        " reconstruction; VAE: negative ELBO). Two runs at a time, one torch thread each.",
+        "",
+    ]
     body = []
     for g in groups:
         c = rows[(g, None)]
-        body.append([g, f"converged: {c['steps']:,} at best val ({c['epochs']} ep; {c['epochs_run']} run)",
-                     f"{c['test']:.2f}", "—", fmt_s(c["wall_s"]), fmt_s(c["cpu_s"])])
+        body.append(
+            [
+                g,
+                f"converged: {c['steps']:,} at best val ({c['epochs']} ep; {c['epochs_run']} run)",
+                f"{c['test']:.2f}",
+                "—",
+                fmt_s(c["wall_s"]),
+                fmt_s(c["cpu_s"]),
+            ]
+        )
         for s in budgets:
             b = rows[(g, s)]
             cost = b["test"] - c["test"]
-            body.append([g, f"budget: {b['steps']:,} ({b['epochs']} ep)", f"{b['test']:.2f}",
-                         f"{cost:+.2f} ({100 * cost / c['test']:+.1f}%)", fmt_s(b["wall_s"]), fmt_s(b["cpu_s"])])
+            body.append(
+                [
+                    g,
+                    f"budget: {b['steps']:,} ({b['epochs']} ep)",
+                    f"{b['test']:.2f}",
+                    f"{cost:+.2f} ({100 * cost / c['test']:+.1f}%)",
+                    fmt_s(b["wall_s"]),
+                    fmt_s(b["cpu_s"]),
+                ]
+            )
     lines += table(["model", "trained for (steps)", "test loss", "vs converged", "wall s", "CPU s"], body)
     lines += ["", f"_Section time: {seconds:.0f} s._", ""]
     append_section(args.out, lines)

@@ -45,12 +45,34 @@ class Settings:
     scaling_epochs: int
 
 
-FULL = Settings("full", n_train=4000, n_test=1000, baseline_epochs=10, rounds=3, max_epochs_factor=3,
-                sweep_epochs=None, sweep_train_cap=None, pipeline_quick=False, pipeline_timeout_s=900,
-                sizes=(5_000, 20_000, 60_000), scaling_epochs=2)
-QUICK = Settings("quick", n_train=600, n_test=200, baseline_epochs=2, rounds=1, max_epochs_factor=2,
-                 sweep_epochs=1, sweep_train_cap=600, pipeline_quick=True, pipeline_timeout_s=300,
-                 sizes=(1_000, 2_000), scaling_epochs=1)
+FULL = Settings(
+    "full",
+    n_train=4000,
+    n_test=1000,
+    baseline_epochs=10,
+    rounds=3,
+    max_epochs_factor=3,
+    sweep_epochs=None,
+    sweep_train_cap=None,
+    pipeline_quick=False,
+    pipeline_timeout_s=900,
+    sizes=(5_000, 20_000, 60_000),
+    scaling_epochs=2,
+)
+QUICK = Settings(
+    "quick",
+    n_train=600,
+    n_test=200,
+    baseline_epochs=2,
+    rounds=1,
+    max_epochs_factor=2,
+    sweep_epochs=1,
+    sweep_train_cap=600,
+    pipeline_quick=True,
+    pipeline_timeout_s=300,
+    sizes=(1_000, 2_000),
+    scaling_epochs=1,
+)
 
 
 def log(msg: str) -> None:
@@ -110,8 +132,6 @@ def loadavg() -> str:
         return "/".join(f"{x:.1f}" for x in os.getloadavg())
     except OSError:
         return "?"
-
-
 
 
 def fmt_s(x: float | None) -> str:

@@ -49,8 +49,16 @@ DATA_CANDIDATES = (REPO.parent / "shared" / "data" / "mnist", REPO.parents[1] / 
 BUDGET_S = 480.0
 # Seconds each part needs on an H100-class GPU with 16 cores, measured or estimated: a part starts only when
 # this fits in the time left.
-NEEDS_S = {"determinism": 15, "resume": 15, "sweep_packed": 90, "sweep_unpacked": 150, "baseline_ratio": 90,
-           "memory": 10, "bf16_compile": 60, "evaluate": 30}
+NEEDS_S = {
+    "determinism": 15,
+    "resume": 15,
+    "sweep_packed": 90,
+    "sweep_unpacked": 150,
+    "baseline_ratio": 90,
+    "memory": 10,
+    "bf16_compile": 60,
+    "evaluate": 30,
+}
 
 
 def no_gpu_line() -> str | None:
@@ -60,8 +68,10 @@ def no_gpu_line() -> str | None:
     if torch.cuda.is_available():
         return None
     build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-    return (f"no GPU: torch.cuda.is_available() is False on this machine (torch {torch.__version__}, {build});"
-            " the device checks need a CUDA GPU and were skipped")
+    return (
+        f"no GPU: torch.cuda.is_available() is False on this machine (torch {torch.__version__}, {build});"
+        " the device checks need a CUDA GPU and were skipped"
+    )
 
 
 def _spec(kind: str = "vae", epochs: int = 3, **train):
@@ -103,14 +113,21 @@ def check_resume(d: dict, tmp: Path) -> dict:
     _train(spec, d["small_tr"], d["small_val"], ckpt=tmp / "resume", stop_after=1)
     resumed, _ = _train(spec, d["small_tr"], d["small_val"], ckpt=tmp / "resume")
     same = _same(whole.model.state_dict(), resumed.model.state_dict())
-    return {"ok": same and resumed.epochs_run == spec.train.epochs - 1, "identical_weights": same,
-            "epochs_after_resume": resumed.epochs_run}
+    return {
+        "ok": same and resumed.epochs_run == spec.train.epochs - 1,
+        "identical_weights": same,
+        "epochs_after_resume": resumed.epochs_run,
+    }
 
 
 def check_bf16_compile(d: dict) -> dict:
     out = {}
-    for name, train in (("fp32", {}), ("bf16", {"precision": "bf16"}), ("compile", {"compile": True}),
-                        ("bf16+compile", {"precision": "bf16", "compile": True})):
+    for name, train in (
+        ("fp32", {}),
+        ("bf16", {"precision": "bf16"}),
+        ("compile", {"compile": True}),
+        ("bf16+compile", {"precision": "bf16", "compile": True}),
+    ):
         result, seconds = _train(_spec(**train), d["small_tr"], d["small_val"])
         loss = result.history[-1]["val/loss_per_image"]
         out[name] = {"val_loss_per_image": round(loss, 3), "seconds": round(seconds, 2), "finite": math.isfinite(loss)}
@@ -131,18 +148,29 @@ def check_evaluate(d: dict) -> dict:
     model, _ = _train(_spec(epochs=2), d["small_tr"], d["small_val"], device="cpu")
     scorer = classifier.train(d["small_tr"], d["small_tr_labels"], max_epochs=1, seed=0).model
     params = EvaluateParams(n_prior_samples=200, iw_samples=8, interp_pairs=8, interp_steps=5)
-    data = dict(train_images=d["small_tr"], train_labels=d["small_tr_labels"], test_images=d["small_val"],
-                test_labels=d["small_val_labels"], params=params)
+    data = dict(
+        train_images=d["small_tr"],
+        train_labels=d["small_tr_labels"],
+        test_images=d["small_val"],
+        test_labels=d["small_val_labels"],
+        params=params,
+    )
     t0 = time.perf_counter()
     on_cpu = metrics.evaluate(model.model.eval(), classifier=scorer, **data).metrics
     cpu_s, t0 = time.perf_counter() - t0, time.perf_counter()
-    on_gpu = metrics.evaluate(copy.deepcopy(model.model).cuda(), classifier=copy.deepcopy(scorer).cuda(), **data).metrics
+    on_gpu = metrics.evaluate(
+        copy.deepcopy(model.model).cuda(), classifier=copy.deepcopy(scorer).cuda(), **data
+    ).metrics
     gpu_s = time.perf_counter() - t0
     diffs = {k: abs(on_gpu[k] - v) / max(abs(v), 1e-12) for k, v in on_cpu.items() if math.isfinite(v)}
     worst = sorted(diffs, key=diffs.get, reverse=True)[:3]
     # Kernels differ between devices (float sums in another order): agreement to 1% is the same evaluation.
-    return {"ok": max(diffs.values()) < 0.01, "max_relative_difference": {k: f"{diffs[k]:.2e}" for k in worst},
-            "seconds_cpu": round(cpu_s, 2), "seconds_cuda": round(gpu_s, 2)}
+    return {
+        "ok": max(diffs.values()) < 0.01,
+        "max_relative_difference": {k: f"{diffs[k]:.2e}" for k in worst},
+        "seconds_cpu": round(cpu_s, 2),
+        "seconds_cuda": round(gpu_s, 2),
+    }
 
 
 def check_memory(d: dict) -> dict:
@@ -156,9 +184,13 @@ def check_memory(d: dict) -> dict:
     _train(spec, d["tr"], d["val"])
     peak = torch.cuda.max_memory_allocated()
     estimate = device_bytes(spec, d["tr"], len(d["val"]))
-    return {"ok": MEMORY_SAFETY * estimate >= peak, "measured_peak_mib": round(peak / 2**20, 1),
-            "estimate_mib": round(estimate / 2**20, 1), "estimate_over_measured": round(estimate / peak, 2),
-            "auto_counts_per_model_mib": round((MEMORY_SAFETY * estimate + CUDA_CONTEXT_BYTES) / 2**20, 1)}
+    return {
+        "ok": MEMORY_SAFETY * estimate >= peak,
+        "measured_peak_mib": round(peak / 2**20, 1),
+        "estimate_mib": round(estimate / 2**20, 1),
+        "estimate_over_measured": round(estimate / peak, 2),
+        "auto_counts_per_model_mib": round((MEMORY_SAFETY * estimate + CUDA_CONTEXT_BYTES) / 2**20, 1),
+    }
 
 
 @contextlib.contextmanager
@@ -170,8 +202,11 @@ def gpu_samples(path: Path, gpu: str):
         yield lambda: {"nvidia_smi": "not found"}
         return
     with open(path, "w") as fh:
-        proc = subprocess.Popen([smi, "--query-gpu=utilization.gpu,memory.used", "--format=csv", f"--id={gpu}",
-                                 "-lms", "500"], stdout=fh, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [smi, "--query-gpu=utilization.gpu,memory.used", "--format=csv", f"--id={gpu}", "-lms", "500"],
+            stdout=fh,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             yield lambda: _summarise(path)
         finally:
@@ -188,8 +223,12 @@ def _summarise(path: Path) -> dict:
             mem.append(float(m))
     if not util:
         return {"samples": 0}
-    return {"samples": len(util), "util_mean_pct": round(float(np.mean(util)), 1), "util_max_pct": max(util),
-            "memory_max_mib": max(mem)}
+    return {
+        "samples": len(util),
+        "util_mean_pct": round(float(np.mean(util)), 1),
+        "util_max_pct": max(util),
+        "memory_max_mib": max(mem),
+    }
 
 
 def most_at_once(outcomes) -> int:
@@ -214,15 +253,30 @@ def run_sweep(d: dict, tmp: Path, gpus_per_model, gpu: str) -> dict:
     csv = tmp.parent / f"nvidia-smi-{'auto' if gpus_per_model == 'auto' else 'whole'}.csv"
     with gpu_samples(csv, gpu) as summary:
         t0 = time.perf_counter()
-        facts = train_sweep(specs, d["tr"], d["val"], tmp, ray_params, d["sha"], on_epoch=lambda name, rec: None,
-                            on_done=outcomes.append)
+        facts = train_sweep(
+            specs,
+            d["tr"],
+            d["val"],
+            tmp,
+            ray_params,
+            d["sha"],
+            on_epoch=lambda name, rec: None,
+            on_done=outcomes.append,
+        )
         wall = time.perf_counter() - t0
     failed = [o.error for o in outcomes if o.error]
     share = facts["gpus_per_model"]
-    return {"ok": not failed and len(outcomes) == len(specs), "models": len(specs), "wall_s": round(wall, 1),
-            "gpus_per_model": share, "models_per_gpu_allowed": math.floor(1 / share + 1e-9) if share else None,
-            "models_at_once": most_at_once(outcomes), "devices": sorted({o.device for o in outcomes}),
-            "failed": failed[:3], "gpu": summary()}
+    return {
+        "ok": not failed and len(outcomes) == len(specs),
+        "models": len(specs),
+        "wall_s": round(wall, 1),
+        "gpus_per_model": share,
+        "models_per_gpu_allowed": math.floor(1 / share + 1e-9) if share else None,
+        "models_at_once": most_at_once(outcomes),
+        "devices": sorted({o.device for o in outcomes}),
+        "failed": failed[:3],
+        "gpu": summary(),
+    }
 
 
 def check_baseline_ratio(d: dict, epochs: int) -> dict:
@@ -231,9 +285,15 @@ def check_baseline_ratio(d: dict, epochs: int) -> dict:
     b = run_baseline(d["tr"], d["tr_labels"], d["te"], d["te_labels"], epochs, device="cuda")
     o = ours_time_to_target(d["tr"], d["te"], b["test_loss"], 3 * epochs, device="cuda")
     ratio = b["seconds"] / o["seconds"] if o["reached"] else None
-    return {"ok": o["reached"], "baseline_epochs": epochs, "baseline_s": round(b["seconds"], 1),
-            "baseline_test_loss": round(b["test_loss"], 2), "ours_s": round(o["seconds"], 1) if o["seconds"] else None,
-            "ours_epochs": o["epochs"], "baseline_over_ours": round(ratio, 2) if ratio else None}
+    return {
+        "ok": o["reached"],
+        "baseline_epochs": epochs,
+        "baseline_s": round(b["seconds"], 1),
+        "baseline_test_loss": round(b["test_loss"], 2),
+        "ours_s": round(o["seconds"], 1) if o["seconds"] else None,
+        "ours_epochs": o["epochs"],
+        "baseline_over_ours": round(ratio, 2) if ratio else None,
+    }
 
 
 # ----------------------------------------------------------------------------- running them
@@ -245,12 +305,22 @@ def load_data(folder: Path | None) -> dict:
     from aevae.data.sources import from_bundled, from_idx
 
     small = split(from_bundled(), 0.1, 0.2, 0)
-    d = {"small_tr": small["train"][0], "small_tr_labels": small["train"][1],
-         "small_val": small["val"][0], "small_val_labels": small["val"][1]}
+    d = {
+        "small_tr": small["train"][0],
+        "small_tr_labels": small["train"][1],
+        "small_val": small["val"][0],
+        "small_val_labels": small["val"][1],
+    }
     if folder is not None:
         full = split(from_idx(folder), 0.1, 0.2, 0)
-        d.update(tr=full["train"][0], tr_labels=full["train"][1], val=full["val"][0], te=full["test"][0],
-                 te_labels=full["test"][1], sha="device-check-full-mnist")
+        d.update(
+            tr=full["train"][0],
+            tr_labels=full["train"][1],
+            val=full["val"][0],
+            te=full["test"][0],
+            te_labels=full["test"][1],
+            sha="device-check-full-mnist",
+        )
     return d
 
 
@@ -274,9 +344,17 @@ def run_parts(parts: dict[str, Callable[[], dict]], budget_s: float) -> dict:
 
 def markdown(report: dict) -> str:
     """The report as Markdown: the machine, then one table row per part."""
-    lines = [f"# Device check, {report['when']}", "", f"- GPU: {report['gpu']}", f"- {report['versions']}",
-             f"- Data: {report['data']}", f"- Total: {report['total_s']} s", "",
-             "| part | ok | result |", "|---|---|---|"]
+    lines = [
+        f"# Device check, {report['when']}",
+        "",
+        f"- GPU: {report['gpu']}",
+        f"- {report['versions']}",
+        f"- Data: {report['data']}",
+        f"- Total: {report['total_s']} s",
+        "",
+        "| part | ok | result |",
+        "|---|---|---|",
+    ]
     for name, result in report["parts"].items():
         ok = {True: "yes", False: "**no**", None: "skipped"}[result.get("ok")]
         rest = ", ".join(f"{k}: {v}" for k, v in result.items() if k != "ok")
@@ -321,10 +399,12 @@ def run_on_gpu(args) -> int:
         tmp = Path(tmp_name)
         parts = {"determinism": lambda: check_determinism(d), "resume": lambda: check_resume(d, tmp)}
         if folder is not None:  # the headline figures next, so a short budget drops the smaller checks
-            parts.update(sweep_packed=lambda: run_sweep(d, tmp / "packed", "auto", gpu),
-                         sweep_unpacked=lambda: run_sweep(d, tmp / "unpacked", 1, gpu),
-                         baseline_ratio=lambda: check_baseline_ratio(d, args.baseline_epochs),
-                         memory=lambda: check_memory(d))
+            parts.update(
+                sweep_packed=lambda: run_sweep(d, tmp / "packed", "auto", gpu),
+                sweep_unpacked=lambda: run_sweep(d, tmp / "unpacked", 1, gpu),
+                baseline_ratio=lambda: check_baseline_ratio(d, args.baseline_epochs),
+                memory=lambda: check_memory(d),
+            )
         parts.update(bf16_compile=lambda: check_bf16_compile(d), evaluate=lambda: check_evaluate(d))
         results = run_parts(parts, args.budget_s - (time.perf_counter() - t0))
         for csv in tmp.glob("nvidia-smi-*.csv"):
@@ -332,13 +412,19 @@ def run_on_gpu(args) -> int:
             shutil.copy(csv, args.out / csv.name)
     packed, unpacked = results.get("sweep_packed", {}), results.get("sweep_unpacked", {})
     if packed.get("ok") and unpacked.get("ok"):
-        results["packing_speedup"] = {"ok": True, "unpacked_over_packed": round(unpacked["wall_s"] / packed["wall_s"], 2)}
-    report = {"when": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-              "gpu": f"{torch.cuda.get_device_name(0)} ({torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB)",
-              "versions": f"torch {torch.__version__} (CUDA {torch.version.cuda}), ray {ray.__version__}, "
-                          f"{os.cpu_count()} CPUs",
-              "data": f"full MNIST from {folder}" if folder else "bundled digits only (no IDX files: parts 5-7 not run)",
-              "total_s": round(time.perf_counter() - t0, 1), "parts": results}
+        results["packing_speedup"] = {
+            "ok": True,
+            "unpacked_over_packed": round(unpacked["wall_s"] / packed["wall_s"], 2),
+        }
+    report = {
+        "when": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "gpu": f"{torch.cuda.get_device_name(0)} ({torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB)",
+        "versions": f"torch {torch.__version__} (CUDA {torch.version.cuda}), ray {ray.__version__}, "
+        f"{os.cpu_count()} CPUs",
+        "data": f"full MNIST from {folder}" if folder else "bundled digits only (no IDX files: parts 5-7 not run)",
+        "total_s": round(time.perf_counter() - t0, 1),
+        "parts": results,
+    }
     write(args.out, report)
     print(markdown(report), flush=True)
     return 0

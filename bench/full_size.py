@@ -43,8 +43,12 @@ def load(data: Path, quick: bool) -> dict[str, np.ndarray]:
 
     raw = from_idx(data)
     n_train, n_test = (4_000, 1_000) if quick else (len(raw.train_images), len(raw.test_images))
-    return {"x_tr": raw.train_images[:n_train], "y_tr": raw.train_labels[:n_train],
-            "x_te": raw.test_images[:n_test], "y_te": raw.test_labels[:n_test]}
+    return {
+        "x_tr": raw.train_images[:n_train],
+        "y_tr": raw.train_labels[:n_train],
+        "x_te": raw.test_images[:n_test],
+        "y_te": raw.test_labels[:n_test],
+    }
 
 
 def section_speed(d: dict, epochs: int) -> tuple[list[str], float | None]:
@@ -53,12 +57,20 @@ def section_speed(d: dict, epochs: int) -> tuple[list[str], float | None]:
     log(f"speed: ours, until test loss <= {b['test_loss']:.2f}")
     o = ours_time_to_target(d["x_tr"], d["x_te"], b["test_loss"], 3 * epochs)
     ratio = b["seconds"] / o["seconds"] if o["reached"] else None
-    rows = [["baseline (pytorch/examples)", epochs, f"{b['test_loss']:.2f}", fmt_s(b["seconds"]), fmt_s(b["cpu_s"])],
-            ["ours (train_model)", o["epochs"], f"{o['last_loss']:.2f}", fmt_s(o["seconds"]), fmt_s(o["cpu_s"])]]
-    verdict = f"**{ratio:.2f}x** (goal >= 3x: {'met' if ratio >= 3 else '**missed**'})" if ratio else \
-        "ours did not reach the baseline's loss: **missed**"
-    return [*table(["run", "epochs", "test loss (nats/image)", "wall s", "CPU s"], rows), "",
-            f"Baseline / ours, wall time to the same test loss: {verdict}."], ratio
+    rows = [
+        ["baseline (pytorch/examples)", epochs, f"{b['test_loss']:.2f}", fmt_s(b["seconds"]), fmt_s(b["cpu_s"])],
+        ["ours (train_model)", o["epochs"], f"{o['last_loss']:.2f}", fmt_s(o["seconds"]), fmt_s(o["cpu_s"])],
+    ]
+    verdict = (
+        f"**{ratio:.2f}x** (goal >= 3x: {'met' if ratio >= 3 else '**missed**'})"
+        if ratio
+        else "ours did not reach the baseline's loss: **missed**"
+    )
+    return [
+        *table(["run", "epochs", "test loss (nats/image)", "wall s", "CPU s"], rows),
+        "",
+        f"Baseline / ours, wall time to the same test loss: {verdict}.",
+    ], ratio
 
 
 def fp32_peak_gflops(n: int, repeats: int = 3) -> float:
@@ -105,11 +117,31 @@ def section_throughput(d: dict, quick: bool) -> tuple[list[str], float]:
         seconds = _timed(lambda: train_model(spec, d["x_tr"], d["x_te"], checkpoint_dir=Path(ckpt)))
     achieved = flop * len(d["x_tr"]) / seconds / 1e9  # the epoch's validation pass counts against it
     share = achieved / peak
-    rows = [[spec.name, f"{flop / 1e6:.2f}", f"{len(d['x_tr']) / seconds:,.0f}", f"{achieved:.1f}", f"{peak:.1f}",
-             f"**{100 * share:.0f}%**"]]
-    return [*table(["model", "MFLOP per image (fwd + bwd)", "images/s", "GFLOP/s", "FP32 peak GFLOP/s (matmul)",
-                    "share of peak"], rows), "",
-            f"Goal for the sweep >= 60%: {'met' if share >= 0.6 else '**missed**'} for one model on these threads."], share
+    rows = [
+        [
+            spec.name,
+            f"{flop / 1e6:.2f}",
+            f"{len(d['x_tr']) / seconds:,.0f}",
+            f"{achieved:.1f}",
+            f"{peak:.1f}",
+            f"**{100 * share:.0f}%**",
+        ]
+    ]
+    return [
+        *table(
+            [
+                "model",
+                "MFLOP per image (fwd + bwd)",
+                "images/s",
+                "GFLOP/s",
+                "FP32 peak GFLOP/s (matmul)",
+                "share of peak",
+            ],
+            rows,
+        ),
+        "",
+        f"Goal for the sweep >= 60%: {'met' if share >= 0.6 else '**missed**'} for one model on these threads.",
+    ], share
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,11 +165,22 @@ def main(argv: list[str] | None = None) -> int:
     throughput, _ = section_throughput(d, args.quick)
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     kind = "quick run (`--quick`)" if args.quick else "full size"
-    text = [f"## {when} — full-size benchmarks, {kind} (`python bench/full_size.py`)", "",
-            *machine_info(args.threads), f"- Data: {len(d['x_tr'])} train / {len(d['x_te'])} test from {args.data}; "
-            f"total {time.perf_counter() - t0:.0f} s", "",
-            "### Single model: ours vs the pytorch/examples recipe", "", *speed, "",
-            "### Training throughput: share of FP32 peak", "", *throughput, ""]
+    text = [
+        f"## {when} — full-size benchmarks, {kind} (`python bench/full_size.py`)",
+        "",
+        *machine_info(args.threads),
+        f"- Data: {len(d['x_tr'])} train / {len(d['x_te'])} test from {args.data}; "
+        f"total {time.perf_counter() - t0:.0f} s",
+        "",
+        "### Single model: ours vs the pytorch/examples recipe",
+        "",
+        *speed,
+        "",
+        "### Training throughput: share of FP32 peak",
+        "",
+        *throughput,
+        "",
+    ]
     append_section(args.out, text)
     return 0
 

@@ -76,8 +76,12 @@ def section(cfg: Settings, targets_override: list[str] | None = None) -> tuple[l
             params = _quick_params(yaml.safe_load((root / "params.yaml").read_text()))
             (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "PYTHONPATH")}
-        env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(root / "src"),
-                   PYTHONUNBUFFERED="1", DVC_NO_ANALYTICS="1")
+        env.update(
+            PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+            PYTHONPATH=str(root / "src"),
+            PYTHONUNBUFFERED="1",
+            DVC_NO_ANALYTICS="1",
+        )
         quiet = dict(cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
         if shutil.which("git"):
             subprocess.run(["git", "init", "-q"], **quiet)
@@ -100,8 +104,15 @@ def section(cfg: Settings, targets_override: list[str] | None = None) -> tuple[l
         out_lines: list[str] = []
         log(f"pipeline: dvc repro -f {' '.join(targets)} in {root}")
         t0 = time.perf_counter()
-        proc = subprocess.Popen([str(bin_dir / "dvc"), "repro", "-f", *targets], cwd=root, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, bufsize=1)
+        proc = subprocess.Popen(
+            [str(bin_dir / "dvc"), "repro", "-f", *targets],
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
         stop = threading.Event()
 
         def reader():
@@ -160,8 +171,14 @@ def section(cfg: Settings, targets_override: list[str] | None = None) -> tuple[l
         stage_peak = max((s[1] for s in samples if start <= s[0] < end), default=0)
         stage_rows.append([name, fmt_s(end - start), f"{stage_peak / 2**30:.2f}"])
     if stage_starts:
-        stage_rows.insert(0, ["dvc start-up (before the first stage)", fmt_s(stage_starts[0][1]),
-                              f"{max((s[1] for s in samples if s[0] < stage_starts[0][1]), default=0) / 2**30:.2f}"])
+        stage_rows.insert(
+            0,
+            [
+                "dvc start-up (before the first stage)",
+                fmt_s(stage_starts[0][1]),
+                f"{max((s[1] for s in samples if s[0] < stage_starts[0][1]), default=0) / 2**30:.2f}",
+            ],
+        )
     wall_ok, mem_ok = wall < 180, peak[1] < 4 * 2**30
     lines = [
         f"`dvc repro -f {' '.join(targets)}` in a temporary copy of the project "
@@ -172,26 +189,46 @@ def section(cfg: Settings, targets_override: list[str] | None = None) -> tuple[l
         "",
         *table(["stage", "wall s", "peak sum RSS, GiB"], stage_rows),
         "",
-        *table(["measure", "value", "goal", "met"], [
-            ["wall time", f"{wall:.1f} s", "< 180 s", "yes" if wall_ok else "**no**"],
-            ["peak memory, sum of RSS over the tree", f"{peak[1] / 2**30:.2f} GiB ({peak[2]} processes, during "
-             f"'{peak[3]}', at {peak[0]:.0f} s)", "< 4 GiB", "yes" if mem_ok else "**no**"],
-            ["peak memory, sum of PSS (shared pages counted once), sampled every 1 s",
-             f"{pss_peak[0] / 2**30:.2f} GiB", "—", "—"],
-        ]),
+        *table(
+            ["measure", "value", "goal", "met"],
+            [
+                ["wall time", f"{wall:.1f} s", "< 180 s", "yes" if wall_ok else "**no**"],
+                [
+                    "peak memory, sum of RSS over the tree",
+                    f"{peak[1] / 2**30:.2f} GiB ({peak[2]} processes, during '{peak[3]}', at {peak[0]:.0f} s)",
+                    "< 4 GiB",
+                    "yes" if mem_ok else "**no**",
+                ],
+                [
+                    "peak memory, sum of PSS (shared pages counted once), sampled every 1 s",
+                    f"{pss_peak[0] / 2**30:.2f} GiB",
+                    "—",
+                    "—",
+                ],
+            ],
+        ),
     ]
     if peak_procs:
         grouped: dict[str, list[int]] = {}
         for label, r in peak_procs:
             grouped.setdefault(label, []).append(r)
         by_rss = sorted(grouped.items(), key=lambda kv: -sum(kv[1]))
-        lines += ["", f"Processes at the peak ({peak[1] / 2**30:.2f} GiB sum of RSS; shared libraries such as "
-                      "torch's count once per process in RSS):", "",
-                  *table(["process", "count", "RSS, GiB"],
-                         [[f"`{k}`", len(v), f"{sum(v) / 2**30:.2f}"] for k, v in by_rss])]
+        lines += [
+            "",
+            f"Processes at the peak ({peak[1] / 2**30:.2f} GiB sum of RSS; shared libraries such as "
+            "torch's count once per process in RSS):",
+            "",
+            *table(["process", "count", "RSS, GiB"], [[f"`{k}`", len(v), f"{sum(v) / 2**30:.2f}"] for k, v in by_rss]),
+        ]
     if rc != 0:
         tail = "\n".join(out_lines[-15:])
         lines += ["", f"**`dvc repro -f` FAILED with exit code {rc}.** Last lines:", "", "```", tail, "```"]
         raise SectionFailed(lines, f"dvc repro -f exited {rc}")
-    return lines, {"wall_s": wall, "peak_rss": peak[1], "peak_pss": pss_peak[0], "wall_ok": wall_ok, "mem_ok": mem_ok,
-                   "stages": stage_rows}
+    return lines, {
+        "wall_s": wall,
+        "peak_rss": peak[1],
+        "peak_pss": pss_peak[0],
+        "wall_ok": wall_ok,
+        "mem_ok": mem_ok,
+        "stages": stage_rows,
+    }

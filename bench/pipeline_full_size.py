@@ -50,8 +50,9 @@ def run(project: Path) -> dict:
         env.pop(var, None)
     set_subreaper()
     t0 = time.monotonic()
-    proc = subprocess.Popen(["dvc", "repro", "-f"], cwd=project, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        ["dvc", "repro", "-f"], cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     peak = {"pss": 0, "at": 0.0}
     done = threading.Event()
 
@@ -82,15 +83,33 @@ def report(r: dict, data: Path) -> list[str]:
     total, stages = r["total"], r["stages"]
     outside = total - stages.get("train", 0.0)
     rows = [[name, f"{s:.0f}", f"{100 * s / total:.0f}%"] for name, s in stages.items()]
-    goals = [["whole `dvc repro -f`", f"{total / 60:.1f} min", "<= 15 min", "met" if total <= 900 else "**missed**"],
-             ["outside the train stage", f"{100 * outside / total:.0f}%", "<= 25%",
-              "met" if outside <= 0.25 * total else "**missed**"],
-             ["peak memory, sum of PSS over the tree", f"{r['peak_pss'] / 2**30:.2f} GiB (at {r['peak_at']:.0f} s)",
-              "<= 4 GiB", "met" if r["peak_pss"] <= 4 * 2**30 else "**missed**"]]
+    goals = [
+        ["whole `dvc repro -f`", f"{total / 60:.1f} min", "<= 15 min", "met" if total <= 900 else "**missed**"],
+        [
+            "outside the train stage",
+            f"{100 * outside / total:.0f}%",
+            "<= 25%",
+            "met" if outside <= 0.25 * total else "**missed**",
+        ],
+        [
+            "peak memory, sum of PSS over the tree",
+            f"{r['peak_pss'] / 2**30:.2f} GiB (at {r['peak_at']:.0f} s)",
+            "<= 4 GiB",
+            "met" if r["peak_pss"] <= 4 * 2**30 else "**missed**",
+        ],
+    ]
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return [f"## {when} — the whole pipeline at full size (`python bench/pipeline_full_size.py`)", "",
-            *machine_info(1), f"- Data: {data} (data.source idx); default params.yaml otherwise; exit code {r['rc']}",
-            "", *table(["stage", "wall s", "share"], rows), "", *table(["measure", "value", "goal", "met"], goals), ""]
+    return [
+        f"## {when} — the whole pipeline at full size (`python bench/pipeline_full_size.py`)",
+        "",
+        *machine_info(1),
+        f"- Data: {data} (data.source idx); default params.yaml otherwise; exit code {r['rc']}",
+        "",
+        *table(["stage", "wall s", "share"], rows),
+        "",
+        *table(["measure", "value", "goal", "met"], goals),
+        "",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,8 +30,11 @@ def _sweep_specs(epochs: int | None):
     specs = resolve_sweep(params, source=str(REPO / "params.yaml"))
     if epochs:  # --quick: the first seed at the first latent size (5 models, not the study's 30), few epochs
         first = (params.sweep.seeds[0], params.sweep.latent_dims[0])
-        specs = [s.model_copy(update={"train": s.train.model_copy(update={"epochs": epochs})}) for s in specs
-                 if (s.seed, s.model.latent_dim) == first]
+        specs = [
+            s.model_copy(update={"train": s.train.model_copy(update={"epochs": epochs})})
+            for s in specs
+            if (s.seed, s.model.latent_dim) == first
+        ]
     return specs, params
 
 
@@ -49,7 +52,9 @@ def _sweep_data(cfg: Settings, tmp: Path) -> tuple[Path, str, int, int]:
 
         raw = from_bundled()
         root, origin = tmp / "prepared", "bundled digits, prepared in a temp folder"
-        write_prepared(root, split(raw, params.data.val_fraction, params.data.test_fraction, params.data.seed), raw, "mnist")
+        write_prepared(
+            root, split(raw, params.data.val_fraction, params.data.test_fraction, params.data.seed), raw, "mnist"
+        )
     sha = load_manifest(root)["data_sha256"]
     train, val = load_split("train", root).images, load_split("val", root).images
     if cfg.sweep_train_cap:
@@ -146,8 +151,16 @@ def _ray_sweep(specs, ray_params, train, val, sha, ckpt_root: Path) -> dict:
     os.environ.pop("RAY_ADDRESS", None)  # measure the local instance the default setup starts
     marks["sweep_start"] = time.time()
     try:
-        distributed.train_sweep(specs, train, val, ckpt_root, ray_params, sha, on_epoch=lambda name, rec: None,
-                                on_done=lambda outcome: done.append((time.time(), outcome)))
+        distributed.train_sweep(
+            specs,
+            train,
+            val,
+            ckpt_root,
+            ray_params,
+            sha,
+            on_epoch=lambda name, rec: None,
+            on_done=lambda outcome: done.append((time.time(), outcome)),
+        )
     finally:
         distributed.connect, ray.shutdown = original_connect, original_shutdown
     marks["sweep_end"] = time.time()
@@ -157,8 +170,11 @@ def _ray_sweep(specs, ray_params, train, val, sha, ckpt_root: Path) -> dict:
     # A task's training started `seconds` before the driver saw it finish (ray.wait returns on completion).
     starts = [t - o.seconds for t, o in done]
     marks["first_task_start"], marks["last_task_done"] = min(starts), max(t for t, _ in done)
-    return {"ray_marks": marks, "per_model": {o.spec.name: o.seconds for _, o in done},
-            "train_s_sum": sum(o.seconds for _, o in done)}
+    return {
+        "ray_marks": marks,
+        "per_model": {o.spec.name: o.seconds for _, o in done},
+        "train_s_sum": sum(o.seconds for _, o in done),
+    }
 
 
 def _run_variant(variant: str, data: Path, epochs: int | None, deadline_s: float | None, timeout_s: float) -> dict:
@@ -205,19 +221,37 @@ def section(cfg: Settings, threads: int, pool: bool) -> tuple[list[str], dict]:
     in_proc = [x["seconds"] for x in (a, b) if x["seconds"]]
     best = min(in_proc)
     ratio = r["wall"] / best
-    b_cell = fmt_s(b["seconds"]) if b["seconds"] else (
-        f"slower than (a): abandoned after {b['aborted_after']:.0f} s of training, "
-        f"{len(b['per_model'])} of {len(specs)} models done")
+    b_cell = (
+        fmt_s(b["seconds"])
+        if b["seconds"]
+        else (
+            f"slower than (a): abandoned after {b['aborted_after']:.0f} s of training, "
+            f"{len(b['per_model'])} of {len(specs)} models done"
+        )
+    )
     rows = [
         ["(a) one process, sequential, 1 torch thread", fmt_s(a["seconds"]), f"{r['wall'] / a['seconds']:.2f}"],
-        [f"(b) one process, sequential, {cores} torch threads", b_cell,
-         f"{r['wall'] / b['seconds']:.2f}" if b["seconds"] else "—"],
+        [
+            f"(b) one process, sequential, {cores} torch threads",
+            b_cell,
+            f"{r['wall'] / b['seconds']:.2f}" if b["seconds"] else "—",
+        ],
     ]
     if c:
-        rows.append([f"(c) process pool, {slots} workers x 1 thread, no Ray (workers spawn and import torch)",
-                     fmt_s(c["seconds"]), f"{r['wall'] / c['seconds']:.2f}"])
-    rows.append([f"Ray: `distributed.train_sweep`, local instance, {params.ray.cpus_per_model:g} CPU per model",
-                 fmt_s(r["wall"]), "1.00"])
+        rows.append(
+            [
+                f"(c) process pool, {slots} workers x 1 thread, no Ray (workers spawn and import torch)",
+                fmt_s(c["seconds"]),
+                f"{r['wall'] / c['seconds']:.2f}",
+            ]
+        )
+    rows.append(
+        [
+            f"Ray: `distributed.train_sweep`, local instance, {params.ray.cpus_per_model:g} CPU per model",
+            fmt_s(r["wall"]),
+            "1.00",
+        ]
+    )
 
     m = r["ray_marks"]
     launch, end = r["launch"], r["launch"] + r["wall"]
@@ -225,10 +259,18 @@ def section(cfg: Settings, threads: int, pool: bool) -> tuple[list[str], dict]:
     phases = [
         ("process start: Python, numpy, aevae imports, reading the data", launch, m["sweep_start"]),
         ("`ray.init` (local instance: GCS, raylet, object store)", m["connect_start"], m["connect_end"]),
-        ("`ray.init` returned -> first task starts training (progress actor, `ray.put` of the data, worker "
-         "processes start and import torch + aevae)", m["connect_end"], m["first_task_start"]),
-        (f"training span, first task start -> last task done ({len(specs)} tasks on {slots} slots; perfect packing "
-         f"of their {r['train_s_sum']:.1f} s would be {ideal:.1f} s)", m["first_task_start"], m["last_task_done"]),
+        (
+            "`ray.init` returned -> first task starts training (progress actor, `ray.put` of the data, worker "
+            "processes start and import torch + aevae)",
+            m["connect_end"],
+            m["first_task_start"],
+        ),
+        (
+            f"training span, first task start -> last task done ({len(specs)} tasks on {slots} slots; perfect packing "
+            f"of their {r['train_s_sum']:.1f} s would be {ideal:.1f} s)",
+            m["first_task_start"],
+            m["last_task_done"],
+        ),
         ("last task done -> `ray.shutdown` called", m["last_task_done"], m["shutdown_start"]),
         ("`ray.shutdown`", m["shutdown_start"], m["shutdown_end"]),
         ("driver exit", m["sweep_end"], end),
@@ -261,9 +303,15 @@ def section(cfg: Settings, threads: int, pool: bool) -> tuple[list[str], dict]:
         "",
         *table(["model", "(a) s", "Ray task s"], per_model),
     ]
-    return lines, {"ratio": ratio, "ray_s": r["wall"], "in_process_s": best, "fixed_s": fixed,
-                   "a": a["seconds"], "b": b["seconds"], "c": c["seconds"] if c else None}
-
+    return lines, {
+        "ratio": ratio,
+        "ray_s": r["wall"],
+        "in_process_s": best,
+        "fixed_s": fixed,
+        "a": a["seconds"],
+        "b": b["seconds"],
+        "c": c["seconds"] if c else None,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

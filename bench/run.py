@@ -53,14 +53,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings, under a minute (smoke test)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results file to append to")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads for in-process training (default 1: on a shared 2-core machine more "
-                             "threads than free cores makes PyTorch's parallel regions stall)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for in-process training (default 1: on a shared 2-core machine more "
+        "threads than free cores makes PyTorch's parallel regions stall)",
+    )
     parser.add_argument("--only", default="1234", help="sections to run, e.g. 13 (default all)")
-    parser.add_argument("--pipeline-target", action="append", metavar="STAGE",
-                        help="section 3 reproduces only up to this stage (repeatable; default: the whole dvc.yaml)")
-    parser.add_argument("--pool", action="store_true",
-                        help="section 2 also times a plain process pool (same concurrency as Ray, no Ray)")
+    parser.add_argument(
+        "--pipeline-target",
+        action="append",
+        metavar="STAGE",
+        help="section 3 reproduces only up to this stage (repeatable; default: the whole dvc.yaml)",
+    )
+    parser.add_argument(
+        "--pool",
+        action="store_true",
+        help="section 2 also times a plain process pool (same concurrency as Ray, no Ray)",
+    )
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
 
@@ -70,11 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     sections: list[tuple[str, list[str]]] = []
     results: dict = {}
     failed = []
-    runners = {"1": ("1. Training speed: ours vs the pytorch/examples VAE", lambda: speed.section(cfg, args.threads)),
-               "2": ("2. Ray overhead: train_sweep vs the same sweep without Ray",
-                     lambda: ray_overhead.section(cfg, args.threads, args.pool)),
-               "3": ("3. Whole pipeline: `dvc repro -f`", lambda: pipeline_default.section(cfg, args.pipeline_target)),
-               "4": ("4. Scaling with dataset size", lambda: scaling.section(cfg))}
+    runners = {
+        "1": ("1. Training speed: ours vs the pytorch/examples VAE", lambda: speed.section(cfg, args.threads)),
+        "2": (
+            "2. Ray overhead: train_sweep vs the same sweep without Ray",
+            lambda: ray_overhead.section(cfg, args.threads, args.pool),
+        ),
+        "3": ("3. Whole pipeline: `dvc repro -f`", lambda: pipeline_default.section(cfg, args.pipeline_target)),
+        "4": ("4. Scaling with dataset size", lambda: scaling.section(cfg)),
+    }
     for key, (title, fn) in runners.items():
         if key not in args.only:
             sections.append((title, ["Not run (`--only`)."]))
@@ -109,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(header + summary + body) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if not args.out.exists():
-        args.out.write_text("# Benchmark results\n\nEach run of `python bench/run.py` (`make bench`) appends a dated "
-                            "section below; see bench/run.py for what is measured and how.\n\n")
+        args.out.write_text(
+            "# Benchmark results\n\nEach run of `python bench/run.py` (`make bench`) appends a dated "
+            "section below; see bench/run.py for what is measured and how.\n\n"
+        )
     with args.out.open("a") as fh:
         fh.write(text)
     log(f"appended to {args.out}")
@@ -125,20 +142,40 @@ def _summary(results: dict) -> list[str]:
     rows = []
     if "1" in results and results["1"]["ratio"]:
         r = results["1"]["ratio"]
-        rows.append(["training speed, baseline time / ours to the same test loss",
-                     f"{r:.2f}x (CPU time: {results['1']['cpu_ratio']:.2f}x)", ">= 3x", "yes" if r >= 3 else "**no**"])
+        rows.append(
+            [
+                "training speed, baseline time / ours to the same test loss",
+                f"{r:.2f}x (CPU time: {results['1']['cpu_ratio']:.2f}x)",
+                ">= 3x",
+                "yes" if r >= 3 else "**no**",
+            ]
+        )
     if "2" in results:
         r = results["2"]["ratio"]
         rows.append(["Ray sweep time / in-process sweep time", f"{r:.2f}", "<= 1.15", "yes" if r <= 1.15 else "**no**"])
     if "3" in results:
         p = results["3"]
-        rows.append(["`dvc repro -f` wall time", f"{p['wall_s']:.0f} s", "< 180 s", "yes" if p["wall_ok"] else "**no**"])
-        rows.append(["`dvc repro -f` peak memory (sum RSS of the tree)", f"{p['peak_rss'] / 2**30:.2f} GiB", "< 4 GiB",
-                     "yes" if p["mem_ok"] else "**no**"])
+        rows.append(
+            ["`dvc repro -f` wall time", f"{p['wall_s']:.0f} s", "< 180 s", "yes" if p["wall_ok"] else "**no**"]
+        )
+        rows.append(
+            [
+                "`dvc repro -f` peak memory (sum RSS of the tree)",
+                f"{p['peak_rss'] / 2**30:.2f} GiB",
+                "< 4 GiB",
+                "yes" if p["mem_ok"] else "**no**",
+            ]
+        )
     if "4" in results:
         w = results["4"]["worst"]
-        rows.append(["scaling: CPU s per 1,000 images, largest / smallest size", f"{w:.2f}x", "about 1 (linear)",
-                     "yes" if w < 1.25 else "**no**"])
+        rows.append(
+            [
+                "scaling: CPU s per 1,000 images, largest / smallest size",
+                f"{w:.2f}x",
+                "about 1 (linear)",
+                "yes" if w < 1.25 else "**no**",
+            ]
+        )
     if not rows:
         return []
     return ["Goals:", "", *table(["goal", "measured", "target", "met"], rows), ""]

@@ -47,21 +47,38 @@ def section(cfg: Settings) -> tuple[list[str], dict]:
         train, val = images[n_val:], images[:n_val]
         for kind in ("ae", "vae"):
             model = params.model.model_copy(update={"kind": kind, "latent_dim": params.sweep.latent_dims[0]})
-            spec = RunSpec(name=f"scale-{kind}", model=model,
-                           train=params.train.model_copy(update={"epochs": cfg.scaling_epochs}))
+            spec = RunSpec(
+                name=f"scale-{kind}", model=model, train=params.train.model_copy(update={"epochs": cfg.scaling_epochs})
+            )
             log(f"scaling: {kind} at {n} images")
             cpu_marks = [time.process_time()]
             with tempfile.TemporaryDirectory(prefix="aevae-bench-scale-") as ckpt:
                 t0 = time.perf_counter()
-                result = train_model(spec, train, val, checkpoint_dir=Path(ckpt),
-                                     on_epoch=lambda rec: cpu_marks.append(time.process_time()))  # noqa: B023 (called in this iteration)
+                result = train_model(
+                    spec,
+                    train,
+                    val,
+                    checkpoint_dir=Path(ckpt),
+                    on_epoch=lambda rec: cpu_marks.append(time.process_time()),  # noqa: B023 (called in this iteration)
+                )
                 total = time.perf_counter() - t0
             epoch_s = min(rec["seconds"] for rec in result.history)
             # CPU seconds per epoch (the first also has the model build): with one thread, unaffected by other load.
             epoch_cpu = min(b - a for a, b in zip(cpu_marks, cpu_marks[1:]))
             per_k[(kind, n)] = 1000 * epoch_cpu / len(train)
-            rows.append([kind, f"{n:,}", f"{len(train):,} / {len(val):,}", f"{epoch_s:.2f}", f"{epoch_cpu:.2f}",
-                         f"{1000 * epoch_s / len(train):.3f}", f"{per_k[(kind, n)]:.3f}", "", fmt_s(total)])
+            rows.append(
+                [
+                    kind,
+                    f"{n:,}",
+                    f"{len(train):,} / {len(val):,}",
+                    f"{epoch_s:.2f}",
+                    f"{epoch_cpu:.2f}",
+                    f"{1000 * epoch_s / len(train):.3f}",
+                    f"{per_k[(kind, n)]:.3f}",
+                    "",
+                    fmt_s(total),
+                ]
+            )
     first = cfg.sizes[0]
     for row in rows:
         kind, n = row[0], int(row[1].replace(",", ""))
@@ -77,10 +94,25 @@ def section(cfg: Settings) -> tuple[list[str], dict]:
         f"beyond the 5,000 bundled digits are copies shifted by up to 2 px with pixel noise (seeded); "
         f"{params.data.val_fraction:g} held out for validation.",
         "",
-        *table(["model", "images", "train / val", "wall s/epoch", "CPU s/epoch", "wall s per 1,000 train images",
-                "CPU s per 1,000 train images", f"CPU per 1,000, relative to {first:,}", "wall s (incl. set-up)"], rows),
+        *table(
+            [
+                "model",
+                "images",
+                "train / val",
+                "wall s/epoch",
+                "CPU s/epoch",
+                "wall s per 1,000 train images",
+                "CPU s per 1,000 train images",
+                f"CPU per 1,000, relative to {first:,}",
+                "wall s (incl. set-up)",
+            ],
+            rows,
+        ),
     ]
     worst = max(per_k[(k, n)] / per_k[(k, first)] for (k, n) in per_k)
-    lines += ["", f"Largest growth of CPU seconds per 1,000 images over the smallest size: {worst:.2f}x "
-                  f"({'about linear' if worst < 1.25 else 'worse than linear'})."]
+    lines += [
+        "",
+        f"Largest growth of CPU seconds per 1,000 images over the smallest size: {worst:.2f}x "
+        f"({'about linear' if worst < 1.25 else 'worse than linear'}).",
+    ]
     return lines, {"per_k": per_k, "worst": worst}

@@ -26,8 +26,7 @@ def _ours_spec(epochs: int, precision: str = "fp32", lr: float = 1e-3, batch_siz
     return RunSpec(name="bench-vae", model=model, train=train)
 
 
-def ours_time_to_target(x_train, x_test, target: float | None, max_epochs: int, device: str = "cpu",
-                        **spec_kw) -> dict:
+def ours_time_to_target(x_train, x_test, target: float | None, max_epochs: int, device: str = "cpu", **spec_kw) -> dict:
     """Train with aevae.core.training.train_model (checkpointing every epoch, as the pipeline does), evaluating
     on the test images after every epoch; stop at the first epoch whose test loss <= target."""
     from aevae.core.training import train_model
@@ -43,13 +42,25 @@ def ours_time_to_target(x_train, x_test, target: float | None, max_epochs: int, 
                 raise Stop
 
         with contextlib.suppress(Stop):
-            train_model(_ours_spec(max_epochs, **spec_kw), x_train, x_test, device=device, checkpoint_dir=Path(ckpt),
-                        on_epoch=on_epoch)
+            train_model(
+                _ours_spec(max_epochs, **spec_kw),
+                x_train,
+                x_test,
+                device=device,
+                checkpoint_dir=Path(ckpt),
+                on_epoch=on_epoch,
+            )
         cpu = time.process_time() - cpu0
     reached = target is not None and trace[-1][2] <= target
-    return {"trace": trace, "reached": reached, "epochs": trace[-1][0], "seconds": trace[-1][1] if reached else None,
-            "last_loss": trace[-1][2], "cpu_s": cpu,
-            "s_per_epoch": trace[-1][1] / len(trace)}
+    return {
+        "trace": trace,
+        "reached": reached,
+        "epochs": trace[-1][0],
+        "seconds": trace[-1][1] if reached else None,
+        "last_loss": trace[-1][2],
+        "cpu_s": cpu,
+        "s_per_epoch": trace[-1][1] / len(trace),
+    }
 
 
 def run_baseline(x_train, y_train, x_test, y_test, epochs: int, device: str = "cpu") -> dict:
@@ -58,8 +69,9 @@ def run_baseline(x_train, y_train, x_test, y_test, epochs: int, device: str = "c
 
     with tempfile.TemporaryDirectory(prefix="aevae-bench-results-") as results:
         cpu0 = time.process_time()
-        out = baseline_vae.run(x_train, y_train, x_test, y_test, epochs=epochs, results_dir=Path(results),
-                               device=device)
+        out = baseline_vae.run(
+            x_train, y_train, x_test, y_test, epochs=epochs, results_dir=Path(results), device=device
+        )
         out["cpu_s"] = time.process_time() - cpu0
     out["s_per_epoch"] = out["seconds"] / epochs
     return out
@@ -83,12 +95,14 @@ def _profile(fn) -> tuple[float, dict[str, float], list[tuple[str, float, int]]]
 
     cats = {
         "matmul, forward + backward (aten::addmm, aten::mm)": self_(lambda k: k in ("aten::addmm", "aten::mm")),
-        "Adam step (default single-tensor loop: ~6 ops per parameter tensor per step)":
-            total(lambda k: k.startswith("Optimizer.step")),
+        "Adam step (default single-tensor loop: ~6 ops per parameter tensor per step)": total(
+            lambda k: k.startswith("Optimizer.step")
+        ),
         "zero_grad": total(lambda k: k.startswith("Optimizer.zero_grad")),
     }
     cats["everything else: loss, activations, sampling, batch gather, per-epoch eval and checkpoint, Python"] = max(
-        0.0, wall - sum(cats.values()))
+        0.0, wall - sum(cats.values())
+    )
     top = sorted(((e.key, e.self_cpu_time_total / 1e6, e.count) for e in events), key=lambda t: -t[1])[:8]
     return wall, cats, top
 
@@ -114,7 +128,7 @@ def section(cfg: Settings, threads: int) -> tuple[list[str], dict]:
     for r in range(cfg.rounds):
         first_baseline = r % 2 == 0 or target is None  # alternate who goes first; the target comes from the baseline
         pair: dict = {}
-        for side in (("baseline", "ours") if first_baseline else ("ours", "baseline")):
+        for side in ("baseline", "ours") if first_baseline else ("ours", "baseline"):
             if side == "baseline":
                 log(f"speed round {r + 1}/{cfg.rounds}: baseline, {n_epochs} epochs")
                 pair["b"] = b = run_baseline(x_tr, y_tr, x_te, y_te, n_epochs)
@@ -127,12 +141,21 @@ def section(cfg: Settings, threads: int) -> tuple[list[str], dict]:
         # CPU time to the target: ours' CPU time is for all its epochs, which are the epochs to the target.
         pair["cpu_ratio"] = b["cpu_s"] / o["cpu_s"] if o["reached"] else None
         pairs.append(pair)
-        rows.append([r + 1, "baseline first" if first_baseline else "ours first", f"{b['test_loss']:.2f}",
-                     fmt_s(b["seconds"]), fmt_s(b["cpu_s"]),
-                     o["epochs"] if o["reached"] else f"not in {max_epochs}", f"{o['last_loss']:.2f}",
-                     fmt_s(o["seconds"]), fmt_s(o["cpu_s"]),
-                     f"**{pair['ratio']:.2f}x**" if pair["ratio"] else "—",
-                     f"{pair['cpu_ratio']:.2f}x" if pair["cpu_ratio"] else "—"])
+        rows.append(
+            [
+                r + 1,
+                "baseline first" if first_baseline else "ours first",
+                f"{b['test_loss']:.2f}",
+                fmt_s(b["seconds"]),
+                fmt_s(b["cpu_s"]),
+                o["epochs"] if o["reached"] else f"not in {max_epochs}",
+                f"{o['last_loss']:.2f}",
+                fmt_s(o["seconds"]),
+                fmt_s(o["cpu_s"]),
+                f"**{pair['ratio']:.2f}x**" if pair["ratio"] else "—",
+                f"{pair['cpu_ratio']:.2f}x" if pair["cpu_ratio"] else "—",
+            ]
+        )
 
     valid = [p for p in pairs if p["ratio"]]
     ratio = statistics.median(p["ratio"] for p in valid) if valid else None
@@ -150,12 +173,29 @@ def section(cfg: Settings, threads: int) -> tuple[list[str], dict]:
         f"taken within a round. CPU s is this process's CPU time (single-threaded work, so it is what the run "
         f"costs without other load on the machine).",
         "",
-        *table(["round", "order", "baseline test loss", "baseline s", "baseline CPU s", "ours epochs to reach",
-                "ours test loss", "ours s to reach", "ours CPU s", "baseline / ours", "same, CPU time"], rows),
+        *table(
+            [
+                "round",
+                "order",
+                "baseline test loss",
+                "baseline s",
+                "baseline CPU s",
+                "ours epochs to reach",
+                "ours test loss",
+                "ours s to reach",
+                "ours CPU s",
+                "baseline / ours",
+                "same, CPU time",
+            ],
+            rows,
+        ),
         "",
-        (f"Median over rounds: **{ratio:.2f}x** wall time, {cpu_ratio:.2f}x CPU time "
-         f"(goal >= 3x: **{'met' if ratio >= 3 else 'missed'}**)." if ratio else
-         "Ours did not reach the baseline's test loss: goal >= 3x **missed**."),
+        (
+            f"Median over rounds: **{ratio:.2f}x** wall time, {cpu_ratio:.2f}x CPU time "
+            f"(goal >= 3x: **{'met' if ratio >= 3 else 'missed'}**)."
+            if ratio
+            else "Ours did not reach the baseline's test loss: goal >= 3x **missed**."
+        ),
     ]
     result = {"ratio": ratio, "cpu_ratio": cpu_ratio, "baseline_s": b_best, "ours_s": o_best}
     if ratio is None or ratio < 3:
@@ -188,14 +228,27 @@ def _speed_diagnosis(cfg, x_tr, y_tr, x_te, target, max_epochs, pairs) -> list[s
     lines = [
         "#### Where the time goes",
         "",
-        *table(["per epoch (best round)", "wall s", "CPU s"], [
-            ["baseline, whole epoch (train + test pass + PNGs)", f"{b_epoch_wall:.3f}", f"{b_epoch_cpu:.3f}"],
-            ["... of which its DataLoader alone (PIL image + ToTensor per sample, collate; no model)",
-             f"{loader_wall:.3f}", f"{loader_cpu:.3f}"],
-            ["... the rest: the same model, loss and Adam that ours runs, `.item()` per step, the test pass",
-             "", f"{rest_cpu:.3f}"],
-            ["ours, whole epoch (train + eval on the test set + checkpoint)", f"{o_epoch_wall:.3f}", f"{o_epoch_cpu:.3f}"],
-        ]),
+        *table(
+            ["per epoch (best round)", "wall s", "CPU s"],
+            [
+                ["baseline, whole epoch (train + test pass + PNGs)", f"{b_epoch_wall:.3f}", f"{b_epoch_cpu:.3f}"],
+                [
+                    "... of which its DataLoader alone (PIL image + ToTensor per sample, collate; no model)",
+                    f"{loader_wall:.3f}",
+                    f"{loader_cpu:.3f}",
+                ],
+                [
+                    "... the rest: the same model, loss and Adam that ours runs, `.item()` per step, the test pass",
+                    "",
+                    f"{rest_cpu:.3f}",
+                ],
+                [
+                    "ours, whole epoch (train + eval on the test set + checkpoint)",
+                    f"{o_epoch_wall:.3f}",
+                    f"{o_epoch_cpu:.3f}",
+                ],
+            ],
+        ),
         "",
         f"Removing the input pipeline is all ours does differently per step, and it is {100 * loader_cpu / b_epoch_cpu:.0f}% "
         f"of the baseline's CPU time: at equal epochs that caps the gain near "
@@ -210,13 +263,17 @@ def _speed_diagnosis(cfg, x_tr, y_tr, x_te, target, max_epochs, pairs) -> list[s
         "",
         f"Ours under torch.profiler ({prof_epochs} epochs, {o_wall / prof_epochs:.3f} s/epoch with the profiler on):",
         "",
-        *table(["category", "s/epoch", "share"],
-               [[k, f"{v / prof_epochs:.3f}", f"{100 * v / o_wall:.0f}%"] for k, v in o_cats.items()]),
+        *table(
+            ["category", "s/epoch", "share"],
+            [[k, f"{v / prof_epochs:.3f}", f"{100 * v / o_wall:.0f}%"] for k, v in o_cats.items()],
+        ),
         "",
         "Top operators of ours by self CPU time:",
         "",
-        *table(["operator", f"self CPU s ({prof_epochs} epochs)", "calls"],
-               [[f"`{k}`", f"{v:.3f}", n] for k, v, n in o_top]),
+        *table(
+            ["operator", f"self CPU s ({prof_epochs} epochs)", "calls"],
+            [[f"`{k}`", f"{v:.3f}", n] for k, v, n in o_top],
+        ),
     ]
 
     log("speed: what-ifs")
@@ -226,8 +283,16 @@ def _speed_diagnosis(cfg, x_tr, y_tr, x_te, target, max_epochs, pairs) -> list[s
     rows = []
     if valid:
         best = min(valid, key=lambda o: o["seconds"])
-        rows.append(["as is", best["epochs"], fmt_s(best["seconds"]), fmt_s(min(o["cpu_s"] for o in valid)),
-                     f"{b_best / best['seconds']:.2f}x", f"{b_best_cpu / min(o['cpu_s'] for o in valid):.2f}x"])
+        rows.append(
+            [
+                "as is",
+                best["epochs"],
+                fmt_s(best["seconds"]),
+                fmt_s(min(o["cpu_s"] for o in valid)),
+                f"{b_best / best['seconds']:.2f}x",
+                f"{b_best_cpu / min(o['cpu_s'] for o in valid):.2f}x",
+            ]
+        )
     whatifs = [
         ("fused Adam (`torch.optim.Adam(..., fused=True)`)", {"fused": True}, {}),
         ("fused Adam + bf16 autocast (`train.precision: bf16`)", {"fused": True}, {"precision": "bf16"}),
@@ -244,8 +309,16 @@ def _speed_diagnosis(cfg, x_tr, y_tr, x_te, target, max_epochs, pairs) -> list[s
             continue
         w = min(ok, key=lambda w: w["seconds"])
         cpu = min(x["cpu_s"] for x in ok)
-        rows.append([label, w["epochs"], fmt_s(w["seconds"]), fmt_s(cpu), f"{b_best / w['seconds']:.2f}x",
-                     f"{b_best_cpu / cpu:.2f}x"])
+        rows.append(
+            [
+                label,
+                w["epochs"],
+                fmt_s(w["seconds"]),
+                fmt_s(cpu),
+                f"{b_best / w['seconds']:.2f}x",
+                f"{b_best_cpu / cpu:.2f}x",
+            ]
+        )
     lines += [
         "",
         "#### What would close the gap",

@@ -30,27 +30,50 @@ def main() -> None:
     shift = classifier.augment_shift(p.augment, len(train.images), side=min(config.image_shape[1:]))
     steps = -(-len(train.images) // p.batch_size)
     progress = Progress("classifier", p.max_epochs * steps, "steps")
-    progress.line(f"training on {len(train.images)} images, at most {p.max_epochs} epochs of {steps} steps, "
-                  f"patience {p.patience} (margin {p.min_delta}), random shift {shift} px")
+    progress.line(
+        f"training on {len(train.images)} images, at most {p.max_epochs} epochs of {steps} steps, "
+        f"patience {p.patience} (margin {p.min_delta}), random shift {shift} px"
+    )
 
     def on_epoch(rec: dict) -> None:
-        progress.update(rec["epoch"] * steps, f"epoch {rec['epoch']}: val accuracy {rec['val/accuracy']:.4f}",
-                        force=True)
+        progress.update(
+            rec["epoch"] * steps, f"epoch {rec['epoch']}: val accuracy {rec['val/accuracy']:.4f}", force=True
+        )
 
     result = classifier.train(
-        train.images, train.labels, val.images, val.labels, max_epochs=p.max_epochs, patience=p.patience,
-        target_accuracy=p.target_accuracy, seed=p.seed, batch_size=p.batch_size, lr=p.lr, shift=shift,
-        config=config, min_delta=p.min_delta, max_steps=p.max_steps,
+        train.images,
+        train.labels,
+        val.images,
+        val.labels,
+        max_epochs=p.max_epochs,
+        patience=p.patience,
+        target_accuracy=p.target_accuracy,
+        seed=p.seed,
+        batch_size=p.batch_size,
+        lr=p.lr,
+        shift=shift,
+        config=config,
+        min_delta=p.min_delta,
+        max_steps=p.max_steps,
         on_step=lambda epoch, step: progress.update((epoch - 1) * steps + step, f"epoch {epoch}"),
         on_epoch=on_epoch,
     )
     accuracy = result.model.accuracy(test.images, test.labels)
     best = result.history[result.best_epoch - 1]
     classifier.save(OUT, result.model, {"test_accuracy": accuracy})
-    atomic.write_json(METRICS, {"test/accuracy": accuracy, "val/accuracy": best["val/accuracy"],
-                                "epochs": len(result.history), "best_epoch": result.best_epoch})
-    progress.done(f"test accuracy {accuracy:.4f}, best of {len(result.history)} epochs: {result.best_epoch} "
-                  f"(stopped: {result.stopped})")
+    atomic.write_json(
+        METRICS,
+        {
+            "test/accuracy": accuracy,
+            "val/accuracy": best["val/accuracy"],
+            "epochs": len(result.history),
+            "best_epoch": result.best_epoch,
+        },
+    )
+    progress.done(
+        f"test accuracy {accuracy:.4f}, best of {len(result.history)} epochs: {result.best_epoch} "
+        f"(stopped: {result.stopped})"
+    )
 
 
 if __name__ == "__main__":

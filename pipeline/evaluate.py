@@ -53,9 +53,15 @@ def main() -> None:
     names = model_store.trained_names()
     models = {name: model_store.load(name) for name in names}
     # One Ray task per model (local instance or RAY_ADDRESS, as for training); the driver alone writes and logs.
-    shared = dict(train_images=train.images, train_labels=train.labels, test_images=test.images,
-                  test_labels=test.labels, classifier=scorer, params=p,
-                  reference_features=scorer.features(as_images(test.images)))  # once for all models
+    shared = dict(
+        train_images=train.images,
+        train_labels=train.labels,
+        test_images=test.images,
+        test_labels=test.labels,
+        classifier=scorer,
+        params=p,
+        reference_features=scorer.features(as_images(test.images)),
+    )  # once for all models
     progress = Progress("evaluate", len(names), "models")
     evaluations, runs = {}, {}
 
@@ -63,16 +69,28 @@ def main() -> None:
         if outcome.error:
             raise UserError(f"evaluating model {outcome.error}; rerun the evaluate stage (dvc repro evaluate)")
         evaluations[outcome.key] = outcome.value
-        runs[outcome.key] = {"node_id": outcome.node_id, "seconds": round(outcome.seconds, 3), "device": outcome.device,
-                             "resources": outcome.resources}
+        runs[outcome.key] = {
+            "node_id": outcome.node_id,
+            "seconds": round(outcome.seconds, 3),
+            "device": outcome.device,
+            "resources": outcome.resources,
+        }
         progress.update(len(evaluations), f"{outcome.key} done in {outcome.seconds:.1f}s", force=True)
 
     # On GPUs, as many models per GPU as in training: a task holds about what training held (the data, one model).
     task_bytes = max(device_bytes(spec, train.images, len(test.images)) for _, spec in models.values())
-    cluster = map_tasks(metrics.evaluate, {name: (models[name][0],) for name in names}, shared,
-                        params.ray.cpus_per_model, params.ray.max_retries, on_done,
-                        on_wait=lambda _left: progress.update(len(evaluations)),  # queued ones too: no names
-                        on_status=progress.line, ray_params=params.ray, task_bytes=task_bytes)
+    cluster = map_tasks(
+        metrics.evaluate,
+        {name: (models[name][0],) for name in names},
+        shared,
+        params.ray.cpus_per_model,
+        params.ray.max_retries,
+        on_done,
+        on_wait=lambda _left: progress.update(len(evaluations)),  # queued ones too: no names
+        on_status=progress.line,
+        ray_params=params.ray,
+        task_bytes=task_bytes,
+    )
     results, pca = {}, {}
     with atomic.atomic_dir(OUT / "arrays") as arrays:  # all models' arrays appear together, or none
         for name in names:
@@ -83,8 +101,10 @@ def main() -> None:
                 pca[dim] = metrics.pca_baseline(train.images, test.images, dim, seed=p.seed)
             results[name] = {**evaluations[name].metrics, **pca[dim]}
             # summary.json stays one flat number-or-null per key (dvc metrics); each model's file says why a null is one.
-            atomic.write_json(OUT / "models" / f"{name}.json",
-                              {**results[name], "null_reasons": _null_reasons(results[name], spec.model.kind)})
+            atomic.write_json(
+                OUT / "models" / f"{name}.json",
+                {**results[name], "null_reasons": _null_reasons(results[name], spec.model.kind)},
+            )
     # Where each model was evaluated: facts about the run, not results, so not a DVC output.
     atomic.write_json(RUN_FACTS, {**cluster, "models": runs})
     # Sweep order (member, size, seed) from params.yaml; models/ holds exactly this sweep (the train stage's output).

@@ -15,8 +15,16 @@ def main() -> None:
     # Three steps of a few seconds each even on the full 70k images: a line after each is enough.
     progress = Progress("prepare", 3, "steps", every=0.0)
     progress.line(f"reading {p.dataset} (data.source {p.source})")
-    raw = load_raw(p.dataset, p.source, Path(p.idx_dir), Path(p.download_dir), Path(p.path) if p.path else None,
-                   p.size, p.channels, p.background)
+    raw = load_raw(
+        p.dataset,
+        p.source,
+        Path(p.idx_dir),
+        Path(p.download_dir),
+        Path(p.path) if p.path else None,
+        p.size,
+        p.channels,
+        p.background,
+    )
     n_test = 0 if raw.test_images is None else len(raw.test_images)
     progress.update(1, f"read {len(raw.train_images) + n_test} images from {raw.source}")
     splits = split(raw, p.val_fraction, p.test_fraction, p.seed)

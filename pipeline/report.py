@@ -22,14 +22,20 @@ def main() -> None:
     groups = dict.fromkeys(spec.group for spec in resolve_sweep(params))
     progress = Progress("report", len(groups), "groups")
     progress.line("reading the study, models and test split")
-    result = build.make_report(build.ReportPaths(out=OUT), settings, evaluate_params=p.model_dump(),
-                                on_model=lambda done, total, name: progress.update(done, f"{name}'s figures"),
-                                on_step=progress.line)
+    result = build.make_report(
+        build.ReportPaths(out=OUT),
+        settings,
+        evaluate_params=p.model_dump(),
+        on_model=lambda done, total, name: progress.update(done, f"{name}'s figures"),
+        on_step=progress.line,
+    )
     figures_by_model = build.write_report(result, OUT)
     progress.line("logging the report and figures to MLflow")
     log_report(OUT, figures_by_model)
-    print(f"report: {OUT / 'index.html'} ({len(result.figures)} figures, {len(result.html) / 1e6:.1f} MB), "
-          f"{OUT / 'summary.md'}")
+    print(
+        f"report: {OUT / 'index.html'} ({len(result.figures)} figures, {len(result.html) / 1e6:.1f} MB), "
+        f"{OUT / 'summary.md'}"
+    )
 
 
 if __name__ == "__main__":

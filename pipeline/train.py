@@ -48,11 +48,15 @@ def main() -> None:
         raise UserError(f"{tracker.error}; the models are saved in models/, rerun to track them (training resumes)")
     # Checkpoints exist to resume unfinished work; once the whole sweep is saved and tracked, a rerun retrains.
     for spec in specs:
-        shutil.rmtree(checkpoint_dir(Path(params.ray.storage_path).resolve(), spec, manifest["data_sha256"]),
-                      ignore_errors=True)
+        shutil.rmtree(
+            checkpoint_dir(Path(params.ray.storage_path).resolve(), spec, manifest["data_sha256"]), ignore_errors=True
+        )
     groups = len({spec.group for spec in specs})
-    say("train", f"{len(specs)} models saved in models/ and registered as versions of {groups} registered models"
-                 f" (aevae-<model>); MLflow pipeline run {tracker.parent_id}")
+    say(
+        "train",
+        f"{len(specs)} models saved in models/ and registered as versions of {groups} registered models"
+        f" (aevae-<model>); MLflow pipeline run {tracker.parent_id}",
+    )
 
 
 def _train(params, specs, manifest: dict, train, val, tracker: SweepTracker) -> tuple[list[str], dict]:
@@ -72,23 +76,40 @@ def _train(params, specs, manifest: dict, train, val, tracker: SweepTracker) -> 
             progress.failed(name, outcome.error)
             tracker.model_failed(name, outcome.error)
             return
-        folder = model_store.save(model_store.MODELS_DIR, outcome.spec, outcome.state_dict, outcome.history,
-                                  {"data_sha256": manifest["data_sha256"],
-                                   "stopped_by": stopped_by(outcome.spec.train, n_train, world)},
-                                  image_shape=manifest_shape(manifest))
-        runs[name] = {"device": outcome.device, "epochs_run": outcome.epochs_run, "seconds": round(outcome.seconds, 3),
-                      "node_id": outcome.node_id, "resources": outcome.resources}
+        folder = model_store.save(
+            model_store.MODELS_DIR,
+            outcome.spec,
+            outcome.state_dict,
+            outcome.history,
+            {"data_sha256": manifest["data_sha256"], "stopped_by": stopped_by(outcome.spec.train, n_train, world)},
+            image_shape=manifest_shape(manifest),
+        )
+        runs[name] = {
+            "device": outcome.device,
+            "epochs_run": outcome.epochs_run,
+            "seconds": round(outcome.seconds, 3),
+            "node_id": outcome.node_id,
+            "resources": outcome.resources,
+        }
         progress.done(name, outcome.epochs_run, outcome.seconds)
         tracker.model_done(outcome.spec, outcome.history, folder)
 
     cluster = train_sweep(
-        specs, train.images, val.images, Path(params.ray.storage_path), params.ray, manifest["data_sha256"],
-        on_epoch=on_epoch, on_done=on_done, on_status=lambda text: say("train", text),
+        specs,
+        train.images,
+        val.images,
+        Path(params.ray.storage_path),
+        params.ray,
+        manifest["data_sha256"],
+        on_epoch=on_epoch,
+        on_done=on_done,
+        on_status=lambda text: say("train", text),
     )
     tracker.close(ok=not failures)
     # How this run went (cluster, devices, resumes): facts about the run, not results, so not a DVC output.
-    atomic.write_json(RUN_FACTS, {**cluster, "models": runs, "failed": failures,
-                                  "mlflow_parent_run_id": tracker.parent_id})
+    atomic.write_json(
+        RUN_FACTS, {**cluster, "models": runs, "failed": failures, "mlflow_parent_run_id": tracker.parent_id}
+    )
     return failures, runs
 
 

@@ -243,6 +243,7 @@ def cached_classifier(config: pytest.Config, images: np.ndarray, labels: np.ndar
 
 # ------------------------------------------------------------ the shared run
 
+
 def _shared_project(tmp_path_factory, name: str, params: dict, dvc_args: list[str], **env: str | None):
     """A project made and run once (`dvc <dvc_args>`) per test session, under the basetemp's parent, which all
     pytest-xdist workers share: the first worker to ask makes it, the others wait on its lock and read it.

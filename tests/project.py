@@ -39,8 +39,14 @@ SMALL_PARAMS = {
     },
     "ray": {"cpus_per_model": 1, "workers_per_model": 1},
     "classifier": {"max_epochs": 1, "batch_size": 64, "lr": 0.002, "seed": 0},
-    "evaluate": {"seed": 0, "n_prior_samples": 200, "iw_samples": 8, "interp_pairs": 8, "interp_steps": 5,
-                 "confidence_threshold": 0.9},
+    "evaluate": {
+        "seed": 0,
+        "n_prior_samples": 200,
+        "iw_samples": 8,
+        "interp_pairs": 8,
+        "interp_steps": 5,
+        "confidence_threshold": 0.9,
+    },
 }
 
 
@@ -48,8 +54,12 @@ SMALL_PARAMS = {
 # classifier epochs (so its progress shows an epoch boundary), a progress line per update, and secrets in the
 # environment that no run may log.
 SMALL_RUN_SECRET = "s3cr3t-value-that-must-not-leak"
-SMALL_RUN_ENV = {PROGRESS_ENV: "0", "AWS_SECRET_ACCESS_KEY": SMALL_RUN_SECRET,
-                 "AEVAE_API_TOKEN": SMALL_RUN_SECRET, "DATABASE_PASSWORD": SMALL_RUN_SECRET}
+SMALL_RUN_ENV = {
+    PROGRESS_ENV: "0",
+    "AWS_SECRET_ACCESS_KEY": SMALL_RUN_SECRET,
+    "AEVAE_API_TOKEN": SMALL_RUN_SECRET,
+    "DATABASE_PASSWORD": SMALL_RUN_SECRET,
+}
 
 
 # Seeds of the shared seeded run (conftest.py's `seeded_run`): three, so an interval has two degrees of freedom.
@@ -92,9 +102,17 @@ class SharedRay:
             # A short temp dir of its own (Ray's socket paths must fit 107 bytes) names this head's processes.
             self._temp_dir = tempfile.mkdtemp(prefix="rays", dir="/tmp")
             port = free_port()
-            cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                   f"--num-cpus={os.cpu_count()}", "--include-dashboard=false", "--disable-usage-stats",
-                   f"--temp-dir={self._temp_dir}"]
+            cmd = [
+                str(BIN / "ray"),
+                "start",
+                "--head",
+                "--node-ip-address=127.0.0.1",
+                f"--port={port}",
+                f"--num-cpus={os.cpu_count()}",
+                "--include-dashboard=false",
+                "--disable-usage-stats",
+                f"--temp-dir={self._temp_dir}",
+            ]
             self.wanted = False  # run() builds its environment with env(): not this head's address yet
             try:
                 run(cmd, Path(self._temp_dir), timeout=120)
@@ -171,7 +189,9 @@ def write_params(root: Path, params: dict) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 600, **env_extra: str) -> subprocess.CompletedProcess:
+def run(
+    cmd: list[str], cwd: Path, check: bool = True, timeout: float = 600, **env_extra: str
+) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=cwd, env=env(**env_extra), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
@@ -184,8 +204,10 @@ def _end_to_end() -> None:
     conftest.py sets AEVAE_TEST_TIER for each test; outside pytest it is unset and nothing is checked.
     """
     if os.environ.get("AEVAE_TEST_TIER") == "fast":
-        raise AssertionError("an end-to-end run (dvc, a stage script or a pipeline process) in a test not marked"
-                             " @pytest.mark.slow: mark the test slow to keep the fast tier fast")
+        raise AssertionError(
+            "an end-to-end run (dvc, a stage script or a pipeline process) in a test not marked"
+            " @pytest.mark.slow: mark the test slow to keep the fast tier fast"
+        )
 
 
 def stage(script: str, cwd: Path, **kw) -> subprocess.CompletedProcess:
@@ -203,8 +225,9 @@ def dvc(args: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
 def start(cmd: list[str], cwd: Path, log: Path, **env_extra: str) -> subprocess.Popen:
     """Start a process in its own session, so a test can kill it and all its children (slow tests only)."""
     _end_to_end()
-    return subprocess.Popen(cmd, cwd=cwd, env=env(**env_extra), stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd, cwd=cwd, env=env(**env_extra), stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def kill_group(proc: subprocess.Popen) -> None:

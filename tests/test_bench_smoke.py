@@ -17,9 +17,16 @@ pytestmark = pytest.mark.slow
 def test_quick_benchmark_writes_every_section(tmp_path):
     out = tmp_path / "RESULTS.md"
     out.write_text("# earlier results\n")
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"bench exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, (
+        f"bench exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    )
     text = out.read_text()
     assert text.startswith("# earlier results\n")  # appended, not overwritten
     assert "quick run" in text and "- CPU: " in text and "- GPU: " in text
@@ -36,18 +43,40 @@ FULL_MNIST = REPO.parent / "shared" / "data" / "mnist"
 @pytest.mark.skipif(not (FULL_MNIST / "train-images-idx3-ubyte.gz").is_file(), reason=f"no full MNIST in {FULL_MNIST}")
 def test_quick_full_size_benchmark_writes_both_sections(tmp_path):
     out = tmp_path / "RESULTS.md"
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "full_size.py"), "--quick", "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"bench exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "full_size.py"), "--quick", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, (
+        f"bench exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    )
     text = out.read_text()
-    for title in ("### Single model: ours vs the pytorch/examples recipe", "### Training throughput: share of FP32 peak"):
+    for title in (
+        "### Single model: ours vs the pytorch/examples recipe",
+        "### Training throughput: share of FP32 peak",
+    ):
         body = text.split(title, 1)[1].split("\n### ", 1)[0]
         assert "|---|" in body and "FAILED" not in body, body
 
 
 def test_full_size_benchmark_skips_without_data(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "full_size.py"), "--data", str(tmp_path),
-                           "--out", str(tmp_path / "RESULTS.md")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "full_size.py"),
+            "--data",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "RESULTS.md"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and proc.stdout.startswith("skipped: no MNIST IDX files")
     assert not (tmp_path / "RESULTS.md").exists()
 
@@ -55,9 +84,16 @@ def test_full_size_benchmark_skips_without_data(tmp_path):
 @pytest.mark.skipif(not (FULL_MNIST / "train-images-idx3-ubyte.gz").is_file(), reason=f"no full MNIST in {FULL_MNIST}")
 def test_quick_budget_benchmark_writes_its_table(tmp_path):
     out = tmp_path / "RESULTS.md"
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "budget.py"), "--quick", "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"bench exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "budget.py"), "--quick", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, (
+        f"bench exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    )
     text = out.read_text()
     assert "training budget (quick)" in text and "|---|" in text
     for group in ("ae-z2", "vae-beta1-z2"):
@@ -66,15 +102,39 @@ def test_quick_budget_benchmark_writes_its_table(tmp_path):
 
 
 def test_budget_benchmark_skips_without_data(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "budget.py"), "--data", str(tmp_path),
-                           "--out", str(tmp_path / "RESULTS.md")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "budget.py"),
+            "--data",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "RESULTS.md"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and proc.stdout.startswith("skipped: no MNIST IDX files")
     assert not (tmp_path / "RESULTS.md").exists()
 
 
 def test_pipeline_full_size_benchmark_skips_without_data(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "pipeline_full_size.py"), "--data", str(tmp_path),
-                           "--out", str(tmp_path / "RESULTS.md")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "pipeline_full_size.py"),
+            "--data",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "RESULTS.md"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and proc.stdout.startswith("skipped: no MNIST IDX files")
     assert not (tmp_path / "RESULTS.md").exists()
 
@@ -83,8 +143,13 @@ def test_pipeline_full_size_report_judges_the_share_outside_training():
     sys.path.insert(0, str(REPO / "bench"))
     from pipeline_full_size import report
 
-    result = {"stages": {"prepare": 15.0, "train": 600.0, "classifier": 150.0, "evaluate": 135.0}, "total": 900.0,
-              "rc": 0, "peak_pss": 3 * 2**30, "peak_at": 700.0}
+    result = {
+        "stages": {"prepare": 15.0, "train": 600.0, "classifier": 150.0, "evaluate": 135.0},
+        "total": 900.0,
+        "rc": 0,
+        "peak_pss": 3 * 2**30,
+        "peak_at": 700.0,
+    }
     text = "\n".join(report(result, Path("/data")))
     assert "| train | 600 | 67% |" in text
     assert "| outside the train stage | 33% | <= 25% | **missed** |" in text

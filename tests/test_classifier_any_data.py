@@ -19,7 +19,7 @@ def data(n: int, shape: tuple[int, ...], k: int, seed: int = 0) -> tuple[np.ndar
     x = rng.integers(0, 60, (n, *shape), dtype=np.uint8)
     h = shape[-2]
     for c in range(k):
-        x[y == c, ..., c * h // k:(c + 1) * h // k, :] = 250
+        x[y == c, ..., c * h // k : (c + 1) * h // k, :] = 250
     return x, y
 
 
@@ -30,7 +30,7 @@ def test_any_shape_and_class_count(shape):
     probs, feats = model.scores(torch.rand(3, *shape))
     assert probs.shape == (3, 4) and feats.shape == (3, cfg.hidden)
     linear = [m for m in model.body if isinstance(m, torch.nn.Linear)][0]
-    assert linear.in_features <= cfg.channels[1] * clf_lib.MAX_GRID ** 2  # bounded on large images
+    assert linear.in_features <= cfg.channels[1] * clf_lib.MAX_GRID**2  # bounded on large images
 
 
 def test_too_small_images_are_a_user_error():
@@ -95,7 +95,9 @@ def test_evaluate_and_figures_on_colour_non_square_data():
     assert ev.prior_images.shape == (50, 3, 12, 10) and ev.interpolation.strips.shape == (4, 3, 3, 12, 10)
     names = ClassNames("class", ("a", "b", "c"))
     recon = metrics.decode(model, metrics.encode(model, xt[:5])[0]).numpy()
-    for fig in (plots.reconstructions(spec, xt[:5] / 255.0, recon, yt[:5], classes=names),
-                plots.interpolation_strips(spec, ev.interpolation.strips, ev.interpolation.pair_labels, classes=names),
-                plots.prior_samples(spec, ev.prior_images[:20], classes=names)):
+    for fig in (
+        plots.reconstructions(spec, xt[:5] / 255.0, recon, yt[:5], classes=names),
+        plots.interpolation_strips(spec, ev.interpolation.strips, ev.interpolation.pair_labels, classes=names),
+        plots.prior_samples(spec, ev.prior_images[:20], classes=names),
+    ):
         assert plots.png(fig)[:4] == b"\x89PNG"

@@ -74,7 +74,11 @@ BAD_PARAMS = [
     ("val-fraction-too-big", _set("data", "val_fraction", 0.7), ["data.val_fraction", "0.7", "less than 0.5"]),
     ("val-fraction-zero", _set("data", "val_fraction", 0.0), ["data.val_fraction", "0.0"]),
     ("test-fraction-negative", _set("data", "test_fraction", -0.1), ["data.test_fraction", "-0.1"]),
-    ("unknown-model-kind", _set_member("vae-beta0", "kind", "gan"), ["sweep.models.2.model.kind", "'gan'", "'ae'", "'vae'"]),
+    (
+        "unknown-model-kind",
+        _set_member("vae-beta0", "kind", "gan"),
+        ["sweep.models.2.model.kind", "'gan'", "'ae'", "'vae'"],
+    ),
     ("unknown-dataset", _set("data", "dataset", "imagenet"), ["data.dataset", "'imagenet'", "'mnist'"]),
     ("unknown-source", _set("data", "source", "s3"), ["data.source", "'s3'", "'bundled'"]),
     ("unknown-activation", _set("model", "activation", "swish"), ["model.activation", "'swish'", "'relu'"]),
@@ -178,20 +182,30 @@ def test_shipped_params_load_and_resolve_to_the_article_models():
 
 
 def test_one_seed_and_one_size_keep_the_members_names():
-    raw = {"sweep": {"latent_dims": [3], "seeds": [7], "models": [{"name": "ae"}, {"name": "v", "model": {"kind": "vae"}}]}}
+    raw = {
+        "sweep": {"latent_dims": [3], "seeds": [7], "models": [{"name": "ae"}, {"name": "v", "model": {"kind": "vae"}}]}
+    }
     specs = resolve_sweep(Params.model_validate(raw))
     assert [(s.name, s.group, s.member, s.seed, s.model.latent_dim) for s in specs] == [
-        ("ae", "ae", "ae", 7, 3), ("v", "v", "v", 7, 3)]
+        ("ae", "ae", "ae", 7, 3),
+        ("v", "v", "v", 7, 3),
+    ]
 
 
-@pytest.mark.parametrize("raw, fragment", [
-    ({"train": {"seed": 1}}, "train.seed = 1 is no longer read"),
-    ({"sweep": {"models": [{"name": "ae", "train": {"seed": 1}}]}}, "sweep.models.0.train.seed = 1 is not allowed"),
-    ({"sweep": {"seeds": [0, 0], "models": [{"name": "ae"}]}}, "sweep.seeds = [0, 0] lists a value twice"),
-    ({"sweep": {"latent_dims": [2, 2], "models": [{"name": "ae"}]}}, "sweep.latent_dims = [2, 2] lists a value twice"),
-    ({"sweep": {"seeds": [2**32], "models": [{"name": "ae"}]}}, "sweep.seeds.0 = 4294967296 is not allowed"),
-    ({"sweep": {"seeds": [], "models": [{"name": "ae"}]}}, "sweep.seeds"),
-])
+@pytest.mark.parametrize(
+    "raw, fragment",
+    [
+        ({"train": {"seed": 1}}, "train.seed = 1 is no longer read"),
+        ({"sweep": {"models": [{"name": "ae", "train": {"seed": 1}}]}}, "sweep.models.0.train.seed = 1 is not allowed"),
+        ({"sweep": {"seeds": [0, 0], "models": [{"name": "ae"}]}}, "sweep.seeds = [0, 0] lists a value twice"),
+        (
+            {"sweep": {"latent_dims": [2, 2], "models": [{"name": "ae"}]}},
+            "sweep.latent_dims = [2, 2] lists a value twice",
+        ),
+        ({"sweep": {"seeds": [2**32], "models": [{"name": "ae"}]}}, "sweep.seeds.0 = 4294967296 is not allowed"),
+        ({"sweep": {"seeds": [], "models": [{"name": "ae"}]}}, "sweep.seeds"),
+    ],
+)
 def test_seed_mistakes_are_one_line(tmp_path, raw, fragment):
     raw = {"sweep": {"models": [{"name": "ae"}]}, **raw}
     path = tmp_path / "params.yaml"
@@ -296,12 +310,16 @@ def test_stage_with_bad_params_exits_2_with_one_line(tmp_path, kind, expected):
 
 
 # YAML 1.1 (PyYAML) and 1.2 (ruamel.yaml, what DVC records in dvc.lock) read these plain scalars differently.
-@pytest.mark.parametrize("line, key", [
-    ("  seeds: [010]\n", "sweep.seeds.0"),  # 1.1: octal 8; 1.2: 10
-    ("  seeds: [1:20]\n", "sweep.seeds.0"),  # 1.1: sexagesimal 80; 1.2: the string '1:20'
-    ("  pooling: yes\n", "model.pooling"),  # 1.1: true; 1.2: the string 'yes'
-    ("  pooling: off\n", "model.pooling"),
-], ids=["octal", "sexagesimal", "yes", "off"])
+@pytest.mark.parametrize(
+    "line, key",
+    [
+        ("  seeds: [010]\n", "sweep.seeds.0"),  # 1.1: octal 8; 1.2: 10
+        ("  seeds: [1:20]\n", "sweep.seeds.0"),  # 1.1: sexagesimal 80; 1.2: the string '1:20'
+        ("  pooling: yes\n", "model.pooling"),  # 1.1: true; 1.2: the string 'yes'
+        ("  pooling: off\n", "model.pooling"),
+    ],
+    ids=["octal", "sexagesimal", "yes", "off"],
+)
 def test_scalars_yaml_1_1_reads_otherwise_are_refused(tmp_path, line, key):
     text = SHIPPED_PARAMS.read_text()
     field = line.split(":")[0]

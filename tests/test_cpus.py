@@ -18,14 +18,26 @@ def test_available_cpus_is_within_the_affinity_mask():
 
 @pytest.mark.skipif(shutil.which("taskset") is None, reason="needs taskset (util-linux)")
 def test_taskset_one_core_gives_one_cpu():
-    out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c",
-                          "from aevae.cpus import available_cpus; print(available_cpus())"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["taskset", "-c", "0", sys.executable, "-c", "from aevae.cpus import available_cpus; print(available_cpus())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == "1"
 
 
-@pytest.mark.parametrize("text, expected", [("max 100000", None), ("150000 100000", 1.5), ("50000 100000", 0.5),
-                                            ("-1 100000", None), ("", None), (None, None)])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("max 100000", None),
+        ("150000 100000", 1.5),
+        ("50000 100000", 0.5),
+        ("-1 100000", None),
+        ("", None),
+        (None, None),
+    ],
+)
 def test_cgroup_quota_lines(text, expected):
     assert cpus._ratio(text) == expected
 

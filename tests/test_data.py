@@ -38,8 +38,16 @@ from conftest import (
 SPLITS = ("train", "val", "test")
 
 
-def prepare(out_dir: Path, idx_dir: Path, source: str = "idx", dataset: str = "mnist", download_dir: Path | None = None,
-            val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0) -> dict:
+def prepare(
+    out_dir: Path,
+    idx_dir: Path,
+    source: str = "idx",
+    dataset: str = "mnist",
+    download_dir: Path | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> dict:
     """What pipeline/prepare.py does, in-process: source -> splits -> data/prepared/."""
     download_dir = download_dir or idx_dir.parent / "download"
     raw = load_raw(dataset, source, idx_dir, download_dir)
@@ -409,7 +417,9 @@ def _bad_magic(paths, arrays):
 def _float_magic(paths, arrays):
     data = bytearray(idx_bytes(arrays["test_images"]))
     data[2] = 0x0D  # element type float32
-    paths["test_images"].write_bytes(gzip.compress(bytes(data)) if paths["test_images"].suffix == ".gz" else bytes(data))
+    paths["test_images"].write_bytes(
+        gzip.compress(bytes(data)) if paths["test_images"].suffix == ".gz" else bytes(data)
+    )
 
 
 def _count_mismatch(paths, arrays):
@@ -434,11 +444,35 @@ def _trailing_bytes(paths, arrays):
 BAD_INPUTS = [
     ("truncated-plain", False, lambda p, a: _truncate(p["train_images"]), ["truncated"], "train_images"),
     ("truncated-header", False, lambda p, a: _truncate(p["test_labels"], keep=6), ["truncated"], "test_labels"),
-    ("truncated-gz", True, lambda p, a: _truncate(p["train_images"], keep=200), ["truncated or corrupt"], "train_images"),
-    ("corrupt-gzip-garbage", True, lambda p, a: p["test_images"].write_bytes(os.urandom(300)), ["corrupt"], "test_images"),
+    (
+        "truncated-gz",
+        True,
+        lambda p, a: _truncate(p["train_images"], keep=200),
+        ["truncated or corrupt"],
+        "train_images",
+    ),
+    (
+        "corrupt-gzip-garbage",
+        True,
+        lambda p, a: p["test_images"].write_bytes(os.urandom(300)),
+        ["corrupt"],
+        "test_images",
+    ),
     ("corrupt-gzip-flipped-byte", True, lambda p, a: _flip_middle_byte(p["train_images"]), ["corrupt"], "train_images"),
-    ("plain-data-named-gz", True, lambda p, a: p["train_labels"].write_bytes(idx_bytes(a["train_labels"])), ["corrupt"], "train_labels"),
-    ("gzip-data-without-gz-name", False, lambda p, a: p["train_labels"].write_bytes(gzip.compress(idx_bytes(a["train_labels"]))), ["magic"], "train_labels"),
+    (
+        "plain-data-named-gz",
+        True,
+        lambda p, a: p["train_labels"].write_bytes(idx_bytes(a["train_labels"])),
+        ["corrupt"],
+        "train_labels",
+    ),
+    (
+        "gzip-data-without-gz-name",
+        False,
+        lambda p, a: p["train_labels"].write_bytes(gzip.compress(idx_bytes(a["train_labels"]))),
+        ["magic"],
+        "train_labels",
+    ),
     ("wrong-magic", True, _bad_magic, ["wrong magic number", "00000803"], "train_images"),
     ("float-magic", False, _float_magic, ["wrong magic number"], "test_images"),
     ("empty-file", False, lambda p, a: p["test_labels"].write_bytes(b""), ["empty file"], "test_labels"),
@@ -527,8 +561,14 @@ def test_count_mismatch_between_test_files(tmp_path):
 )
 def test_too_few_images_to_stratify_is_a_user_error(labels):
     labels = np.array(labels, dtype=np.uint8)
-    raw = RawData(np.zeros((len(labels), 28, 28), np.uint8), labels, np.zeros((3, 28, 28), np.uint8),
-                  np.zeros(3, np.uint8), source="idx", origin="memory")
+    raw = RawData(
+        np.zeros((len(labels), 28, 28), np.uint8),
+        labels,
+        np.zeros((3, 28, 28), np.uint8),
+        np.zeros(3, np.uint8),
+        source="idx",
+        origin="memory",
+    )
     with pytest.raises(UserError) as info:
         split(raw, val_fraction=0.1, test_fraction=0.2, seed=0)
     assert_one_line(str(info.value))

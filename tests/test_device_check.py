@@ -28,8 +28,12 @@ def test_without_a_gpu_it_says_so_in_one_line_and_exits_0(tmp_path, capsys):
 def test_nvidia_smi_samples_are_summarised(tmp_path):
     csv = tmp_path / "smi.csv"
     csv.write_text("utilization.gpu [%], memory.used [MiB]\n10 %, 1000 MiB\n90 %, 3000 MiB\n[N/A], [N/A]\n")
-    assert device_check._summarise(csv) == {"samples": 2, "util_mean_pct": 50.0, "util_max_pct": 90.0,
-                                            "memory_max_mib": 3000.0}
+    assert device_check._summarise(csv) == {
+        "samples": 2,
+        "util_mean_pct": 50.0,
+        "util_max_pct": 90.0,
+        "memory_max_mib": 3000.0,
+    }
     assert device_check._summarise(tmp_path / "smi.csv").get("samples") == 2
     csv.write_text("utilization.gpu [%], memory.used [MiB]\n")
     assert device_check._summarise(csv) == {"samples": 0}
@@ -49,6 +53,7 @@ def test_a_part_that_the_budget_cannot_hold_is_skipped_and_a_failing_one_recorde
     results = device_check.run_parts({"determinism": boom, "sweep_unpacked": lambda: {"ok": True}}, budget_s=60)
     assert results["determinism"]["ok"] is False and results["determinism"]["error"].endswith("is available")
     assert results["sweep_unpacked"]["ok"] is None and "budget" in results["sweep_unpacked"]["skipped"]
-    text = device_check.markdown({"when": "now", "gpu": "g", "versions": "v", "data": "d", "total_s": 1,
-                                  "parts": results})
+    text = device_check.markdown(
+        {"when": "now", "gpu": "g", "versions": "v", "data": "d", "total_s": 1, "parts": results}
+    )
     assert "| determinism | **no** |" in text and "| sweep_unpacked | skipped |" in text

@@ -18,8 +18,9 @@ pytestmark = pytest.mark.slow
 
 
 def _same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(x == y or (math.isnan(x) and math.isnan(y)) for x, y in
-                                        ((a[k], b[k]) for k in a))
+    return a.keys() == b.keys() and all(
+        x == y or (math.isnan(x) and math.isnan(y)) for x, y in ((a[k], b[k]) for k in a)
+    )
 
 
 def test_evaluation_on_ray_matches_in_process(monkeypatch, one_torch_thread):
@@ -27,8 +28,12 @@ def test_evaluation_on_ray_matches_in_process(monkeypatch, one_torch_thread):
     raw = from_bundled()
     order = np.random.default_rng(0).permutation(len(raw.train_images))  # sorted by class: mix them
     tr, te = order[:1500], order[1500:1800]
-    data = dict(train_images=raw.train_images[tr], train_labels=raw.train_labels[tr],
-                test_images=raw.train_images[te], test_labels=raw.train_labels[te])
+    data = dict(
+        train_images=raw.train_images[tr],
+        train_labels=raw.train_labels[tr],
+        test_images=raw.train_images[te],
+        test_labels=raw.train_labels[te],
+    )
     scorer = clf_lib.train(data["train_images"], data["train_labels"], max_epochs=1, seed=0).model
     params = EvaluateParams(seed=3, n_prior_samples=100, iw_samples=4, interp_pairs=4, interp_steps=4)
     models = {}
@@ -39,8 +44,15 @@ def test_evaluation_on_ray_matches_in_process(monkeypatch, one_torch_thread):
     expected = {k: metrics.evaluate_model(m, **shared) for k, m in models.items()}  # one thread, as each task
 
     outcomes, waits = [], []
-    facts = map_tasks(metrics.evaluate_model, {k: (m,) for k, m in models.items()}, shared, cpus_per_task=1,
-                      max_retries=0, on_done=outcomes.append, on_wait=waits.append)
+    facts = map_tasks(
+        metrics.evaluate_model,
+        {k: (m,) for k, m in models.items()},
+        shared,
+        cpus_per_task=1,
+        max_retries=0,
+        on_done=outcomes.append,
+        on_wait=waits.append,
+    )
     assert facts["ray_started_locally"] is True
     assert sorted(o.key for o in outcomes) == ["ae", "vae"] and not any(o.error for o in outcomes)
     for o in outcomes:

@@ -80,8 +80,10 @@ def test_a_good_gpus_per_model_passes(tmp_path, value):
 
 
 def _specs(n: int) -> list[RunSpec]:
-    return [RunSpec(name=f"m{i}", model=ModelParams(kind="ae", hidden=[32]), train=TrainParams(epochs=3, seed=i))
-            for i in range(n)]
+    return [
+        RunSpec(name=f"m{i}", model=ModelParams(kind="ae", hidden=[32]), train=TrainParams(epochs=3, seed=i))
+        for i in range(n)
+    ]
 
 
 def _data() -> tuple[np.ndarray, np.ndarray]:
@@ -93,8 +95,9 @@ def _sweep(storage: Path, ray_params: RayParams, n: int = 2) -> tuple[dict, list
     from aevae.ops.distributed import train_sweep
 
     outcomes: list = []
-    facts = train_sweep(_specs(n), *_data(), storage, ray_params, "sha", on_epoch=lambda name, rec: None,
-                        on_done=outcomes.append)
+    facts = train_sweep(
+        _specs(n), *_data(), storage, ray_params, "sha", on_epoch=lambda name, rec: None, on_done=outcomes.append
+    )
     assert len(outcomes) == n and not any(o.error for o in outcomes), [o.error for o in outcomes]
     return facts, outcomes
 
@@ -133,8 +136,15 @@ def test_packing_trains_several_models_on_one_gpu_at_once(tmp_path, local_ray):
     # Evaluation tasks pack the same way; these two also leave two workers with torch loaded, so the two
     # models below start training together instead of one torch import apart.
     done: list = []
-    facts = map_tasks(training.steps_per_epoch, {"a": (1000, 128), "b": (1000, 64)}, {}, cpus_per_task=1,
-                      max_retries=0, on_done=done.append, ray_params=RayParams(gpus_per_model=0.5))
+    facts = map_tasks(
+        training.steps_per_epoch,
+        {"a": (1000, 128), "b": (1000, 64)},
+        {},
+        cpus_per_task=1,
+        max_retries=0,
+        on_done=done.append,
+        ray_params=RayParams(gpus_per_model=0.5),
+    )
     assert facts["gpus_per_task"] == 0.5 and sorted(o.value for o in done) == [8, 16]
     assert all(o.resources == {"CPU": 1.0, "GPU": 0.5} and o.device == "cpu" for o in done)
 
@@ -166,8 +176,15 @@ def test_without_gpus_no_task_asks_for_one(tmp_path, local_ray):
     assert _most_at_once(outcomes) == 2  # as before: as many models at once as CPUs
 
     done: list = []
-    facts = map_tasks(training.steps_per_epoch, {"a": (1000, 128)}, {}, cpus_per_task=1, max_retries=0,
-                      on_done=done.append, ray_params=RayParams(gpus_per_model=0.25))
+    facts = map_tasks(
+        training.steps_per_epoch,
+        {"a": (1000, 128)},
+        {},
+        cpus_per_task=1,
+        max_retries=0,
+        on_done=done.append,
+        ray_params=RayParams(gpus_per_model=0.25),
+    )
     assert facts["gpus_per_task"] == 0.0 and done[0].resources == {"CPU": 1.0} and done[0].device == "cpu"
     assert done[0].value == 8
 

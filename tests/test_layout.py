@@ -17,8 +17,13 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "aevae"
 LAYERS = ("core", "evaluation", "report", "ops")
 # What each layer may import of aevae (the shared modules and data/ are open to all).
-ALLOWED = {"shared": set(), "core": set(), "evaluation": {"core"}, "report": {"core", "evaluation"},
-           "ops": {"core", "evaluation"}}
+ALLOWED = {
+    "shared": set(),
+    "core": set(),
+    "evaluation": {"core"},
+    "report": {"core", "evaluation"},
+    "ops": {"core", "evaluation"},
+}
 SHARED = {"__init__", "atomic", "config", "cpus", "errors", "metric_registry", "progress", "provenance", "rng"}
 
 

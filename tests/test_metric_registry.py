@@ -55,16 +55,18 @@ def test_keys_are_unique_and_every_group_and_role_resolves():
 def test_docs_metrics_table_is_the_registry_output():
     page = (REPO / "docs" / "metrics.md").read_text()
     assert metric_registry.markdown_table() in page
-    printed = subprocess.run([sys.executable, "-m", "aevae.metric_registry"], capture_output=True, text=True,
-                             check=True).stdout
+    printed = subprocess.run(
+        [sys.executable, "-m", "aevae.metric_registry"], capture_output=True, text=True, check=True
+    ).stdout
     assert printed == metric_registry.markdown_table()
 
 
 def _params(kind: str, key: str) -> Params:
     other = "vae" if kind == "ae" else "ae"
     fine = {"ae": "test/recon_bce_nats_per_pixel", "vae": "test/neg_elbo_nats_per_image"}[other]
-    return Params.model_validate({"sweep": {"models": [{"name": "ae"}]},
-                                  "retrain": {kind: [{"metric": key}], other: [{"metric": fine}]}})
+    return Params.model_validate(
+        {"sweep": {"models": [{"name": "ae"}]}, "retrain": {kind: [{"metric": key}], other: [{"metric": fine}]}}
+    )
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))

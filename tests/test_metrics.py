@@ -37,7 +37,9 @@ def digits() -> dict:
     raw = gzip.decompress(ref.read_bytes()).replace(b"\n", b",").decode()
     table = np.fromstring(raw, dtype=np.int64, sep=",").reshape(-1, 785).astype(np.uint8)  # 20x faster than loadtxt
     images, labels = table[:, :784].reshape(-1, 28, 28), table[:, 784]
-    tr_x, te_x, tr_y, te_y = train_test_split(images, labels, train_size=2000, test_size=500, stratify=labels, random_state=0)
+    tr_x, te_x, tr_y, te_y = train_test_split(
+        images, labels, train_size=2000, test_size=500, stratify=labels, random_state=0
+    )
     return {"train_images": tr_x, "train_labels": tr_y, "test_images": te_x, "test_labels": te_y}
 
 
@@ -126,7 +128,9 @@ def test_pca_baseline_matches_sklearn_inverse_transform(digits):
     assert set(out) == {"pca/recon_mse_per_pixel", "pca/recon_bce_nats_per_pixel"}
     assert out["pca/recon_mse_per_pixel"] == pytest.approx(((recon - test) ** 2).mean(), rel=1e-9)
     p = np.clip(recon, 1e-4, 1 - 1e-4)
-    assert out["pca/recon_bce_nats_per_pixel"] == pytest.approx(-(test * np.log(p) + (1 - test) * np.log(1 - p)).mean(), rel=1e-9)
+    assert out["pca/recon_bce_nats_per_pixel"] == pytest.approx(
+        -(test * np.log(p) + (1 - test) * np.log(1 - p)).mean(), rel=1e-9
+    )
     more = M.pca_baseline(digits["train_images"], digits["test_images"], latent_dim=16)
     assert more["pca/recon_mse_per_pixel"] < out["pca/recon_mse_per_pixel"]
 
@@ -264,8 +268,11 @@ def evaluated(digits, classifier, tiny_ae, tiny_vae) -> dict:
     """evaluate_model of the tiny AE and VAE (the classifier's reference features computed once)."""
     args = (digits["train_images"], digits["train_labels"], digits["test_images"], digits["test_labels"], classifier)
     ref = classifier.features(digits["test_images"])
-    return {"args": args, "ae": M.evaluate_model(tiny_ae, *args, FAST, reference_features=ref),
-            "vae": M.evaluate_model(tiny_vae, *args, FAST, reference_features=ref)}
+    return {
+        "args": args,
+        "ae": M.evaluate_model(tiny_ae, *args, FAST, reference_features=ref),
+        "vae": M.evaluate_model(tiny_vae, *args, FAST, reference_features=ref),
+    }
 
 
 @pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.key)
@@ -281,9 +288,18 @@ def test_evaluate_model_on_tiny_ae_and_vae(evaluated, tiny_vae):
     vae_only = {m.key for m in METRICS if not m.applies("ae")}
     assert vae_only == {"test/kl_nats_per_image", "test/neg_elbo_nats_per_image", "test/iw_nll_nats_per_image"}
     for m in (ae, vae):
-        for key in ("prior/mean_confidence", "prior/confident_fraction", "prior/class_coverage", "prior/holes_fraction",
-                    "gmm/mean_confidence", "gmm/confident_fraction", "gmm/class_coverage",
-                    "test/knn_accuracy", "test/linear_probe_accuracy", "interp/mean_confidence"):
+        for key in (
+            "prior/mean_confidence",
+            "prior/confident_fraction",
+            "prior/class_coverage",
+            "prior/holes_fraction",
+            "gmm/mean_confidence",
+            "gmm/confident_fraction",
+            "gmm/class_coverage",
+            "test/knn_accuracy",
+            "test/linear_probe_accuracy",
+            "interp/mean_confidence",
+        ):
             assert 0.0 <= m[key] <= 1.0, key
         assert m["interp/smoothness_ratio"] >= 1.0 and m["test/active_units"] <= 2
         assert m["test/knn_accuracy"] > 0.3  # far above chance (0.1) even after a few epochs

@@ -192,7 +192,10 @@ def test_linear_autoencoder_is_affine(arch):
         # and the decoder: an affine map of z
         z1, z2 = model.encode(x1).mu, model.encode(x2).mu
         torch.testing.assert_close(
-            model.decode(a * z1 + (1 - a) * z2), a * model.decode(z1) + (1 - a) * model.decode(z2), atol=1e-10, rtol=1e-10
+            model.decode(a * z1 + (1 - a) * z2),
+            a * model.decode(z1) + (1 - a) * model.decode(z2),
+            atol=1e-10,
+            rtol=1e-10,
         )
 
 
@@ -250,7 +253,9 @@ def test_recon_bce_matches_torch_per_image():
     x = images(6)
     got = recon_per_image(logits, x, "bce")
     assert got.shape == (6,)
-    expected = torch.stack([F.binary_cross_entropy(torch.sigmoid(lg), xi, reduction="sum") for lg, xi in zip(logits, x)])
+    expected = torch.stack(
+        [F.binary_cross_entropy(torch.sigmoid(lg), xi, reduction="sum") for lg, xi in zip(logits, x)]
+    )
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-3)
 
 
@@ -404,8 +409,19 @@ def test_one_reparameterization_serves_the_model_and_the_metrics():
 # ------------------------------------------------------------ any image shape
 
 # (C, H, W): grey and colour at 8, 28, 32 and 64 px, and odd, non-square sizes.
-SHAPES = [(1, 8, 8), (3, 8, 8), (1, 28, 28), (3, 28, 28), (1, 32, 32), (3, 32, 32), (1, 64, 64), (3, 64, 64),
-          (1, 20, 12), (3, 15, 9), (3, 9, 31)]
+SHAPES = [
+    (1, 8, 8),
+    (3, 8, 8),
+    (1, 28, 28),
+    (3, 28, 28),
+    (1, 32, 32),
+    (3, 32, 32),
+    (1, 64, 64),
+    (3, 64, 64),
+    (1, 20, 12),
+    (3, 15, 9),
+    (3, 9, 31),
+]
 
 
 @every_model
@@ -435,8 +451,9 @@ def test_gaussian_recon_is_the_normal_nll_with_a_learned_shared_sigma():
     log_sigma = torch.tensor(-1.2)
     expected = -torch.distributions.Normal(mean, log_sigma.exp()).log_prob(x).flatten(1).sum(1)
     torch.testing.assert_close(gaussian_nll(mean, x, log_sigma), expected)
-    torch.testing.assert_close(recon_per_image(torch.logit(mean), x, "gaussian", log_sigma), expected, rtol=1e-4,
-                               atol=1e-3)
+    torch.testing.assert_close(
+        recon_per_image(torch.logit(mean), x, "gaussian", log_sigma), expected, rtol=1e-4, atol=1e-3
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)

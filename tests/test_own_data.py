@@ -94,8 +94,11 @@ NPZ_BAD = [
     ("string-labels", dict(x_train=images(4, 8, 8), y_train=np.array(list("abab"))), ["labels must be", "integers"]),
     ("float-labels", dict(x_train=images(4, 8, 8), y_train=np.arange(4) / 2), ["float64", "integers"]),
     ("label-count", dict(x_train=images(4, 8, 8), y_train=np.arange(3)), ["3 labels for 4 images"]),
-    ("y_test-alone", dict(x_train=images(4, 8, 8), y_train=np.arange(4), x_test=images(4, 8, 8)),
-     ["y_train and y_test must come together"]),
+    (
+        "y_test-alone",
+        dict(x_train=images(4, 8, 8), y_train=np.arange(4), x_test=images(4, 8, 8)),
+        ["y_train and y_test must come together"],
+    ),
 ]
 
 
@@ -158,8 +161,13 @@ def test_folder_mixed_sizes_are_resized_with_image_size(tmp_path):
 def test_data_params_validate_the_new_keys():
     assert DataParams(source="folder", path="x", image_size=32).size == (32, 32)
     assert DataParams(image_size=[24, 16]).size == (24, 16)
-    for bad in (dict(source="npz"), dict(image_size=4), dict(image_size=[8, 8, 8]), dict(channels=2),
-                dict(background=300)):
+    for bad in (
+        dict(source="npz"),
+        dict(image_size=4),
+        dict(image_size=[8, 8, 8]),
+        dict(channels=2),
+        dict(background=300),
+    ):
         with pytest.raises(ValueError):
             DataParams(**bad)
 
@@ -225,10 +233,18 @@ def _unlabelled(root):
     return root, ["no labels"]
 
 
-FOLDER_BAD = [("corrupt-file", _corrupt), ("non-image-file", _text_file), ("mixed-sizes", _mixed_sizes),
-              ("empty-class", _empty_class), ("one-image-class", _one_image_class), ("one-class", _one_class),
-              ("16-bit", _sixteen_bit), ("float", _float_tiff), ("train-test-classes-differ", _train_test_differ),
-              ("unlabelled", _unlabelled)]
+FOLDER_BAD = [
+    ("corrupt-file", _corrupt),
+    ("non-image-file", _text_file),
+    ("mixed-sizes", _mixed_sizes),
+    ("empty-class", _empty_class),
+    ("one-image-class", _one_image_class),
+    ("one-class", _one_class),
+    ("16-bit", _sixteen_bit),
+    ("float", _float_tiff),
+    ("train-test-classes-differ", _train_test_differ),
+    ("unlabelled", _unlabelled),
+]
 
 
 @pytest.mark.parametrize("make_bad", [pytest.param(c[1], id=c[0]) for c in FOLDER_BAD])
@@ -272,8 +288,9 @@ def test_torchvision_cifar10_reads_its_pickled_batches_offline(tmp_path, monkeyp
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     batches = {}
-    for i, name in enumerate(["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
-                              "test_batch"]):
+    for i, name in enumerate(
+        ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]
+    ):
         batches[name] = (images(4, 3, 32 * 32), [(i + j) % 10 for j in range(4)])  # rows of 3x32x32, CIFAR's own
         with open(folder / name, "wb") as fh:
             pickle.dump({"data": batches[name][0].reshape(4, -1), "labels": batches[name][1]}, fh)

@@ -44,8 +44,19 @@ def digits():
 def test_classifier_stops_early_and_keeps_its_best_epoch(digits, one_torch_thread):
     x, y, vx, vy = digits
     steps, epochs = [], []
-    result = clf_lib.train(x, y, vx, vy, max_epochs=40, patience=2, seed=0, shift=0, batch_size=64,
-                           on_step=lambda e, s: steps.append((e, s)), on_epoch=epochs.append)
+    result = clf_lib.train(
+        x,
+        y,
+        vx,
+        vy,
+        max_epochs=40,
+        patience=2,
+        seed=0,
+        shift=0,
+        batch_size=64,
+        on_step=lambda e, s: steps.append((e, s)),
+        on_epoch=epochs.append,
+    )
     assert result.stopped == "patience" and len(result.history) < 40
     accs = [h["val/accuracy"] for h in result.history]
     assert result.best_epoch == 1 + int(np.argmax(accs)) and len(accs) - result.best_epoch == 2
@@ -53,8 +64,9 @@ def test_classifier_stops_early_and_keeps_its_best_epoch(digits, one_torch_threa
     assert len(steps) == len(result.history) * 10 and epochs == result.history  # 600 / 64 -> 10 steps an epoch
     reached = clf_lib.train(x, y, vx, vy, max_epochs=40, patience=40, target_accuracy=0.5, seed=0, shift=0)
     assert reached.stopped == "target" and len(reached.history) == 1  # one epoch already beats 50%
-    assert torch.equal(reached.model.head[1].weight, clf_lib.train(x, y, vx, vy, max_epochs=1, seed=0,
-                                                                     shift=0).model.head[1].weight)
+    assert torch.equal(
+        reached.model.head[1].weight, clf_lib.train(x, y, vx, vy, max_epochs=1, seed=0, shift=0).model.head[1].weight
+    )
 
 
 def test_augmentation_only_for_small_training_sets():

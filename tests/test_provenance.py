@@ -27,8 +27,9 @@ def test_git_state_outside_a_checkout_is_unknown(tmp_path):
 
 def test_git_state_sees_an_edit_of_a_tracked_file(tmp_path):
     def git(*args):
-        subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path, check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path, check=True, capture_output=True
+        )
 
     (tmp_path / "a.txt").write_text("one\n")
     git("init", "-q")
@@ -52,13 +53,17 @@ def test_a_stream_is_a_pure_function_of_seed_and_stream(make):
 
 def test_the_pipelines_own_outputs_do_not_make_a_tree_dirty(tmp_path):
     """A run rewrites dvc.lock, metrics and reports: a tree whose only changes are those is clean (tester finding)."""
-    def git(*args):
-        subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path, check=True,
-                       capture_output=True)
 
-    (tmp_path / "dvc.yaml").write_text("stages:\n  evaluate:\n    cmd: x\n    outs:\n      - metrics/models:\n"
-                                       "          cache: false\n    metrics:\n      - metrics/summary.json:\n"
-                                       "          cache: false\n  report:\n    cmd: y\n    outs:\n      - reports/summary.md\n")
+    def git(*args):
+        subprocess.run(
+            ["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path, check=True, capture_output=True
+        )
+
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  evaluate:\n    cmd: x\n    outs:\n      - metrics/models:\n"
+        "          cache: false\n    metrics:\n      - metrics/summary.json:\n"
+        "          cache: false\n  report:\n    cmd: y\n    outs:\n      - reports/summary.md\n"
+    )
     files = ["dvc.lock", "metrics/models/ae.json", "metrics/summary.json", "reports/summary.md", "params.yaml"]
     for name in files:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

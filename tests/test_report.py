@@ -78,11 +78,20 @@ def run(tmp_path_factory, _one_thread, request):
     manifest = write_prepared(root / "data" / "prepared", split(raw, 0.1, 0.2, 0), raw, "mnist")
     train, val, test = (load_split(s, root / "data" / "prepared") for s in ("train", "val", "test"))
     for name, overrides in MODELS.items():
-        spec = RunSpec(name=name, model=ModelParams(hidden=[64], latent_dim=2, **overrides),
-                       train=TrainParams(epochs=2, batch_size=128, lr=2e-3, seed=0))
+        spec = RunSpec(
+            name=name,
+            model=ModelParams(hidden=[64], latent_dim=2, **overrides),
+            train=TrainParams(epochs=2, batch_size=128, lr=2e-3, seed=0),
+        )
         result = train_model(spec, train.images, val.images)
-        model_store.save(root / "models", spec, result.model.state_dict(), result.history,
-                         {"data_sha256": manifest["data_sha256"]}, image_shape=(1, 28, 28))
+        model_store.save(
+            root / "models",
+            spec,
+            result.model.state_dict(),
+            result.history,
+            {"data_sha256": manifest["data_sha256"]},
+            image_shape=(1, 28, 28),
+        )
     scorer = cached_classifier(request.config, train.images, train.labels, max_epochs=1, seed=0)
     accuracy = scorer.accuracy(test.images, test.labels)
     atomic.write_json(root / "metrics" / "classifier.json", {"test/accuracy": accuracy})
@@ -169,8 +178,9 @@ def test_page_reads_prior_against_gmm_samples_for_every_model(run):
 def test_stage_writes_curves_for_dvc_plots_and_warns_without_a_run(run):
     root = run["root"]
     for name in MODELS:
-        assert (root / "reports" / "curves" / f"{name}.csv").read_text() == \
-            (root / "models" / name / "history.csv").read_text()
+        assert (root / "reports" / "curves" / f"{name}.csv").read_text() == (
+            root / "models" / name / "history.csv"
+        ).read_text()
     warnings = [line for line in run["stderr"].splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "mlflow_run.json" in warnings[0]
     assert not (root / "mlflow.db").exists()
@@ -193,7 +203,9 @@ def test_latent_figures_for_codes_of_one_and_more_than_two_dimensions():
     assert width > 900
     ae2, vae1 = _spec("ae", "ae", 2), _spec("vae-z1", "vae", 1)
     _png_ok(figures.png(figures.latent_scatter(vae1, codes[:, :1], labels)))
-    _png_ok(figures.png(figures.latent_side_by_side([ae2, info, vae1], [codes[:, :2] * 5, codes, codes[:, :1]], labels)))
+    _png_ok(
+        figures.png(figures.latent_side_by_side([ae2, info, vae1], [codes[:, :2] * 5, codes, codes[:, :1]], labels))
+    )
 
 
 def test_manifold_grid_uses_quantiles_for_the_vae_and_the_code_range_for_the_ae():
@@ -214,8 +226,12 @@ def test_best_value_per_column_ignores_missing_values_and_direction_free_metrics
 # ------------------------------------------------- intervals and verdicts
 
 
-STUDY_MEMBERS = {"ae": {"kind": "ae"}, "ae-linear": {"kind": "ae", "activation": "linear"},
-                 "vae-beta0": {"kind": "vae", "beta": 0.0}, "vae-beta1": {"kind": "vae", "beta": 1.0}}
+STUDY_MEMBERS = {
+    "ae": {"kind": "ae"},
+    "ae-linear": {"kind": "ae", "activation": "linear"},
+    "vae-beta0": {"kind": "vae", "beta": 0.0},
+    "vae-beta1": {"kind": "vae", "beta": 1.0},
+}
 GIT = {"commit": "0" * 40, "dirty": False, "changed": []}
 
 
@@ -229,8 +245,13 @@ def _study(tmp_path, seeds: tuple[int, ...], dims: tuple[int, ...] = (2, 16)):
     for member, overrides in STUDY_MEMBERS.items():
         for dim in dims:
             for seed in seeds:
-                spec = RunSpec(name=f"{member}-z{dim}-s{seed}", member=member, group=f"{member}-z{dim}",
-                               model=ModelParams(latent_dim=dim, **overrides), train=TrainParams(seed=seed))
+                spec = RunSpec(
+                    name=f"{member}-z{dim}-s{seed}",
+                    member=member,
+                    group=f"{member}-z{dim}",
+                    model=ModelParams(latent_dim=dim, **overrides),
+                    train=TrainParams(seed=seed),
+                )
                 specs.append(spec)
                 results[spec.name] = {k: float(rng.uniform(0.01, 1.0)) for k in KEYS + tuple(b.key for b in BASELINES)}
     records = study.from_results(results, specs)
@@ -242,8 +263,18 @@ def _study(tmp_path, seeds: tuple[int, ...], dims: tuple[int, ...] = (2, 16)):
 
 def _render(tmp_path, seeds: tuple[int, ...], dataset: str = "mnist") -> tuple[str, str]:
     results, groups = _study(tmp_path, seeds)
-    return build.render(groups, results, [], {"test/accuracy": 0.9}, {"dataset": dataset}, GIT, {},
-                         {g.name: list(seeds) for g in groups}, seeds[0], CLASS_NAMES[dataset])
+    return build.render(
+        groups,
+        results,
+        [],
+        {"test/accuracy": 0.9},
+        {"dataset": dataset},
+        GIT,
+        {},
+        {g.name: list(seeds) for g in groups},
+        seeds[0],
+        CLASS_NAMES[dataset],
+    )
 
 
 def test_report_opens_with_a_verdict_per_claim_and_latent_size_and_shows_intervals(tmp_path):
@@ -267,8 +298,11 @@ def test_report_opens_with_a_verdict_per_claim_and_latent_size_and_shows_interva
     md_rows = [line for line in md.split("## Summary")[0].splitlines() if line.startswith("| ") and ": " in line]
     assert len(md_rows) == len(study.CLAIMS)
     assert all(len(re.split(r"(?<!\\)\|", row)[1:-1]) == 3 for row in md_rows)  # claim + 2 sizes; q(z\|x) escaped
-    assert sum(line.startswith("| ") and ("supported" in line or "inconclusive" in line or "untestable" in line
-                                          or "contradicted" in line) for line in md.splitlines()) == len(study.CLAIMS)
+    assert sum(
+        line.startswith("| ")
+        and ("supported" in line or "inconclusive" in line or "untestable" in line or "contradicted" in line)
+        for line in md.splitlines()
+    ) == len(study.CLAIMS)
 
 
 def test_one_seed_says_so_and_draws_no_interval(tmp_path):
@@ -337,10 +371,19 @@ def test_log_report_files_the_page_under_the_parent_and_figures_under_each_child
     (tmp_path / "models" / "stale").mkdir(parents=True)
     (tmp_path / "models" / "stale" / "model.pt").write_bytes(b"retrained since")
     stale = client.create_run(exp, tags={"mlflow.parentRunId": parent}).info.run_id
-    atomic.write_json(tracking.RUN_FILE, {"tracking_uri": mlflow_store.tracking_uri(), "parent_run_id": parent,
-                                          "experiment_id": exp, "children": {"ae": child, "stale": stale},
-                                          "model_sha256": {"ae": hashlib.sha256(b"weights").hexdigest(),
-                                                           "stale": hashlib.sha256(b"old weights").hexdigest()}})
+    atomic.write_json(
+        tracking.RUN_FILE,
+        {
+            "tracking_uri": mlflow_store.tracking_uri(),
+            "parent_run_id": parent,
+            "experiment_id": exp,
+            "children": {"ae": child, "stale": stale},
+            "model_sha256": {
+                "ae": hashlib.sha256(b"weights").hexdigest(),
+                "stale": hashlib.sha256(b"old weights").hexdigest(),
+            },
+        },
+    )
     tracking.log_report(tmp_path / "reports", {"ae": [figure], "stale": [figure], "not-in-this-run": [figure]})
     # The report also shows `stale`, which that run did not train: the pipeline-wide page is not its to hold.
     assert client.list_artifacts(parent, "report") == []

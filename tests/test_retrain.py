@@ -50,15 +50,18 @@ def test_policy_accepts_evaluate_metrics_and_names_the_bad_one():
         retrain.policy(_params(ae=[{"metric": "test/kl_nats_per_image"}], vae=POLICY["vae"]))
 
 
-@pytest.mark.parametrize(("goal", "challenger", "champion", "need", "passed"), [
-    ("min", 1.0, 2.0, 0.5, True),   # lower and by enough
-    ("min", 1.8, 2.0, 0.5, False),  # lower, not by enough
-    ("min", 2.0, 2.0, 0.0, True),   # a tie passes a zero margin
-    ("min", 3.0, 2.0, 0.0, False),  # worse
-    ("max", 0.9, 0.8, 0.05, True),
-    ("max", 0.8, 0.9, 0.0, False),
-    ("min", math.nan, 2.0, 0.0, False),  # an undefined number never wins
-])
+@pytest.mark.parametrize(
+    ("goal", "challenger", "champion", "need", "passed"),
+    [
+        ("min", 1.0, 2.0, 0.5, True),  # lower and by enough
+        ("min", 1.8, 2.0, 0.5, False),  # lower, not by enough
+        ("min", 2.0, 2.0, 0.0, True),  # a tie passes a zero margin
+        ("min", 3.0, 2.0, 0.0, False),  # worse
+        ("max", 0.9, 0.8, 0.05, True),
+        ("max", 0.8, 0.9, 0.0, False),
+        ("min", math.nan, 2.0, 0.0, False),  # an undefined number never wins
+    ],
+)
 def test_a_check_passes_only_on_a_large_enough_improvement(goal, challenger, champion, need, passed):
     check = retrain.Check("test/x", goal, need, challenger, champion)
     assert check.passed is passed
@@ -129,10 +132,22 @@ class _FlakyRegistry:
 
 
 _CHANGES = [
-    {"model": "ae", "version": "2", "set": {"champion": "2"}, "delete": ["challenger"],
-     "version_tags": {"aevae.decision": "promoted"}, "model_tags": {model_registry.FINGERPRINT_TAG: "new"}},
-    {"model": "vae", "version": "3", "set": {"champion": "3"}, "delete": ["challenger"],
-     "version_tags": {"aevae.decision": "promoted"}, "model_tags": {model_registry.FINGERPRINT_TAG: "new"}},
+    {
+        "model": "ae",
+        "version": "2",
+        "set": {"champion": "2"},
+        "delete": ["challenger"],
+        "version_tags": {"aevae.decision": "promoted"},
+        "model_tags": {model_registry.FINGERPRINT_TAG: "new"},
+    },
+    {
+        "model": "vae",
+        "version": "3",
+        "set": {"champion": "3"},
+        "delete": ["challenger"],
+        "version_tags": {"aevae.decision": "promoted"},
+        "model_tags": {model_registry.FINGERPRINT_TAG: "new"},
+    },
 ]
 
 
@@ -249,7 +264,8 @@ def test_champion_moves_only_to_a_better_challenger(tmp_path):
             assert second.returncode == 2 and time.monotonic() - t0 < 30
             assert second.stderr.strip().splitlines() == [
                 f"error: another retrain is running (pid {first_run.pid}); let it finish and run again"
-                " (the lock on logs/retrain.lock is released when that process exits)"]
+                " (the lock on logs/retrain.lock is released when that process exits)"
+            ]
         finally:
             os.killpg(server.pid, signal.SIGTERM)  # stop the server
         assert first_run.wait(timeout=600) == 2

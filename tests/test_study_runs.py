@@ -28,8 +28,10 @@ GIT = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
 
 def _strict(text: str):
     """json.loads that refuses NaN, Infinity and -Infinity (RFC 8259 has none of them)."""
+
     def refuse(constant):
         raise ValueError(f"not strict JSON: {constant}")
+
     return json.loads(text, parse_constant=refuse)
 
 
@@ -80,7 +82,9 @@ def test_agreeing_seeds_give_a_zero_width_interval_and_varying_seeds_a_wide_one(
 def test_claims_file_is_strict_json_and_every_verdict_follows_its_rule(seeded):
     root, _ = seeded
     claims = _strict((root / "metrics" / "claims.json").read_text())
-    assert claims["level"] == 0.95 and claims["seeds"] == SEEDS and set(claims["rules"]) >= {"directional", "equivalence"}
+    assert (
+        claims["level"] == 0.95 and claims["seeds"] == SEEDS and set(claims["rules"]) >= {"directional", "equivalence"}
+    )
     judged = claims["claims"]["z2"]
     assert set(judged) == {c.id for c in study.CLAIMS}  # written with sorted keys
     for claim in judged.values():
@@ -107,8 +111,9 @@ def test_evaluate_prints_one_row_per_group_then_the_verdicts(seeded):
     rows = [line for line in lines if line.split()[:1] in (["ae"], ["vae-beta1"])]
     assert len(rows) == 2 and all(row.count("±") == 4 for row in rows)
     header = lines.index(next(line for line in lines if line.split() == ["claim", "z2"]))
-    assert [line.split()[0] for line in lines[header + 1:header + 1 + len(study.CLAIMS)]] == [
-        c.id for c in study.CLAIMS]
+    assert [line.split()[0] for line in lines[header + 1 : header + 1 + len(study.CLAIMS)]] == [
+        c.id for c in study.CLAIMS
+    ]
     assert not any(line.startswith("ae-s0") for line in lines)  # no longer one line per model and seed
 
 
@@ -139,6 +144,8 @@ def test_dvc_metrics_diff_compares_the_means(seeded, one_seed):
     assert "ae.pca/recon_mse_per_pixel.mean" not in diff  # unchanged (the PCA baseline ignores seeds): not listed
     # claims.json keeps comparisons in a mapping, so the effects are in the diff too (DVC skips lists).
     claims = one_seed[2]["metrics/claims.json"]
-    effect = "claims.z2.holes.comparisons.vae-beta1:test/holes_fraction_own_gaussian-vs-ae:test/holes_fraction_own_gaussian"
+    effect = (
+        "claims.z2.holes.comparisons.vae-beta1:test/holes_fraction_own_gaussian-vs-ae:test/holes_fraction_own_gaussian"
+    )
     assert claims[f"{effect}.effect.n_seeds"] == {"old": 3, "new": 1, "diff": -2}
     assert claims[f"{effect}.effect.mean"]["new"] is not None

@@ -22,13 +22,19 @@ def test_an_exception_in_the_task_is_its_cause_without_colours():
     assert task_failure(wrapped.as_instanceof_cause()) == "ValueError: bad latent size 0"
 
 
-@pytest.mark.parametrize("exc, words", [
-    (rex.WorkerCrashedError(), "its worker process died"),
-    (rex.TaskCancelledError(), "the task was cancelled"),
-    (rex.OutOfMemoryError("Task was killed due to the node running low on memory.\nMemory on the node"),
-     "its worker was killed for lack of memory"),
-    (rex.ActorDiedError(), "an actor it needed died"),
-], ids=["worker-died", "cancelled", "oom", "actor-died"])
+@pytest.mark.parametrize(
+    "exc, words",
+    [
+        (rex.WorkerCrashedError(), "its worker process died"),
+        (rex.TaskCancelledError(), "the task was cancelled"),
+        (
+            rex.OutOfMemoryError("Task was killed due to the node running low on memory.\nMemory on the node"),
+            "its worker was killed for lack of memory",
+        ),
+        (rex.ActorDiedError(), "an actor it needed died"),
+    ],
+    ids=["worker-died", "cancelled", "oom", "actor-died"],
+)
 def test_ray_failures_are_named_in_words(exc, words):
     line = task_failure(exc)
     assert line.startswith(words) and "\n" not in line and "\x1b" not in line

@@ -13,8 +13,17 @@ from project import copy_project, dvc, free_port, make_project, stage
 pytestmark = pytest.mark.slow
 
 MODELS = ("ae", "vae-beta1")
-REPRO_TAGS = ("git.commit", "git.dirty", "data.sha256", "data.source", "sweep.seeds", "version.torch", "version.ray",
-              "version.mlflow", "dvc.stage")
+REPRO_TAGS = (
+    "git.commit",
+    "git.dirty",
+    "data.sha256",
+    "data.source",
+    "sweep.seeds",
+    "version.torch",
+    "version.ray",
+    "version.mlflow",
+    "dvc.stage",
+)
 MODEL_TAGS = ("model", "member", "seed", "latent_dim")
 
 
@@ -24,10 +33,16 @@ def _check_runs(client: MlflowClient) -> None:
     parents = [r for r in runs if r.data.tags.get("aevae.role") == "pipeline"]
     assert len(parents) == 1, "one parent run per pipeline run"
     parent = parents[0]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
-                and r.data.tags.get("aevae.role") == "model"]
-    aggregates = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
-                  and r.data.tags.get("aevae.aggregate") == "true"]
+    children = [
+        r
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id and r.data.tags.get("aevae.role") == "model"
+    ]
+    aggregates = [
+        r
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id and r.data.tags.get("aevae.aggregate") == "true"
+    ]
     assert sorted(r.info.run_name for r in children) == sorted(MODELS)
     assert sorted(r.info.run_name for r in aggregates) == sorted(f"{m}-mean" for m in MODELS)  # one seed: n = 1
     assert len(runs) == 1 + 2 * len(MODELS)
@@ -35,9 +50,14 @@ def _check_runs(client: MlflowClient) -> None:
     metric_keys = {frozenset(r.data.metrics) for r in children}
     assert len(param_keys) == 1 and len(metric_keys) == 1, "identical key sets across children"
     assert {"model.kind", "model.beta", "model.latent_dim", "train.lr", "train.epochs"} <= set(next(iter(param_keys)))
-    assert {"train/loss_per_image", "val/recon_per_image", "val/kl_nats_per_image",  # from training
-            "test/recon_mse_per_pixel", "prior/classifier_fid", "test/knn_accuracy"  # from evaluation
-            } <= set(next(iter(metric_keys)))
+    assert {
+        "train/loss_per_image",
+        "val/recon_per_image",
+        "val/kl_nats_per_image",  # from training
+        "test/recon_mse_per_pixel",
+        "prior/classifier_fid",
+        "test/knn_accuracy",  # from evaluation
+    } <= set(next(iter(metric_keys)))
     for run in [parent, *children]:
         missing = [t for t in REPRO_TAGS if t not in run.data.tags]
         assert not missing, f"{run.info.run_name} lacks tags {missing}"
@@ -123,8 +143,9 @@ def test_make_models_lists_every_version_with_its_aliases(tmp_path, monkeypatch,
     client = MlflowClient(uri, registry_uri=uri)
     client.create_registered_model("aevae-vae-beta1")
     for seed in (0, 1):
-        client.create_model_version("aevae-vae-beta1", source=str(tmp_path),
-                                    tags={"seed": str(seed), "run_name": f"vae-beta1-s{seed}"})
+        client.create_model_version(
+            "aevae-vae-beta1", source=str(tmp_path), tags={"seed": str(seed), "run_name": f"vae-beta1-s{seed}"}
+        )
     client.set_registered_model_alias("aevae-vae-beta1", "champion", "2")
     model_registry.main()
     lines = capsys.readouterr().out.splitlines()

@@ -34,17 +34,19 @@ def _seeded_params(seeds=(0, 1), epochs=2) -> dict:
 
 
 def test_child_tags_place_each_seed_in_its_group():
-    specs = resolve_sweep(Params.model_validate({**_seeded_params(), "sweep": {
-        **_seeded_params()["sweep"], "latent_dims": [2, 16]}}))
+    specs = resolve_sweep(
+        Params.model_validate({**_seeded_params(), "sweep": {**_seeded_params()["sweep"], "latent_dims": [2, 16]}})
+    )
     tags = {s.name: mlflow_store.model_tags(s) for s in specs}
-    assert tags["ae-z16-s1"] == {"model": "ae-z16", "member": "ae", "seed": "1", "latent_dim": "16",
-                                 "model.kind": "ae"}
+    assert tags["ae-z16-s1"] == {"model": "ae-z16", "member": "ae", "seed": "1", "latent_dim": "16", "model.kind": "ae"}
     assert len({(t["model"], t["seed"]) for t in tags.values()}) == len(specs) == 8
 
 
 def test_aggregate_keys_are_the_seed_keys_with_their_interval():
-    stats = {"test/recon_mse_per_pixel": {"mean": 0.05, "ci_low": 0.04, "ci_high": 0.06, "n_seeds": 3},
-             "test/kl_nats_per_image": {"mean": None, "ci_low": None, "ci_high": None, "n_seeds": 0}}
+    stats = {
+        "test/recon_mse_per_pixel": {"mean": 0.05, "ci_low": 0.04, "ci_high": 0.06, "n_seeds": 3},
+        "test/kl_nats_per_image": {"mean": None, "ci_low": None, "ci_high": None, "n_seeds": 0},
+    }
     flat = tracking.aggregate_keys(stats)
     assert flat["test/recon_mse_per_pixel"] == 0.05  # the mean sits in the seed children's column
     assert (flat["test/recon_mse_per_pixel/ci_low"], flat["test/recon_mse_per_pixel/ci_high"]) == (0.04, 0.06)
@@ -52,18 +54,29 @@ def test_aggregate_keys_are_the_seed_keys_with_their_interval():
 
 
 def test_verdict_tags_name_claim_and_size_with_strict_values():
-    claims = {"level": 0.95, "claims": {"z2": {"holes": {"verdict": "supported"}, "loss": {"verdict": "untestable"}},
-                                        "z16": {"holes": {"verdict": "inconclusive"}}}}
-    assert tracking.verdict_tags(claims) == {"aevae.verdict.level": "0.95", "aevae.verdict.holes.z2": "supported",
-                                             "aevae.verdict.loss.z2": "untestable",
-                                             "aevae.verdict.holes.z16": "inconclusive"}
+    claims = {
+        "level": 0.95,
+        "claims": {
+            "z2": {"holes": {"verdict": "supported"}, "loss": {"verdict": "untestable"}},
+            "z16": {"holes": {"verdict": "inconclusive"}},
+        },
+    }
+    assert tracking.verdict_tags(claims) == {
+        "aevae.verdict.level": "0.95",
+        "aevae.verdict.holes.z2": "supported",
+        "aevae.verdict.loss.z2": "untestable",
+        "aevae.verdict.holes.z16": "inconclusive",
+    }
 
 
-@pytest.mark.parametrize(("goal", "stat", "judged"), [
-    ("min", {"mean": 1.0, "ci_low": 0.8, "ci_high": 1.2, "n_seeds": 3}, 1.2),  # the worse end: the upper bound
-    ("max", {"mean": 1.0, "ci_low": 0.8, "ci_high": 1.2, "n_seeds": 3}, 0.8),
-    ("min", {"mean": 1.0, "ci_low": None, "ci_high": None, "n_seeds": 1}, 1.0),  # one seed: its value
-])
+@pytest.mark.parametrize(
+    ("goal", "stat", "judged"),
+    [
+        ("min", {"mean": 1.0, "ci_low": 0.8, "ci_high": 1.2, "n_seeds": 3}, 1.2),  # the worse end: the upper bound
+        ("max", {"mean": 1.0, "ci_low": 0.8, "ci_high": 1.2, "n_seeds": 3}, 0.8),
+        ("min", {"mean": 1.0, "ci_low": None, "ci_high": None, "n_seeds": 1}, 1.0),  # one seed: its value
+    ],
+)
 def test_the_challenger_is_judged_on_the_worse_end_of_its_interval(goal, stat, judged):
     assert retrain.challenger_value(stat, goal) == judged
     assert math.isnan(retrain.challenger_value({"mean": None, "ci_low": None, "ci_high": None}, goal))
@@ -71,8 +84,10 @@ def test_the_challenger_is_judged_on_the_worse_end_of_its_interval(goal, stat, j
 
 def test_the_challenger_of_each_group_is_its_first_seed():
     params = Params.model_validate(_seeded_params(seeds=(3, 1)))
-    assert [(s.group, s.name, s.seed) for s in retrain.challengers(params)] == [("ae", "ae-s3", 3),
-                                                                                ("vae-beta1", "vae-beta1-s3", 3)]
+    assert [(s.group, s.name, s.seed) for s in retrain.challengers(params)] == [
+        ("ae", "ae-s3", 3),
+        ("vae-beta1", "vae-beta1-s3", 3),
+    ]
 
 
 # ------------------------------------------------------------- end to end (slow)
@@ -87,8 +102,14 @@ def test_seed_children_aggregates_and_verdicts_in_the_local_store(seeded_run, tm
     client = MlflowClient(uri, registry_uri=uri)
     [parent] = client.search_runs(["1"], "tags.aevae.role = 'pipeline'")
     seeds = client.search_runs(["1"], "tags.aevae.role = 'model'")
-    assert sorted(r.info.run_name for r in seeds) == ["ae-s0", "ae-s1", "ae-s2", "vae-beta1-s0", "vae-beta1-s1",
-                                                       "vae-beta1-s2"]
+    assert sorted(r.info.run_name for r in seeds) == [
+        "ae-s0",
+        "ae-s1",
+        "ae-s2",
+        "vae-beta1-s0",
+        "vae-beta1-s1",
+        "vae-beta1-s2",
+    ]
     for run in seeds:
         tags = run.data.tags
         assert tags["mlflow.parentRunId"] == parent.info.run_id
@@ -108,7 +129,9 @@ def test_seed_children_aggregates_and_verdicts_in_the_local_store(seeded_run, tm
 
     # The claims' verdicts on the parent, one tag per claim and size, and claims.json beside them.
     claims = json.loads((root / "metrics" / "claims.json").read_text())["claims"]
-    verdicts = {k: v for k, v in parent.data.tags.items() if k.startswith("aevae.verdict.") and k != "aevae.verdict.level"}
+    verdicts = {
+        k: v for k, v in parent.data.tags.items() if k.startswith("aevae.verdict.") and k != "aevae.verdict.level"
+    }
     assert verdicts == {f"aevae.verdict.{c}.z2": claims["z2"][c]["verdict"] for c in claims["z2"]}
     assert set(verdicts.values()) <= VERDICTS and len(verdicts) == len(study.CLAIMS)
     assert {"claims.json", "summary.json"} <= {f.path for f in client.list_artifacts(parent.info.run_id)}
@@ -116,8 +139,9 @@ def test_seed_children_aggregates_and_verdicts_in_the_local_store(seeded_run, tm
     # One registered model per group, a version per seed, tagged with it.
     versions = client.search_model_versions("name='aevae-ae'")
     assert sorted(v.tags["seed"] for v in versions) == ["0", "1", "2"]
-    assert {v.tags["run_name"]: v.run_id for v in versions} == {r.info.run_name: r.info.run_id
-                                                               for r in seeds if r.data.tags["model"] == "ae"}
+    assert {v.tags["run_name"]: v.run_id for v in versions} == {
+        r.info.run_name: r.info.run_id for r in seeds if r.data.tags["model"] == "ae"
+    }
 
     # evaluate alone again (-s: not train, which would open a new pipeline run), in a copy: the same aggregate
     # runs take the numbers, none is added.
@@ -131,8 +155,11 @@ def test_seed_children_aggregates_and_verdicts_in_the_local_store(seeded_run, tm
 
 def test_a_decision_over_seeds_records_the_bound_the_mean_and_the_seeds():
     stat = {"mean": 0.26, "ci_low": 0.24, "ci_high": 0.28, "n_seeds": 3}
-    check = retrain._check(retrain.Criterion(metric="test/recon_bce_nats_per_pixel", goal="min", min_improvement=0.001),
-                           {"test/recon_bce_nats_per_pixel": stat}, {"test/recon_bce_nats_per_pixel": 0.27})
+    check = retrain._check(
+        retrain.Criterion(metric="test/recon_bce_nats_per_pixel", goal="min", min_improvement=0.001),
+        {"test/recon_bce_nats_per_pixel": stat},
+        {"test/recon_bce_nats_per_pixel": 0.27},
+    )
     assert (check.challenger, check.challenger_mean, check.n_seeds, check.passed) == (0.28, 0.26, 3, False)
     assert "upper 95% bound over 3 seeds 0.28 (mean 0.26) vs 0.27" in check.line()  # a better mean alone does not win
     tags = retrain.Decision("ae", "ae", "4", "1", "kept", [check], seed=0).change("fp", "r.json")["version_tags"]

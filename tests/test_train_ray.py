@@ -48,9 +48,21 @@ def test_attaches_to_an_existing_cluster(tmp_path):
     port = free_port()
     # Its own temp dir (short: Ray's socket paths must fit 107 bytes) identifies this head's processes.
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    head = run([str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
-               root, timeout=120)
+    head = run(
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
+        ],
+        root,
+        timeout=120,
+    )
     assert head.returncode == 0
     try:
         address = f"127.0.0.1:{port}"
@@ -122,9 +134,12 @@ def _lock_outs(root: Path) -> list[dict]:
 
 
 def test_data_parallel_model_via_ray_train(tmp_path):
-    params = {**SMALL_PARAMS, "train": {**SMALL_PARAMS["train"], "epochs": 2},
-              "sweep": {"latent_dims": [2], "seeds": [0], "models": [{"name": "vae-ddp", "model": {"kind": "vae"}}]},
-              "ray": {"cpus_per_model": 1, "workers_per_model": 2}}
+    params = {
+        **SMALL_PARAMS,
+        "train": {**SMALL_PARAMS["train"], "epochs": 2},
+        "sweep": {"latent_dims": [2], "seeds": [0], "models": [{"name": "vae-ddp", "model": {"kind": "vae"}}]},
+        "ray": {"cpus_per_model": 1, "workers_per_model": 2},
+    }
     root = make_project(tmp_path / "p", params, git=False)
     stage("prepare", root)
     stage("train", root, timeout=300)

@@ -305,8 +305,14 @@ def test_progress_counts_the_planned_epochs():
     s = spec(train={"epochs": 20, "max_steps": 19})
     out = io.StringIO()
     progress = SweepProgress([s], stream=out, every=0.0, epochs={s.name: planned_epochs(s.train, 256)})
-    rec = {"epoch": 1, "seconds": 2.0, "train/loss_per_image": 1.0, "train/recon_per_image": 1.0,
-           "train/kl_nats_per_image": 0.0, "val/loss_per_image": 1.0}
+    rec = {
+        "epoch": 1,
+        "seconds": 2.0,
+        "train/loss_per_image": 1.0,
+        "train/recon_per_image": 1.0,
+        "train/kl_nats_per_image": 0.0,
+        "val/loss_per_image": 1.0,
+    }
     progress.epoch(s.name, rec)
     progress.done(s.name, 3, 6.0)
     lines = out.getvalue().splitlines()
@@ -314,8 +320,9 @@ def test_progress_counts_the_planned_epochs():
     assert "3 epochs trained" in lines[2] and "resumed" not in lines[2], lines
 
 
-@pytest.mark.parametrize("value, expected", [(0, "greater than 0"), (-5, "greater than 0"), ("many", "integer"),
-                                             (2.5, "integer")])
+@pytest.mark.parametrize(
+    "value, expected", [(0, "greater than 0"), (-5, "greater than 0"), ("many", "integer"), (2.5, "integer")]
+)
 def test_max_steps_validation_is_one_line(value, expected, tmp_path):
     params = copy.deepcopy(shipped_params())
     params["train"]["max_steps"] = value
@@ -366,7 +373,9 @@ def test_same_seed_same_run_other_seed_other_weights(digits):
 @pytest.mark.parametrize("kind, recon", [("ae", "bce"), ("vae", "mse")])
 def test_divergence_raises_non_finite_loss(kind, recon, digits, tmp_path):
     # two hidden layers: with one, lr 1e6 gives losses ~1e30 that are still finite
-    s = spec(name=f"boom-{kind}", model={"kind": kind, "recon": recon, "hidden": [64, 32]}, train={"lr": 1e6, "epochs": 3})
+    s = spec(
+        name=f"boom-{kind}", model={"kind": kind, "recon": recon, "hidden": [64, 32]}, train={"lr": 1e6, "epochs": 3}
+    )
     with pytest.raises(Diverged) as info:
         train_model(s, digits["small"], digits["small_val"], checkpoint_dir=tmp_path)
     message = str(info.value)

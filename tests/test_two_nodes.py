@@ -53,9 +53,21 @@ def _kill_node(temp_dir: str, hard: bool) -> None:
 
 
 def _ray_start(args: list[str], temp_dir: str, root: Path) -> None:
-    out = run([str(BIN / "ray"), "start", *args, "--node-ip-address=127.0.0.1", "--num-cpus=1",
-               "--disable-usage-stats", f"--temp-dir={temp_dir}"], root, check=False, timeout=120,
-              RAY_AUTH_MODE="token")  # a head started by `ray start` wants the token (~/.ray/auth_token) from nodes
+    out = run(
+        [
+            str(BIN / "ray"),
+            "start",
+            *args,
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=1",
+            "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
+        ],
+        root,
+        check=False,
+        timeout=120,
+        RAY_AUTH_MODE="token",
+    )  # a head started by `ray start` wants the token (~/.ray/auth_token) from nodes
     assert out.returncode == 0, out.stdout + out.stderr
 
 

@@ -31,7 +31,9 @@ def _writable_parent(path: Path) -> Path:
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot create folder {parent}: {exc.strerror}; check its permissions and free space") from None
+        raise UserError(
+            f"cannot create folder {parent}: {exc.strerror}; check its permissions and free space"
+        ) from None
     return parent
 
 
@@ -112,8 +114,9 @@ def torch_save(path: str | os.PathLike, obj: Any) -> None:
     write_bytes(path, torch_bytes(obj))
 
 
-def torch_load(path: str | os.PathLike, stage: str, device: Any = "cpu",
-               then: Callable[[Any], Any] | None = None) -> Any:
+def torch_load(
+    path: str | os.PathLike, stage: str, device: Any = "cpu", then: Callable[[Any], Any] | None = None
+) -> Any:
     """What torch_save wrote to `path`, read with torch.load(weights_only=True) onto `device`, then `then(state)`
     when given (the caller's model built from it, under the same guard).
 
@@ -127,8 +130,9 @@ def torch_load(path: str | os.PathLike, stage: str, device: Any = "cpu",
         state = torch.load(path, map_location=device, weights_only=True)
         return state if then is None else then(state)
     except Exception as exc:  # weights_only refuses pickled code; anything else is a corrupt file
-        raise UserError(f"{path} cannot be loaded safely ({type(exc).__name__}); "
-                        f"retrain it (dvc repro -f {stage})") from None
+        raise UserError(
+            f"{path} cannot be loaded safely ({type(exc).__name__}); retrain it (dvc repro -f {stage})"
+        ) from None
 
 
 @contextlib.contextmanager

@@ -195,10 +195,10 @@ class Criterion(_Strict):
 class RetrainParams(_Strict):
     """Champion/challenger policy per model kind: the challenger must pass every criterion."""
 
-    ae: list[Criterion] = Field(default_factory=lambda: [Criterion(metric=metric_registry.judging("ae"))],
-                                min_length=1)
-    vae: list[Criterion] = Field(default_factory=lambda: [Criterion(metric=metric_registry.judging("vae"))],
-                                 min_length=1)
+    ae: list[Criterion] = Field(default_factory=lambda: [Criterion(metric=metric_registry.judging("ae"))], min_length=1)
+    vae: list[Criterion] = Field(
+        default_factory=lambda: [Criterion(metric=metric_registry.judging("vae"))], min_length=1
+    )
 
 
 class Params(_Strict):
@@ -248,7 +248,12 @@ def _format_error(exc: ValidationError, source: str, root: type[BaseModel] = Par
     errors = exc.errors()
     err = errors[0]
     loc = err["loc"]
-    if err["type"] != "extra_forbidden" and loc and isinstance(loc[-1], str) and loc[-1] not in _allowed_keys(loc, root):
+    if (
+        err["type"] != "extra_forbidden"
+        and loc
+        and isinstance(loc[-1], str)
+        and loc[-1] not in _allowed_keys(loc, root)
+    ):
         # A union (e.g. `bool | "auto"`) reports once per member, its loc ending in the member's tag: name the
         # field and give every member's wish.
         wishes = [e["msg"].removeprefix("Input should be ") for e in errors if e["loc"][:-1] == loc[:-1]]
@@ -297,7 +302,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     text = data.decode("utf-8", errors="replace")
     raw = _load_yaml_12(path, text)
     if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping of sections (data, model, train, sweep, ...), got {type(raw).__name__}")
+        raise UserError(
+            f"{path}: expected a mapping of sections (data, model, train, sweep, ...), got {type(raw).__name__}"
+        )
     _refuse_ambiguous(path, text, raw)
     _READ[path.resolve()] = hashlib.sha256(data).hexdigest()
     return raw
@@ -314,8 +321,10 @@ def _load_yaml_12(path: Path, text: str) -> Any:
         return YAML(typ="safe").load(text)
     except DuplicateKeyError as exc:
         mark = exc.problem_mark
-        raise UserError(f"{path}: {first_yaml_line(exc.problem)} at line {mark.line + 1}; keep one of them (DVC refuses"
-                        " a file with a duplicate key)") from None
+        raise UserError(
+            f"{path}: {first_yaml_line(exc.problem)} at line {mark.line + 1}; keep one of them (DVC refuses"
+            " a file with a duplicate key)"
+        ) from None
     except MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -343,9 +352,11 @@ def _refuse_ambiguous(path: Path, text: str, raw: dict[str, Any]) -> None:
     found = _first_difference(raw, old, ())
     if found is not None:
         key, new_value, old_value = found
-        raise UserError(f"{path}: {'.'.join(map(str, key)) or '(top level)'} is ambiguous: YAML 1.2 (what DVC records)"
-                        f" reads {new_value!r}, YAML 1.1 reads {old_value!r}; write the value you mean plainly"
-                        " (10, true, 1000) or quote it if it is text")
+        raise UserError(
+            f"{path}: {'.'.join(map(str, key)) or '(top level)'} is ambiguous: YAML 1.2 (what DVC records)"
+            f" reads {new_value!r}, YAML 1.1 reads {old_value!r}; write the value you mean plainly"
+            " (10, true, 1000) or quote it if it is text"
+        )
 
 
 def _first_difference(new: Any, old: Any, key: tuple) -> tuple[tuple, Any, Any] | None:
@@ -391,8 +402,10 @@ def check_unchanged() -> None:
     for path, digest in _READ.items():
         now = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
         if now != digest:
-            raise UserError(f"{path.name} changed while this ran, so its results were produced with the old values;"
-                            " DVC will not record them: rerun the same command (dvc repro) to use the new ones")
+            raise UserError(
+                f"{path.name} changed while this ran, so its results were produced with the old values;"
+                " DVC will not record them: rerun the same command (dvc repro) to use the new ones"
+            )
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
@@ -417,16 +430,20 @@ def _reject_model_latent_dim(raw: dict[str, Any], source: str) -> None:
     """model.latent_dim was dead (always overridden by sweep.latent_dims): an old file gets the fix."""
     model = raw.get("model")
     if isinstance(model, dict) and "latent_dim" in model:
-        raise UserError(f"{source}: model.latent_dim = {model['latent_dim']!r} is no longer read: latent sizes come"
-                        " from sweep.latent_dims (every member trains at each); put the value there and remove the key")
+        raise UserError(
+            f"{source}: model.latent_dim = {model['latent_dim']!r} is no longer read: latent sizes come"
+            " from sweep.latent_dims (every member trains at each); put the value there and remove the key"
+        )
 
 
 def _reject_train_seed(raw: dict[str, Any], source: str) -> None:
     """train.seed would be overwritten by every entry of sweep.seeds: an old file gets the fix."""
     train = raw.get("train")
     if isinstance(train, dict) and "seed" in train:
-        raise UserError(f"{source}: train.seed = {train['seed']!r} is no longer read: training seeds come from"
-                        " sweep.seeds (every member trains once per seed); put the value there and remove the key")
+        raise UserError(
+            f"{source}: train.seed = {train['seed']!r} is no longer read: training seeds come from"
+            " sweep.seeds (every member trains once per seed); put the value there and remove the key"
+        )
 
 
 def _merge(base: BaseModel, overrides: dict[str, Any], cls: type[BaseModel], where: str, source: str) -> Any:

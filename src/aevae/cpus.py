@@ -71,7 +71,7 @@ def _own_cgroup(controller: str) -> Path | None:
 
 
 def _ratio(text: str | None) -> float | None:
-    """"<quota> <period>" as CPUs; None for "max", -1 or anything unreadable."""
+    """ "<quota> <period>" as CPUs; None for "max", -1 or anything unreadable."""
     parts = (text or "").split()
     try:
         quota, period = float(parts[0]), float(parts[1])

@@ -79,14 +79,19 @@ class SweepProgress:
     """`[model] epoch e/total ... ETA` lines; `epochs` maps a name to its planned epochs (fewer than
     train.epochs when train.max_steps ends training first: aevae.core.training.planned_epochs)."""
 
-    def __init__(self, specs: list[RunSpec], stream=sys.stdout, every: float | None = None,
-                 epochs: dict[str, int] | None = None):
+    def __init__(
+        self, specs: list[RunSpec], stream=sys.stdout, every: float | None = None, epochs: dict[str, int] | None = None
+    ):
         self.every_s = every_s(3.0) if every is None else every
         self.epochs = {s.name: (epochs or {}).get(s.name, s.train.epochs) for s in specs}
         self.width = max(len(n) for n in self.epochs)
         self.stream = stream
         self.last_line = {name: 0.0 for name in self.epochs}
-        print(f"training {len(specs)} model{'s' if len(specs) != 1 else ''}: {', '.join(self.epochs)}", file=stream, flush=True)
+        print(
+            f"training {len(specs)} model{'s' if len(specs) != 1 else ''}: {', '.join(self.epochs)}",
+            file=stream,
+            flush=True,
+        )
 
     def _line(self, name: str, text: str) -> None:
         print(f"[{name:<{self.width}}] {text}", file=self.stream, flush=True)
@@ -99,9 +104,12 @@ class SweepProgress:
         self.last_line[name] = now
         eta = rec["seconds"] * (total - rec["epoch"])
         kl = f"  kl {rec['train/kl_nats_per_image']:6.2f} nats" if rec["train/kl_nats_per_image"] else ""
-        self._line(name, f"epoch {rec['epoch']:>3}/{total}  loss {rec['train/loss_per_image']:8.2f}"
-                         f"  recon {rec['train/recon_per_image']:8.2f}{kl}  val {rec['val/loss_per_image']:8.2f}"
-                         f"  ETA {eta:4.0f}s")
+        self._line(
+            name,
+            f"epoch {rec['epoch']:>3}/{total}  loss {rec['train/loss_per_image']:8.2f}"
+            f"  recon {rec['train/recon_per_image']:8.2f}{kl}  val {rec['val/loss_per_image']:8.2f}"
+            f"  ETA {eta:4.0f}s",
+        )
 
     def done(self, name: str, epochs_run: int, seconds: float) -> None:
         resumed = self.epochs[name] - epochs_run

@@ -72,6 +72,7 @@ def git_state(cwd: Path | None = None) -> dict:
         return {"commit": "unknown", "dirty": None, "changed": []}
     status = _git(cwd, "status", "--porcelain", "--untracked-files=no") or ""
     outputs = pipeline_outputs(cwd)
-    changed = [path for path in (line[3:] for line in status.splitlines() if line.strip())
-               if not _is_output(path, outputs)]
+    changed = [
+        path for path in (line[3:] for line in status.splitlines() if line.strip()) if not _is_output(path, outputs)
+    ]
     return {"commit": commit, "dirty": bool(changed), "changed": changed}

@@ -61,8 +61,13 @@ def _idx_project(tmp_path, train_set, test_set, labels_shift: int = 0, **params_
 
 
 def test_four_classes_of_five_test_images_evaluate_and_report_with_strict_json(tmp_path):
-    root = _idx_project(tmp_path, _digits(40, range(10)), _digits(5, range(4), offset=100),
-                        sweep={"latent_dims": [32], "seeds": [0], "models": SMALL_PARAMS["sweep"]["models"]}, train={"epochs": 1})
+    root = _idx_project(
+        tmp_path,
+        _digits(40, range(10)),
+        _digits(5, range(4), offset=100),
+        sweep={"latent_dims": [32], "seeds": [0], "models": SMALL_PARAMS["sweep"]["models"]},
+        train={"epochs": 1},
+    )
     dvc(["repro"], root)
     for path in [root / "metrics" / "summary.json", *(root / "metrics" / "models").glob("*.json")]:
         json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{path.name} holds a bare {c}"))  # noqa: B023
@@ -72,8 +77,10 @@ def test_four_classes_of_five_test_images_evaluate_and_report_with_strict_json(t
         reasons = json.loads((root / "metrics" / "models" / f"{name}.json").read_text())["null_reasons"]
         assert "singular covariance" in reasons["test/moment_kl_to_prior_nats"]
     assert summary["ae"]["test/kl_nats_per_image"]["mean"] is None  # an AE has no KL: a reasoned null, not NaN
-    assert "not defined" in json.loads((root / "metrics" / "models" / "ae.json").read_text())["null_reasons"][
-        "test/kl_nats_per_image"]
+    assert (
+        "not defined"
+        in json.loads((root / "metrics" / "models" / "ae.json").read_text())["null_reasons"]["test/kl_nats_per_image"]
+    )
     assert (root / "reports" / "index.html").is_file()
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -96,9 +103,12 @@ PREPARE_CASES = {
     "labels 1-25": (_blank(100, list(range(1, 26))), _blank(50, list(range(1, 26))), "label 10", "train-labels"),
     "empty test file": (_blank(100, list(range(10))), _blank(0, [0]), "holds no images", "t10k-images"),
     "test split of one class": (_blank(100, list(range(10))), _blank(20, [3]), "one class only", "test"),
-    "a test class of one image": (_blank(100, list(range(10))), (np.zeros((5, 28, 28), np.uint8),
-                                                                 np.array([1, 1, 2, 2, 7], np.uint8)),
-                                  "single image of class(es) [7]", "test"),
+    "a test class of one image": (
+        _blank(100, list(range(10))),
+        (np.zeros((5, 28, 28), np.uint8), np.array([1, 1, 2, 2, 7], np.uint8)),
+        "single image of class(es) [7]",
+        "test",
+    ),
 }
 
 
@@ -124,9 +134,13 @@ def _sweep(*models) -> dict:
 
 
 def test_a_finite_but_diverged_model_fails_alone_and_is_not_registered(tmp_path):
-    root = make_project(tmp_path / "p", _sweep({"name": "ae", "model": {"kind": "ae"}},
-                                               {"name": "vae-lr5", "model": {"kind": "vae"}, "train": {"lr": 5.0}}),
-                        git=False)
+    root = make_project(
+        tmp_path / "p",
+        _sweep(
+            {"name": "ae", "model": {"kind": "ae"}}, {"name": "vae-lr5", "model": {"kind": "vae"}, "train": {"lr": 5.0}}
+        ),
+        git=False,
+    )
     stage("prepare", root)
     proc = stage("train", root, check=False)
     assert proc.returncode == 2
@@ -143,8 +157,9 @@ def test_a_finite_but_diverged_model_fails_alone_and_is_not_registered(tmp_path)
 
 
 def test_when_every_model_diverges_the_message_says_none_was_saved(tmp_path):
-    root = make_project(tmp_path / "p", _sweep({"name": "ae-lr5", "model": {"kind": "ae"}, "train": {"lr": 5.0}}),
-                        git=False)
+    root = make_project(
+        tmp_path / "p", _sweep({"name": "ae-lr5", "model": {"kind": "ae"}, "train": {"lr": 5.0}}), git=False
+    )
     stage("prepare", root)
     proc = stage("train", root, check=False)
     line = _one_error_line(proc.stderr)
@@ -205,16 +220,32 @@ ADDRESS_CASES = {
     "ray: an unknown host": ("RAY_ADDRESS", lambda: _nothing("no-such-host.invalid:6379"), "{a}", "no Ray cluster"),
     "ray client: a web server": ("RAY_ADDRESS", _web_server, "ray://{a}", "not a Ray cluster"),
     "mlflow: a web server": ("MLFLOW_TRACKING_URI", _web_server, "http://{a}", "not as an MLflow tracking server"),
-    "mlflow: a 404 server": ("MLFLOW_TRACKING_URI", lambda: _web_server(http.server.BaseHTTPRequestHandler),
-                             "http://{a}", "HTTP 501"),
+    "mlflow: a 404 server": (
+        "MLFLOW_TRACKING_URI",
+        lambda: _web_server(http.server.BaseHTTPRequestHandler),
+        "http://{a}",
+        "HTTP 501",
+    ),
     "mlflow: a silent port": ("MLFLOW_TRACKING_URI", _silent_port, "http://{a}", "does not answer"),
-    "mlflow: an unknown host": ("MLFLOW_TRACKING_URI", lambda: _nothing("no-such-host.invalid:5000"), "http://{a}",
-                                "does not answer"),
+    "mlflow: an unknown host": (
+        "MLFLOW_TRACKING_URI",
+        lambda: _nothing("no-such-host.invalid:5000"),
+        "http://{a}",
+        "does not answer",
+    ),
     "mlflow: no scheme": ("MLFLOW_TRACKING_URI", lambda: _nothing("localhost:5000"), "{a}", "no scheme MLflow knows"),
-    "mlflow: a misspelt scheme": ("MLFLOW_TRACKING_URI", lambda: _nothing("htp://localhost:5000"), "{a}",
-                                  "no scheme MLflow knows"),
-    "mlflow: sqlite in no folder": ("MLFLOW_TRACKING_URI", lambda: _nothing("sqlite:////no/such/folder/m.db"), "{a}",
-                                    "does not exist"),
+    "mlflow: a misspelt scheme": (
+        "MLFLOW_TRACKING_URI",
+        lambda: _nothing("htp://localhost:5000"),
+        "{a}",
+        "no scheme MLflow knows",
+    ),
+    "mlflow: sqlite in no folder": (
+        "MLFLOW_TRACKING_URI",
+        lambda: _nothing("sqlite:////no/such/folder/m.db"),
+        "{a}",
+        "does not exist",
+    ),
 }
 
 

@@ -90,8 +90,7 @@ def test_mlflow_server_stopped_mid_run_loses_no_training(tmp_path):
     root = make_project(tmp_path / "p", _params(epochs=30), git=False)
     stage("prepare", root)
     with mlflow_server(tmp_path / "server") as (uri, server):
-        proc = start([str(BIN / "python"), "pipeline/train.py"], root, tmp_path / "train.log",
-                      MLFLOW_TRACKING_URI=uri)
+        proc = start([str(BIN / "python"), "pipeline/train.py"], root, tmp_path / "train.log", MLFLOW_TRACKING_URI=uri)
         deadline = time.monotonic() + 180
         while max(checkpoint_epochs(root), default=0) < 3:
             assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "train.log").read_text()

@@ -23,8 +23,11 @@ from project import BIN, REPO, SMALL_PARAMS, dvc, kill_group, make_project, run,
 
 pytestmark = pytest.mark.slow
 
-ONE_MODEL = {**copy.deepcopy(SMALL_PARAMS), "sweep": {**SMALL_PARAMS["sweep"], "models": [{"name": "ae"}]},
-             "train": {**SMALL_PARAMS["train"], "epochs": 1}}
+ONE_MODEL = {
+    **copy.deepcopy(SMALL_PARAMS),
+    "sweep": {**SMALL_PARAMS["sweep"], "models": [{"name": "ae"}]},
+    "train": {**SMALL_PARAMS["train"], "epochs": 1},
+}
 
 
 def _params(**ray) -> dict:
@@ -75,7 +78,9 @@ def test_params_edited_while_training_are_not_recorded(tmp_path):
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert proc.wait(timeout=300) != 0, log.read_text()
     errors = _error_lines(log.read_text())
-    assert len(errors) == 1 and "params.yaml changed while this ran" in errors[0] and "rerun" in errors[0], log.read_text()
+    assert len(errors) == 1 and "params.yaml changed while this ran" in errors[0] and "rerun" in errors[0], (
+        log.read_text()
+    )
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     assert "train" not in lock["stages"], "dvc.lock records params the models were not trained with"
     assert "train" in dvc(["status", "train"], root).stdout
@@ -84,11 +89,18 @@ def test_params_edited_while_training_are_not_recorded(tmp_path):
     assert {r.info.status for r in _runs(root)} == {"FAILED"}
 
 
-@pytest.mark.parametrize("old, new, expected", [
-    ("  seeds:\n  - 0\n", "  seeds: [010]\n",
-     "sweep.seeds.0 is ambiguous: YAML 1.2 (what DVC records) reads 10, YAML 1.1 reads 8"),
-    ("  latent_dims:\n  - 2\n", "  latent_dims: [2]\n  latent_dims: [3]\n", 'duplicate key "latent_dims"'),
-], ids=["octal-seed", "duplicate-key"])
+@pytest.mark.parametrize(
+    "old, new, expected",
+    [
+        (
+            "  seeds:\n  - 0\n",
+            "  seeds: [010]\n",
+            "sweep.seeds.0 is ambiguous: YAML 1.2 (what DVC records) reads 10, YAML 1.1 reads 8",
+        ),
+        ("  latent_dims:\n  - 2\n", "  latent_dims: [2]\n  latent_dims: [3]\n", 'duplicate key "latent_dims"'),
+    ],
+    ids=["octal-seed", "duplicate-key"],
+)
 def test_params_dvc_and_the_stage_would_read_differently_stop_the_stage(tmp_path, old, new, expected):
     root = make_project(tmp_path / "p", _params(), git=False)
     text = (root / "params.yaml").read_text()
@@ -144,8 +156,11 @@ def test_kill_9_of_retrain_takes_its_dvc_and_stage_along(tmp_path):
         repro = _descendant(proc.pid, "repro")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-        _until(lambda: not (train.is_running() or (repro and repro.is_running())), "dvc or the stage outlived retrain",
-               timeout=60)
+        _until(
+            lambda: not (train.is_running() or (repro and repro.is_running())),
+            "dvc or the stage outlived retrain",
+            timeout=60,
+        )
         check_dvc_lock(root / ".dvc" / "tmp" / "lock")  # free: the next retrain can run
         assert {r.info.status for r in _runs(root)} <= {"KILLED"}, "the stage ended its runs on SIGTERM"
     finally:
@@ -174,8 +189,10 @@ def test_store_of_another_mlflow_is_one_line_in_a_path_with_a_space(tmp_path):
     assert proc.returncode == 2 and len(lines) == 1 and "newer or another MLflow" in lines[0], proc.stderr
     assert str(root / "mlflow.db") in lines[0] and "out-of-date" not in lines[0]
     # The Makefile's other doors to the store, through the spaced path; an older store gets the upgrade command.
-    for revision, target, words in (("ffffffffffff", "serve", "newer or another MLflow"),
-                                    ("1b5f0d9ad7c1", "models", "mlflow db upgrade")):
+    for revision, target, words in (
+        ("ffffffffffff", "serve", "newer or another MLflow"),
+        ("1b5f0d9ad7c1", "models", "mlflow db upgrade"),
+    ):
         _set_revision(root / "mlflow.db", revision)
         made = run(["make", "-s", "-o", ".venv/.installed", target], root, check=False)
         assert made.returncode == 2 and words in made.stderr and "Traceback" not in made.stderr, made.stderr

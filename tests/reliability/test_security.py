@@ -61,8 +61,11 @@ def test_the_mlflow_ui_binds_to_localhost():
 def test_no_secret_from_the_environment_is_logged(small_run):
     """The shared run's every stage had the secrets below in its environment."""
     secret = SMALL_RUN_SECRET
-    assert {k for k, v in SMALL_RUN_ENV.items() if v == secret} == {"AWS_SECRET_ACCESS_KEY", "AEVAE_API_TOKEN",
-                                                                   "DATABASE_PASSWORD"}
+    assert {k for k, v in SMALL_RUN_ENV.items() if v == secret} == {
+        "AWS_SECRET_ACCESS_KEY",
+        "AEVAE_API_TOKEN",
+        "DATABASE_PASSWORD",
+    }
     uri = f"sqlite:///{small_run.root / 'mlflow.db'}"
     runs = MlflowClient(uri).search_runs(["1"])
     assert runs

@@ -45,8 +45,7 @@ def _rows(x, width: int, what: str) -> torch.Tensor:
     """(B, width) float32 tensor from an array-like, or ValueError naming the expected shape."""
     arr = np.asarray(x, dtype=np.float32)
     if arr.ndim != 2 or arr.shape[1] != width or arr.shape[0] == 0:
-        raise ValueError(f"expected {what} as a float32 array of shape (B, {width}) with B >= 1, got shape"
-                         f" {arr.shape}")
+        raise ValueError(f"expected {what} as a float32 array of shape (B, {width}) with B >= 1, got shape {arr.shape}")
     if not np.isfinite(arr).all():
         raise ValueError(f"{what} contain NaN or infinite values")
     return torch.from_numpy(np.ascontiguousarray(arr))

@@ -25,8 +25,9 @@ class LossTerms:
     kl: torch.Tensor  # batch mean of per-image KL in nats (0 for the AE)
 
 
-def recon_per_image(logits: torch.Tensor, x: torch.Tensor, kind: str,
-                    log_sigma: torch.Tensor | None = None) -> torch.Tensor:
+def recon_per_image(
+    logits: torch.Tensor, x: torch.Tensor, kind: str, log_sigma: torch.Tensor | None = None
+) -> torch.Tensor:
     """(B,) reconstruction error of each image, summed over pixels; float32 at least.
 
     logits (B, C, H, W) from the decoder, x (B, C, H, W) in [0, 1]. kind "bce": Bernoulli

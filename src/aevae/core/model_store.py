@@ -30,8 +30,9 @@ def _history_csv(history: list[dict]) -> str:
     return buf.getvalue()
 
 
-def save(root: Path, spec: RunSpec, state_dict: dict, history: list[dict], facts: dict,
-         image_shape: tuple[int, int, int]) -> Path:
+def save(
+    root: Path, spec: RunSpec, state_dict: dict, history: list[dict], facts: dict, image_shape: tuple[int, int, int]
+) -> Path:
     """Write models/<name>/ for a model of (C, H, W) `image_shape`. Timings stay out: the folder must be
     byte-identical for identical training, so a killed-and-resumed run reaches the same dvc.lock as an
     uninterrupted one."""
@@ -67,8 +68,10 @@ def image_shape(name: str, root: Path = MODELS_DIR) -> tuple[int, int, int]:
     load_spec(name, root)  # a missing model says so
     config = json.loads((folder / "config.json").read_text())
     if "image_shape" not in config:
-        raise UserError(f"{folder / 'config.json'} does not record the image shape the model was built for;"
-                        " retrain it (dvc repro -f train)")
+        raise UserError(
+            f"{folder / 'config.json'} does not record the image shape the model was built for;"
+            " retrain it (dvc repro -f train)"
+        )
     return tuple(int(s) for s in config["image_shape"])
 
 
@@ -81,8 +84,13 @@ def load_spec(name: str, root: Path = MODELS_DIR) -> RunSpec:
     if not (folder / "model.pt").is_file():
         raise UserError(f"model '{name}' not found in {root}; run the train stage first (dvc repro train)")
     config = json.loads((folder / "config.json").read_text())
-    return RunSpec(name=config["name"], model=config["model"], train=config["train"],
-                   member=config.get("member", ""), group=config.get("group", ""))
+    return RunSpec(
+        name=config["name"],
+        model=config["model"],
+        train=config["train"],
+        member=config.get("member", ""),
+        group=config.get("group", ""),
+    )
 
 
 def build(spec: RunSpec, state_dict: dict, image_shape: tuple[int, int, int]) -> AutoEncoder:

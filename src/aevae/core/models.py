@@ -31,7 +31,9 @@ _ACTIVATIONS = {
 }
 
 
-def as_images(images, device: torch.device | str = "cpu", image_shape: tuple[int, int, int] | None = None) -> torch.Tensor:
+def as_images(
+    images, device: torch.device | str = "cpu", image_shape: tuple[int, int, int] | None = None
+) -> torch.Tensor:
     """uint8 pixels or float images in [0, 1] -> float (N, C, H, W) in [0, 1] on `device`.
 
     Takes (N, H, W) grey and (N, C, H, W) stacks; flat (N, C*H*W) rows need `image_shape` (C, H, W).
@@ -72,9 +74,11 @@ def feature_sizes(cfg: ModelParams, height: int, width: int) -> list[tuple[int, 
         h, w = sizes[-1]
         sizes.append((h // 2, w // 2) if cfg.pooling else (-(-h // 2), -(-w // 2)))
         if min(sizes[-1]) < 1:
-            raise UserError(f"a {height}x{width} image is too small for {len(cfg.channels)} conv layers of"
-                            f" {'max-pooling' if cfg.pooling else 'stride 2'}; list fewer model.channels or set a"
-                            " larger data.image_size")
+            raise UserError(
+                f"a {height}x{width} image is too small for {len(cfg.channels)} conv layers of"
+                f" {'max-pooling' if cfg.pooling else 'stride 2'}; list fewer model.channels or set a"
+                " larger data.image_size"
+            )
     return sizes
 
 
@@ -105,8 +109,11 @@ def _conv_decoder(cfg: ModelParams, image_shape: tuple[int, int, int]) -> nn.Seq
     chans = list(reversed(cfg.channels))
     sizes = list(reversed(feature_sizes(cfg, *image_shape[1:])))  # the smallest first, the image last
     h, w = sizes[0]
-    layers: list[nn.Module] = [nn.Linear(cfg.latent_dim, chans[0] * h * w), _act(cfg.activation),
-                               nn.Unflatten(1, (chans[0], h, w))]
+    layers: list[nn.Module] = [
+        nn.Linear(cfg.latent_dim, chans[0] * h * w),
+        _act(cfg.activation),
+        nn.Unflatten(1, (chans[0], h, w)),
+    ]
     for i, ch in enumerate(chans):
         out_ch = chans[i + 1] if i + 1 < len(chans) else image_shape[0]
         last = i + 1 == len(chans)
@@ -140,8 +147,10 @@ def build_decoder(cfg: ModelParams, image_shape: tuple[int, int, int]) -> nn.Mod
     """
     if cfg.arch == "conv":
         return _conv_decoder(cfg, image_shape)
-    return nn.Sequential(_mlp([cfg.latent_dim, *reversed(cfg.hidden), math.prod(image_shape)], cfg.activation),
-                         nn.Unflatten(1, tuple(image_shape)))
+    return nn.Sequential(
+        _mlp([cfg.latent_dim, *reversed(cfg.hidden), math.prod(image_shape)], cfg.activation),
+        nn.Unflatten(1, tuple(image_shape)),
+    )
 
 
 @dataclass
@@ -195,8 +204,9 @@ class AutoEncoder(nn.Module):
         z is sampled in eval too, so validation reports the same ELBO terms.
         """
         post = self.encode(x)
-        recon = recon_per_image(self.decode(self.reparameterize(post)), x, self.cfg.recon,
-                                getattr(self, "log_sigma", None)).mean()
+        recon = recon_per_image(
+            self.decode(self.reparameterize(post)), x, self.cfg.recon, getattr(self, "log_sigma", None)
+        ).mean()
         return self._total(recon, post, self.cfg.beta if kl_weight is None else kl_weight)
 
     def _total(self, recon: torch.Tensor, post: Posterior, kl_weight: float) -> LossTerms:

@@ -144,10 +144,15 @@ def check_budget(spec: RunSpec, n_images: int, world: int = 1) -> None:
     m, planned = spec.model, planned_epochs(spec.train, n_images, world)
     if m.kind != "vae" or m.kl_warmup_epochs < planned:
         return
-    budget = (f"train.max_steps = {spec.train.max_steps} allows on {n_images:,} images"
-              if stopped_by(spec.train, n_images, world) == "max_steps" else "train.epochs allows")
-    raise UserError(f"model '{spec.name}': model.kl_warmup_epochs = {m.kl_warmup_epochs} does not end within the"
-                    f" {planned} epochs {budget}; lower kl_warmup_epochs below {planned} or raise the budget")
+    budget = (
+        f"train.max_steps = {spec.train.max_steps} allows on {n_images:,} images"
+        if stopped_by(spec.train, n_images, world) == "max_steps"
+        else "train.epochs allows"
+    )
+    raise UserError(
+        f"model '{spec.name}': model.kl_warmup_epochs = {m.kl_warmup_epochs} does not end within the"
+        f" {planned} epochs {budget}; lower kl_warmup_epochs below {planned} or raise the budget"
+    )
 
 
 def spec_digest(spec: RunSpec, data_sha256: str = "") -> str:
@@ -192,8 +197,16 @@ class LossOf(torch.nn.Module):
         return terms.total, terms.recon, terms.kl
 
 
-def _run_epoch(step: torch.nn.Module, opt, x: torch.Tensor, spec: RunSpec, epoch: int, weight: float,
-               shard: tuple[int, int], max_batches: int) -> torch.Tensor:
+def _run_epoch(
+    step: torch.nn.Module,
+    opt,
+    x: torch.Tensor,
+    spec: RunSpec,
+    epoch: int,
+    weight: float,
+    shard: tuple[int, int],
+    max_batches: int,
+) -> torch.Tensor:
     """One pass over x (N, C, H, W) with KL weight `weight`, cut after `max_batches` optimizer steps (the
     budget's last epoch); returns (3,) device tensor of per-image means of [total, recon, kl] over the images seen."""
     step.train()
@@ -215,7 +228,9 @@ def _run_epoch(step: torch.nn.Module, opt, x: torch.Tensor, spec: RunSpec, epoch
 
 
 @torch.no_grad()
-def evaluate_loss(model: AutoEncoder, x: torch.Tensor, kl_weight: float | None = None, precision: str = "fp32") -> torch.Tensor:
+def evaluate_loss(
+    model: AutoEncoder, x: torch.Tensor, kl_weight: float | None = None, precision: str = "fp32"
+) -> torch.Tensor:
     """(3,) per-image means of [total, recon, kl] over x (N, C, H, W), in eval mode, batched.
 
     Units as AutoEncoder.loss (nats per image for BCE and KL); kl_weight as there (None: cfg.beta).
@@ -287,11 +302,15 @@ def _check_diverged(spec: RunSpec, epoch: int, train: list[float], val: list[flo
     if all(np.isfinite(train + val)) and worst <= DIVERGENCE_FACTOR * baseline:
         return
     unit = "per image" if spec.model.recon == "mse" else "nats per image"
-    why = (f"loss {train[0]}" if not all(np.isfinite(train + val)) else
-           f"loss {worst:.4g} {unit}, over {DIVERGENCE_FACTOR:g}x the {baseline:.4g} of always"
-           " predicting the mean training image")
-    raise Diverged(f"model '{spec.name}' diverged at epoch {epoch + 1} ({why}); lower train.lr"
-                   f" (now {spec.train.lr}) and rerun")
+    why = (
+        f"loss {train[0]}"
+        if not all(np.isfinite(train + val))
+        else f"loss {worst:.4g} {unit}, over {DIVERGENCE_FACTOR:g}x the {baseline:.4g} of always"
+        " predicting the mean training image"
+    )
+    raise Diverged(
+        f"model '{spec.name}' diverged at epoch {epoch + 1} ({why}); lower train.lr (now {spec.train.lr}) and rerun"
+    )
 
 
 def train_model(

@@ -28,17 +28,20 @@ class ClassNames(NamedTuple):
 # arXiv:1708.07747, Table 1.
 CLASS_NAMES: dict[str, ClassNames] = {
     "mnist": ClassNames("digit", tuple(str(c) for c in range(10))),
-    "fashion-mnist": ClassNames("class", ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                                          "Sneaker", "Bag", "Ankle boot")),
+    "fashion-mnist": ClassNames(
+        "class",
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    ),
     "kmnist": ClassNames("character", ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")),
-    "cifar10": ClassNames("class", ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                                    "truck")),
+    "cifar10": ClassNames(
+        "class", ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+    ),
     "svhn": ClassNames("digit", tuple(str(c) for c in range(10))),
 }
 
 
 def numbered(n_classes: int) -> ClassNames:
-    """"class 0".."class K-1": the names of labels that come without names."""
+    """ "class 0".."class K-1": the names of labels that come without names."""
     return ClassNames("class", tuple(f"class {c}" for c in range(n_classes)))
 
 

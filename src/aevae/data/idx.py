@@ -40,8 +40,9 @@ def _check_header(path: Path, data: bytes, ndim: int) -> tuple[int, ...]:
         raise UserError(f"{path}: truncated header; download the file again")
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     if dims[0] == 0:  # torchvision's parser fails on it with an opaque ValueError
-        raise UserError(f"{path}: holds no {'images' if ndim == 3 else 'labels'} (its header says 0);"
-                        " is this the right file?")
+        raise UserError(
+            f"{path}: holds no {'images' if ndim == 3 else 'labels'} (its header says 0); is this the right file?"
+        )
     expected = header + math.prod(dims)  # Python ints: a bogus header cannot overflow
     if len(data) != expected:
         raise UserError(

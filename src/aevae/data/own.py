@@ -45,8 +45,10 @@ def convert(image, where: str, image_size: tuple[int, int] | None, channels: int
     Raises: UserError (naming `where`) for a 16-bit, 32-bit or float image.
     """
     if image.mode not in _MODES:
-        raise UserError(f"{where}: {image.mode} pixels (16-bit, 32-bit or float); aevae takes 8-bit images: save"
-                        " it as 8-bit (0-255) grey or RGB")
+        raise UserError(
+            f"{where}: {image.mode} pixels (16-bit, 32-bit or float); aevae takes 8-bit images: save"
+            " it as 8-bit (0-255) grey or RGB"
+        )
     image = _composite(image.convert(_MODES[image.mode]), background)
     if channels is not None:
         image = image.convert("L" if channels == 1 else "RGB")
@@ -65,8 +67,10 @@ def stack(images: list[np.ndarray], names: list[str]) -> np.ndarray:
     first = images[0].shape
     for image, name in zip(images, names):
         if image.shape != first:
-            raise UserError(f"{name} is {_describe(image.shape)} but {names[0]} is {_describe(first)}; set"
-                            " data.image_size (and data.channels) to bring every image to one size")
+            raise UserError(
+                f"{name} is {_describe(image.shape)} but {names[0]} is {_describe(first)}; set"
+                " data.image_size (and data.channels) to bring every image to one size"
+            )
     out = np.stack(images)
     return out if out.ndim == 3 else np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
@@ -86,15 +90,19 @@ def _npz_layout(x: np.ndarray, path: Path, key: str) -> np.ndarray:
         raise UserError(f"{path}: {key} has shape {x.shape}; images must be (N, H, W), (N, H, W, C) or (N, C, H, W)")
     last, first = x.shape[3] in (1, 3, 4), x.shape[1] in (1, 3, 4)
     if last == first:
-        raise UserError(f"{path}: {key} has shape {x.shape}, an ambiguous layout (channels must be 1, 3 or 4 on"
-                        " exactly one of axes 1 and 3); save it as (N, H, W, C)")
+        raise UserError(
+            f"{path}: {key} has shape {x.shape}, an ambiguous layout (channels must be 1, 3 or 4 on"
+            " exactly one of axes 1 and 3); save it as (N, H, W, C)"
+        )
     return x if last else x.transpose(0, 2, 3, 1)
 
 
 def _npz_labels(y: np.ndarray, n: int, path: Path, key: str) -> np.ndarray:
     if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
-        raise UserError(f"{path}: {key} holds {y.dtype} values of shape {y.shape}; labels must be a 1-d array of"
-                        " integers 0..K-1 (one per image): map class names to integers first")
+        raise UserError(
+            f"{path}: {key} holds {y.dtype} values of shape {y.shape}; labels must be a 1-d array of"
+            " integers 0..K-1 (one per image): map class names to integers first"
+        )
     if len(y) != n:
         raise UserError(f"{path}: {key} has {len(y)} labels for {n} images; give one label per image")
     if len(y) and (y.min() < 0 or y.max() > 255):
@@ -106,8 +114,10 @@ def _npz_images(x: np.ndarray, path: Path, key: str, image_size, channels, backg
     from PIL import Image
 
     if x.dtype != np.uint8:
-        raise UserError(f"{path}: {key} is {x.dtype}; aevae takes uint8 pixels 0-255 (16-bit and float images are"
-                        " refused, not scaled): scale them to 0-255 and cast to uint8")
+        raise UserError(
+            f"{path}: {key} is {x.dtype}; aevae takes uint8 pixels 0-255 (16-bit and float images are"
+            " refused, not scaled): scale them to 0-255 and cast to uint8"
+        )
     x = _npz_layout(x, path, key)
     if len(x) == 0:
         raise UserError(f"{path}: {key} holds no images; check the file")
@@ -116,10 +126,16 @@ def _npz_images(x: np.ndarray, path: Path, key: str, image_size, channels, backg
     modes = {1: "L", 3: "RGB", 4: "RGBA"}
     if x.ndim == 4 and x.shape[3] in (1, 3) and image_size is None and channels in (None, x.shape[3]):
         return x[..., 0] if x.shape[3] == 1 else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-    pil = [Image.fromarray(im if im.ndim == 2 else (im[..., 0] if im.shape[2] == 1 else im),
-                           modes[1 if im.ndim == 2 else im.shape[2]]) for im in x]
-    return stack([convert(im, f"{path}: {key}[{i}]", image_size, channels, background) for i, im in enumerate(pil)],
-                 [f"{key}[{i}]" for i in range(len(pil))])
+    pil = [
+        Image.fromarray(
+            im if im.ndim == 2 else (im[..., 0] if im.shape[2] == 1 else im), modes[1 if im.ndim == 2 else im.shape[2]]
+        )
+        for im in x
+    ]
+    return stack(
+        [convert(im, f"{path}: {key}[{i}]", image_size, channels, background) for i, im in enumerate(pil)],
+        [f"{key}[{i}]" for i in range(len(pil))],
+    )
 
 
 def read_npz(path: Path, image_size=None, channels=None, background: int = 0) -> dict:
@@ -135,23 +151,29 @@ def read_npz(path: Path, image_size=None, channels=None, background: int = 0) ->
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in _KEYS if k in npz.files}
     except (OSError, ValueError, EOFError) as exc:
-        raise UserError(f"{path}: cannot read it as a NumPy .npz ({str(exc).splitlines()[0]}); save it with"
-                        " numpy.savez") from None
+        raise UserError(
+            f"{path}: cannot read it as a NumPy .npz ({str(exc).splitlines()[0]}); save it with numpy.savez"
+        ) from None
     if "x_train" not in arrays:
-        raise UserError(f"{path} has no x_train array; save the training images under that name"
-                        " (numpy.savez(path, x_train=..., y_train=...))")
+        raise UserError(
+            f"{path} has no x_train array; save the training images under that name"
+            " (numpy.savez(path, x_train=..., y_train=...))"
+        )
     for split in ("train", "test"):
         if f"y_{split}" in arrays and f"x_{split}" not in arrays:
             raise UserError(f"{path} has y_{split} but no x_{split}; save both or neither")
     labelled = "y_train" in arrays
     if "x_test" in arrays and labelled != ("y_test" in arrays):
-        raise UserError(f"{path}: y_train and y_test must come together (labelled data) or both be left out"
-                        " (unlabelled); add the missing one or drop the other")
+        raise UserError(
+            f"{path}: y_train and y_test must come together (labelled data) or both be left out"
+            " (unlabelled); add the missing one or drop the other"
+        )
     out = {}
     for split in ("train", "test"):
         x = arrays.get(f"x_{split}")
-        out[f"{split}_images"] = None if x is None else _npz_images(x, path, f"x_{split}", image_size, channels,
-                                                                    background)
+        out[f"{split}_images"] = (
+            None if x is None else _npz_images(x, path, f"x_{split}", image_size, channels, background)
+        )
         y = arrays.get(f"y_{split}")
         out[f"{split}_labels"] = None if y is None else _npz_labels(y, len(x), path, f"y_{split}")
     return out
@@ -176,8 +198,9 @@ def _read_image(path: Path, image_size, channels, background) -> np.ndarray:
             image.load()
             return convert(image, str(path), image_size, channels, background)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise UserError(f"{path}: not an image Pillow can read ({type(exc).__name__}); remove or replace the"
-                        " file") from None
+        raise UserError(
+            f"{path}: not an image Pillow can read ({type(exc).__name__}); remove or replace the file"
+        ) from None
 
 
 def _read_classes(root: Path, image_size, channels, background) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
@@ -185,24 +208,30 @@ def _read_classes(root: Path, image_size, channels, background) -> tuple[np.ndar
     classes = _subdirs(root)
     loose = _files(root)
     if classes and loose:
-        raise UserError(f"{root} holds both class folders and the file {loose[0].name}; move that file into a class"
-                        " folder, or out of the image folder")
+        raise UserError(
+            f"{root} holds both class folders and the file {loose[0].name}; move that file into a class"
+            " folder, or out of the image folder"
+        )
     if not classes:
         if not loose:
             raise UserError(f"{root} holds no images; put them in <class>/ folders (or directly there, unlabelled)")
         images = [_read_image(p, image_size, channels, background) for p in loose]
         return stack(images, [str(p) for p in loose]), None, []
     if len(classes) == 1:
-        raise UserError(f"{root} holds one class folder ({classes[0].name}); the comparison needs two classes or"
-                        " more: add a folder per class")
+        raise UserError(
+            f"{root} holds one class folder ({classes[0].name}); the comparison needs two classes or"
+            " more: add a folder per class"
+        )
     paths, labels = [], []
     for k, folder in enumerate(classes):
         files = _files(folder)
         if not files:
             raise UserError(f"class folder {folder} is empty; add its images or remove the folder")
         if len(files) < 2:
-            raise UserError(f"class folder {folder} holds one image; a class needs at least 2 (split into train and"
-                            " validation): add images or remove the folder")
+            raise UserError(
+                f"class folder {folder} holds one image; a class needs at least 2 (split into train and"
+                " validation): add images or remove the folder"
+            )
         paths += files
         labels += [k] * len(files)
     images = [_read_image(p, image_size, channels, background) for p in paths]
@@ -225,10 +254,22 @@ def read_folder(root: Path, image_size=None, channels=None, background: int = 0)
         test = _read_classes(root / "test", image_size, channels, background)
         if train[2] != test[2]:
             only = sorted(set(train[2]) ^ set(test[2]))
-            raise UserError(f"{root / 'train'} and {root / 'test'} hold different classes (only in one: {only});"
-                            " give both the same class folders")
-        return {"train_images": train[0], "train_labels": train[1], "test_images": test[0],
-                "test_labels": test[1], "class_names": train[2]}
+            raise UserError(
+                f"{root / 'train'} and {root / 'test'} hold different classes (only in one: {only});"
+                " give both the same class folders"
+            )
+        return {
+            "train_images": train[0],
+            "train_labels": train[1],
+            "test_images": test[0],
+            "test_labels": test[1],
+            "class_names": train[2],
+        }
     images, labels, classes = _read_classes(root, image_size, channels, background)
-    return {"train_images": images, "train_labels": labels, "test_images": None, "test_labels": None,
-            "class_names": classes}
+    return {
+        "train_images": images,
+        "train_labels": labels,
+        "test_images": None,
+        "test_labels": None,
+        "class_names": classes,
+    }

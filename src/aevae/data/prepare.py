@@ -29,11 +29,15 @@ def _check_shape(raw: RawData) -> None:
     """Train and test images of one (C, H, W), C 1 or 3, sides 8-128 px."""
     shape = shape_of(raw.train_images)
     if raw.test_images is not None and shape_of(raw.test_images) != shape:
-        raise UserError(f"the train images of {raw.origin} are {shape} (C, H, W) but its test images are"
-                        f" {shape_of(raw.test_images)}; set data.image_size (and data.channels) to bring both to one")
+        raise UserError(
+            f"the train images of {raw.origin} are {shape} (C, H, W) but its test images are"
+            f" {shape_of(raw.test_images)}; set data.image_size (and data.channels) to bring both to one"
+        )
     if shape[0] not in (1, 3) or not all(MIN_SIDE <= side <= MAX_SIDE for side in shape[1:]):
-        raise UserError(f"the images of {raw.origin} are {shape} (C, H, W); aevae takes 1 or 3 channels and sides"
-                        f" of {MIN_SIDE}-{MAX_SIDE} px: set data.image_size and data.channels")
+        raise UserError(
+            f"the images of {raw.origin} are {shape} (C, H, W); aevae takes 1 or 3 channels and sides"
+            f" of {MIN_SIDE}-{MAX_SIDE} px: set data.image_size and data.channels"
+        )
 
 
 def dataset_classes(raw: RawData, dataset: str) -> ClassNames:
@@ -45,9 +49,11 @@ def dataset_classes(raw: RawData, dataset: str) -> ClassNames:
     names = ClassNames("class", tuple(raw.class_names)) if raw.class_names else class_names(dataset, top + 1)
     for split, labels in (("train", raw.train_labels), ("test", raw.test_labels)):
         if labels is not None and len(labels) and labels.max() >= len(names.names):
-            raise UserError(f"the {split} labels of {raw.origin} include {int(labels.max())}, not a class"
-                            f" 0-{len(names.names) - 1} of {dataset}; fix or drop those items, or set data.dataset"
-                            " to idx")
+            raise UserError(
+                f"the {split} labels of {raw.origin} include {int(labels.max())}, not a class"
+                f" 0-{len(names.names) - 1} of {dataset}; fix or drop those items, or set data.dataset"
+                " to idx"
+            )
     return names
 
 
@@ -56,8 +62,10 @@ def _check(raw: RawData) -> None:
     if raw.train_labels is None:
         # The evaluate stage's class-based metrics (reference classifier, latent clusters, interpolation
         # between classes) have no unlabelled path yet: refuse here rather than fail three stages later.
-        raise UserError(f"{raw.origin} has no labels (no y_train, or no class folders); aevae needs labelled"
-                        " images: add y_train/y_test, or put the images in one folder per class")
+        raise UserError(
+            f"{raw.origin} has no labels (no y_train, or no class folders); aevae needs labelled"
+            " images: add y_train/y_test, or put the images in one folder per class"
+        )
     for name, labels in (("train", raw.train_labels), ("test", raw.test_labels)):
         if labels is None:
             continue
@@ -65,16 +73,20 @@ def _check(raw: RawData) -> None:
         if len(classes) == 0:
             raise UserError(f"the {name} data holds no images; check the source files")
         if len(classes) < 2:
-            raise UserError(f"the {name} data holds one class only ({classes.tolist()}); every split needs at least"
-                            " two classes to be evaluated (latent clusters, interpolation between classes)")
+            raise UserError(
+                f"the {name} data holds one class only ({classes.tolist()}); every split needs at least"
+                " two classes to be evaluated (latent clusters, interpolation between classes)"
+            )
 
 
 def _check_test(labels: np.ndarray) -> None:
     """The evaluate stage scores the test split per class: each class present needs 2+ images."""
     classes, counts = np.unique(labels, return_counts=True)
     if counts.min() < 2:
-        raise UserError(f"the test split has a single image of class(es) {classes[counts < 2].tolist()}; evaluation"
-                        " needs at least 2 per class present: add test images or drop those")
+        raise UserError(
+            f"the test split has a single image of class(es) {classes[counts < 2].tolist()}; evaluation"
+            " needs at least 2 per class present: add test images or drop those"
+        )
 
 
 def _check_stratifiable(labels: np.ndarray, fraction: float, what: str, origin: str = "") -> None:
@@ -83,8 +95,10 @@ def _check_stratifiable(labels: np.ndarray, fraction: float, what: str, origin: 
     if counts.min() < 2:
         rare = classes[counts < 2].tolist()
         where = f" of {origin}" if origin else ""
-        raise UserError(f"class(es) {rare}{where} have a single image; a stratified {what} split needs at least 2 per"
-                        " class: add images of those classes or drop them")
+        raise UserError(
+            f"class(es) {rare}{where} have a single image; a stratified {what} split needs at least 2 per"
+            " class: add images of those classes or drop them"
+        )
     n_held = int(np.ceil(fraction * len(labels)))
     if n_held < len(classes) or len(labels) - n_held < len(classes):
         raise UserError(
@@ -93,7 +107,9 @@ def _check_stratifiable(labels: np.ndarray, fraction: float, what: str, origin: 
         )
 
 
-def split(raw: RawData, val_fraction: float, test_fraction: float, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def split(
+    raw: RawData, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Stratified, seeded train/val (and test when the source has no official one): {split: (images (N, H, W)
     or (N, C, H, W) uint8, labels (N,))}.
 
@@ -143,7 +159,10 @@ def write_prepared(out_dir: Path, splits: dict, raw: RawData, dataset: str) -> d
             "class_noun": classes.noun,
             "class_names": list(classes.names),  # names[k] of label k; K = len(names) classifier outputs
             "counts": {
-                name: {"total": int(len(y)), "per_class": {str(int(c)): int(n) for c, n in zip(*np.unique(y, return_counts=True))}}
+                name: {
+                    "total": int(len(y)),
+                    "per_class": {str(int(c)): int(n) for c, n in zip(*np.unique(y, return_counts=True))},
+                }
                 for name, (_, y) in splits.items()
             },
             "sha256": {p.name: sha256_file(p) for p in sorted(tmp.glob("*.npy"))},

@@ -39,6 +39,8 @@ def load_split(name: str, root: Path = PREPARED_DIR, verify: bool = True) -> Spl
         if not path.is_file():
             raise UserError(f"{path} not found; rerun the prepare stage (dvc repro -f prepare)")
         if verify and sha256_file(path) != manifest["sha256"].get(path.name):
-            raise UserError(f"{path} does not match its sha256 in the manifest; rerun the prepare stage (dvc repro -f prepare)")
+            raise UserError(
+                f"{path} does not match its sha256 in the manifest; rerun the prepare stage (dvc repro -f prepare)"
+            )
         arrays.append(np.load(path, allow_pickle=False))
     return Split(*arrays)

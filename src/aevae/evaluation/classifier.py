@@ -62,17 +62,26 @@ class DigitClassifier(nn.Module):
         channels, height, width = cfg.image_shape
         h, w = height // 4, width // 4  # two 2x poolings: 28 -> 7
         if min(h, w) < 1:
-            raise UserError(f"{height}x{width} images are too small for the reference classifier (4 px a side at"
-                            " least); set a larger data.image_size")
-        layers = [nn.Conv2d(channels, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, c1, H/2, W/2)
-                  nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]  # (B, c2, H/4, W/4)
+            raise UserError(
+                f"{height}x{width} images are too small for the reference classifier (4 px a side at"
+                " least); set a larger data.image_size"
+            )
+        layers = [
+            nn.Conv2d(channels, c1, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # (B, c1, H/2, W/2)
+            nn.Conv2d(c1, c2, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        ]  # (B, c2, H/4, W/4)
         if max(h, w) > MAX_GRID:  # bounds the linear layer on large images; MNIST's 7x7 has none
             h, w = min(h, MAX_GRID), min(w, MAX_GRID)
             layers.append(nn.AdaptiveAvgPool2d((h, w)))
         self.body = nn.Sequential(
             *layers,
             nn.Flatten(),
-            nn.Linear(c2 * h * w, cfg.hidden), nn.ReLU(),  # (B, hidden): the features
+            nn.Linear(c2 * h * w, cfg.hidden),
+            nn.ReLU(),  # (B, hidden): the features
         )
         self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, cfg.n_classes))
 
@@ -264,6 +273,7 @@ def load(path: str | Path, device: torch.device | str = "cpu") -> tuple[DigitCla
     path = Path(path)
     if not path.is_file():
         raise UserError(f"classifier {path} not found; run the classifier stage first (dvc repro classifier)")
+
     def build(state: dict) -> tuple[DigitClassifier, dict]:
         cfg = dict(state["config"])
         cfg["channels"], cfg["image_shape"] = tuple(cfg["channels"]), tuple(cfg["image_shape"])

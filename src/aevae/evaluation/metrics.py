@@ -65,7 +65,7 @@ GMM_COMPONENTS = 10  # Ghosh et al. (2020), section 4: a 10-component full-covar
 # images for every model and seed: comparisons between models stay paired (common random numbers).
 FIT_MAX_CODES = 10_000  # training codes the GMM, kNN and linear probe are fit on (a 54k fit costs 5x, buys ~nothing)
 MMD_MAX_CODES = 2_000  # test codes MMD² compares with the prior samples: its kernel matrix is quadratic
-                       # (10k codes: 1 GB per float64 copy and 25 s per model)
+# (10k codes: 1 GB per float64 copy and 25 s per model)
 
 
 # ----------------------------------------------------------------- helpers
@@ -203,12 +203,23 @@ def vae_terms(model: AutoEncoder, images, k: int = 64, seed: int = 0, batch_rows
         pixels = x[0].numel()  # C*H*W
         logits = model.decode(z.reshape(k * b, d)).float().reshape(k, b, pixels)
         if model.cfg.recon == "gaussian":  # the sigma-VAE's own likelihood, with its learned sigma
-            log_px = -gaussian_nll(torch.sigmoid(logits).reshape(k * b, pixels),
-                                   x.reshape(1, b, pixels).expand(k, b, pixels).reshape(k * b, pixels),
-                                   model.log_sigma).reshape(k, b).double()  # (k, B)
+            log_px = (
+                -gaussian_nll(
+                    torch.sigmoid(logits).reshape(k * b, pixels),
+                    x.reshape(1, b, pixels).expand(k, b, pixels).reshape(k * b, pixels),
+                    model.log_sigma,
+                )
+                .reshape(k, b)
+                .double()
+            )  # (k, B)
         else:
-            log_px = -F.binary_cross_entropy_with_logits(logits, x.reshape(1, b, pixels).expand(k, b, pixels),
-                                                         reduction="none").sum(2).double()  # (k, B)
+            log_px = (
+                -F.binary_cross_entropy_with_logits(
+                    logits, x.reshape(1, b, pixels).expand(k, b, pixels), reduction="none"
+                )
+                .sum(2)
+                .double()
+            )  # (k, B)
         log_pz = -0.5 * (z.double().pow(2) + LOG_2PI).sum(2)  # (k, B)
         log_qz = -0.5 * (eps.double().pow(2) + logvar.double() + LOG_2PI).sum(2)  # (k, B)
         log_w = log_px + log_pz - log_qz
@@ -355,8 +366,9 @@ def decode_prior_samples(model: AutoEncoder, n: int, seed: int = 0) -> tuple[tor
     return z, decode(model, z)
 
 
-def gmm_samples(codes, n: int, seed: int = 0, n_components: int = GMM_COMPONENTS,
-                max_codes: int = FIT_MAX_CODES) -> np.ndarray:
+def gmm_samples(
+    codes, n: int, seed: int = 0, n_components: int = GMM_COMPONENTS, max_codes: int = FIT_MAX_CODES
+) -> np.ndarray:
     """(n, latent) float32 codes drawn from a Gaussian mixture fit to `codes` (N, latent), in random order.
 
     Ex-post density estimation (Ghosh et al. 2020, "From Variational to Deterministic Autoencoders",
@@ -376,7 +388,9 @@ def gmm_samples(codes, n: int, seed: int = 0, n_components: int = GMM_COMPONENTS
     return z[rng.permutation(n)].astype(np.float32)
 
 
-def generation_metrics(images, classifier: DigitClassifier, reference_features, threshold: float = 0.9) -> dict[str, float]:
+def generation_metrics(
+    images, classifier: DigitClassifier, reference_features, threshold: float = 0.9
+) -> dict[str, float]:
     """Scores of generated images by the reference classifier.
 
     - classifier_fid: vs the reference (test) features, squared feature units, lower is better;
@@ -398,8 +412,9 @@ def generation_metrics(images, classifier: DigitClassifier, reference_features, 
 # -------------------------------------------------------- latent structure
 
 
-def latent_structure(train_codes, train_labels, test_codes, test_labels, k: int = 5,
-                     max_points: int = 2000, seed: int = 0) -> dict[str, float]:
+def latent_structure(
+    train_codes, train_labels, test_codes, test_labels, k: int = 5, max_points: int = 2000, seed: int = 0
+) -> dict[str, float]:
     """How well z separates the digits: accuracies in [0, 1], silhouette in [-1, 1].
 
     - knn_accuracy: k-nearest-neighbour label of each test code among the train codes;
@@ -430,7 +445,9 @@ def latent_structure(train_codes, train_labels, test_codes, test_labels, k: int 
 class Interpolation:
     """Decoded straight latent paths between test pairs (see `interpolate`)."""
 
-    strips: np.ndarray  # (pairs, steps, H, W) grey or (pairs, steps, C, H, W) colour, float32 decoded images in [0, 1], for figures
+    strips: (
+        np.ndarray
+    )  # (pairs, steps, H, W) grey or (pairs, steps, C, H, W) colour, float32 decoded images in [0, 1], for figures
     pairs: np.ndarray  # (pairs, 2) indices into the test images
     pair_labels: np.ndarray  # (pairs, 2) their labels
 
@@ -497,10 +514,14 @@ class Evaluation:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """What the report's figures need, as float32 arrays (`save_arrays` / `load_arrays`)."""
-        return {"test_codes": self.test_codes.astype(np.float32), "prior_images": self.prior_images.astype(np.float32),
-                "gmm_images": self.gmm_images.astype(np.float32),
-                "interp_strips": self.interpolation.strips.astype(np.float32),
-                "interp_pairs": self.interpolation.pairs, "interp_pair_labels": self.interpolation.pair_labels}
+        return {
+            "test_codes": self.test_codes.astype(np.float32),
+            "prior_images": self.prior_images.astype(np.float32),
+            "gmm_images": self.gmm_images.astype(np.float32),
+            "interp_strips": self.interpolation.strips.astype(np.float32),
+            "interp_pairs": self.interpolation.pairs,
+            "interp_pair_labels": self.interpolation.pair_labels,
+        }
 
 
 def save_arrays(path, evaluation: Evaluation) -> None:
@@ -524,9 +545,16 @@ def load_arrays(path) -> dict[str, np.ndarray]:
         return {k: npz[k] for k in npz.files}
 
 
-def evaluate(model: AutoEncoder, train_images, train_labels, test_images, test_labels,
-             classifier: DigitClassifier, params: EvaluateParams = EvaluateParams(),
-             reference_features: torch.Tensor | None = None) -> Evaluation:
+def evaluate(
+    model: AutoEncoder,
+    train_images,
+    train_labels,
+    test_images,
+    test_labels,
+    classifier: DigitClassifier,
+    params: EvaluateParams = EvaluateParams(),
+    reference_features: torch.Tensor | None = None,
+) -> Evaluation:
     """Every metric of one model, plus the arrays figures need. See `evaluate_model` for the keys.
 
     params: params.yaml `evaluate:` (seed, sample sizes, confidence threshold).
@@ -561,10 +589,12 @@ def evaluate(model: AutoEncoder, train_images, train_labels, test_images, test_l
         own = gaussian_fit_samples(test_codes, p.n_prior_samples, p.seed)
         mmd_codes = test_codes[seeded_subset(len(test_codes), MMD_MAX_CODES, p.seed)]
         holes_own, holes_prior = holes_fractions(test_codes, [own, _np(z)], HOLES_PERCENTILE)
-        test.update(active_units=float(active_units(test_codes, ACTIVE_UNIT_THRESHOLD)),
-                    mmd_to_prior=mmd_rbf(mmd_codes, _np(z)),
-                    moment_kl_to_prior_nats=moment_kl_to_prior(test_codes),
-                    holes_fraction_own_gaussian=holes_own)
+        test.update(
+            active_units=float(active_units(test_codes, ACTIVE_UNIT_THRESHOLD)),
+            mmd_to_prior=mmd_rbf(mmd_codes, _np(z)),
+            moment_kl_to_prior_nats=moment_kl_to_prior(test_codes),
+            holes_fraction_own_gaussian=holes_own,
+        )
         prior = {"holes_fraction": holes_prior}
         lap("regularity")
 
@@ -577,32 +607,46 @@ def evaluate(model: AutoEncoder, train_images, train_labels, test_images, test_l
         gmm = generation_metrics(gmm_images, classifier, reference_features, p.confidence_threshold)
         lap("gmm")
 
-        test.update(latent_structure(train_codes, fit_labels, test_codes, test_labels,
-                                     KNN_K, SILHOUETTE_MAX_POINTS, p.seed))
+        test.update(
+            latent_structure(train_codes, fit_labels, test_codes, test_labels, KNN_K, SILHOUETTE_MAX_POINTS, p.seed)
+        )
         lap("structure")
 
         interp = interpolate(model, test_x, test_labels, p.interp_pairs, p.interp_steps, p.seed)
-        along = {"smoothness_ratio": smoothness_ratio(interp.strips),
-                 "mean_confidence": path_confidence(interp.strips, classifier)}
+        along = {
+            "smoothness_ratio": smoothness_ratio(interp.strips),
+            "mean_confidence": path_confidence(interp.strips, classifier),
+        }
         lap("interpolation")
     finally:
         model.train(was_training)
     parts = {"test": test, "prior": prior, "gmm": gmm, "interp": along}
     measured = {f"{data}/{name}": v for data, part in parts.items() for name, v in part.items()}
     if set(measured) != set(metric_registry.KEYS):  # a part renamed without the registry: a bug, not a user error
-        raise RuntimeError(f"evaluate measured {sorted(set(measured) ^ set(metric_registry.KEYS))} "
-                           "not matching metric_registry.METRICS")
+        raise RuntimeError(
+            f"evaluate measured {sorted(set(measured) ^ set(metric_registry.KEYS))} "
+            "not matching metric_registry.METRICS"
+        )
     kind = model.cfg.kind
     metrics = {m.key: float(measured[m.key]) if m.applies(kind) else float("nan") for m in metric_registry.METRICS}
     shape = array_shape(model.image_shape)
-    images = {"prior_images": prior_images.reshape(-1, *shape).cpu().numpy(),
-              "gmm_images": gmm_images.reshape(-1, *shape).cpu().numpy()}
+    images = {
+        "prior_images": prior_images.reshape(-1, *shape).cpu().numpy(),
+        "gmm_images": gmm_images.reshape(-1, *shape).cpu().numpy(),
+    }
     return Evaluation(metrics, interp, test_codes=test_codes, timings=timings, **images)
 
 
-def evaluate_model(model: AutoEncoder, train_images, train_labels, test_images, test_labels,
-                   classifier: DigitClassifier, params: EvaluateParams = EvaluateParams(),
-                   reference_features: torch.Tensor | None = None) -> dict[str, float]:
+def evaluate_model(
+    model: AutoEncoder,
+    train_images,
+    train_labels,
+    test_images,
+    test_labels,
+    classifier: DigitClassifier,
+    params: EvaluateParams = EvaluateParams(),
+    reference_features: torch.Tensor | None = None,
+) -> dict[str, float]:
     """All metrics of one model: {key: value} for every metric_registry.METRICS key, in its order.
 
     test/*   on the test images: recon MSE / BCE per pixel (mean code), KL, negative ELBO and
@@ -623,5 +667,6 @@ def evaluate_model(model: AutoEncoder, train_images, train_labels, test_images, 
     `reference_features`: the classifier's features of the test images, to compute once
     for many models. Deterministic for a given params.seed. Raises nothing a user can cause.
     """
-    return evaluate(model, train_images, train_labels, test_images, test_labels, classifier, params,
-                    reference_features).metrics
+    return evaluate(
+        model, train_images, train_labels, test_images, test_labels, classifier, params, reference_features
+    ).metrics

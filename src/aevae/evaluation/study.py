@@ -220,28 +220,54 @@ def _higher(a: Role, b: Role, metric: str) -> Comparison:
 
 
 CLAIMS: tuple[Claim, ...] = (
-    Claim("compress", "An AE compresses: encoder e(x) → z, decoder d(z) → x, trained on reconstruction error.",
-          (Comparison(Operand(AE, _MSE), Operand(AE, _PCA_MSE), lower_is_better=True),)),
-    Claim("pca", "A linear AE's latent space is close to PCA; non-linearity compresses better.",
-          (Comparison(Operand(LINEAR_AE, _MSE), Operand(LINEAR_AE, _PCA_MSE), lower_is_better=True,
-                      equivalence_tolerance=0.05),
-           _lower(AE, LINEAR_AE, _MSE))),
-    Claim("holes", "An AE's latent space has gaps; random latent vectors decode to garbage.",
-          (_lower(VAE_BETA1, AE, _HOLES), _higher(VAE_BETA1, AE, _CONFIDENT))),
-    Claim("reparam", "A VAE's encoder outputs a mean and a std; z is sampled with the reparameterization trick.",
-          not_measured="a construction, not a measurable effect: the tests check that gradients flow through the"
-                       " sampling step (tests/test_models.py)"),
-    Claim("loss", "VAE loss = reconstruction + KL(q(z|x) ‖ N(0, I)).",
-          not_measured="a definition: the tests check −ELBO = reconstruction + KL and the analytic KL against"
-                       " Monte Carlo (tests/test_models.py, tests/test_metrics.py)"),
-    Claim("regular", "A VAE's latent space is regular: clusters overlap, no gaps.",
-          (_lower(VAE_BETA1, AE, _MMD), _lower(VAE_BETA1, AE, _HOLES))),
-    Claim("interp", "Moving between clusters decodes to smooth transitions.",
-          (_lower(VAE_BETA1, AE, _SMOOTH),)),
-    Claim("beta0", "Without the KL term a VAE behaves like an AE.",
-          (_lower(VAE_BETA1, VAE_BETA0, _MMD), _lower(VAE_BETA1, VAE_BETA0, _SMOOTH))),
-    Claim("roles", "An AE is for compression, a VAE for generation.",
-          (_lower(AE, VAE_BETA1, _MSE), _lower(VAE_BETA1, AE, _FID))),
+    Claim(
+        "compress",
+        "An AE compresses: encoder e(x) → z, decoder d(z) → x, trained on reconstruction error.",
+        (Comparison(Operand(AE, _MSE), Operand(AE, _PCA_MSE), lower_is_better=True),),
+    ),
+    Claim(
+        "pca",
+        "A linear AE's latent space is close to PCA; non-linearity compresses better.",
+        (
+            Comparison(
+                Operand(LINEAR_AE, _MSE), Operand(LINEAR_AE, _PCA_MSE), lower_is_better=True, equivalence_tolerance=0.05
+            ),
+            _lower(AE, LINEAR_AE, _MSE),
+        ),
+    ),
+    Claim(
+        "holes",
+        "An AE's latent space has gaps; random latent vectors decode to garbage.",
+        (_lower(VAE_BETA1, AE, _HOLES), _higher(VAE_BETA1, AE, _CONFIDENT)),
+    ),
+    Claim(
+        "reparam",
+        "A VAE's encoder outputs a mean and a std; z is sampled with the reparameterization trick.",
+        not_measured="a construction, not a measurable effect: the tests check that gradients flow through the"
+        " sampling step (tests/test_models.py)",
+    ),
+    Claim(
+        "loss",
+        "VAE loss = reconstruction + KL(q(z|x) ‖ N(0, I)).",
+        not_measured="a definition: the tests check −ELBO = reconstruction + KL and the analytic KL against"
+        " Monte Carlo (tests/test_models.py, tests/test_metrics.py)",
+    ),
+    Claim(
+        "regular",
+        "A VAE's latent space is regular: clusters overlap, no gaps.",
+        (_lower(VAE_BETA1, AE, _MMD), _lower(VAE_BETA1, AE, _HOLES)),
+    ),
+    Claim("interp", "Moving between clusters decodes to smooth transitions.", (_lower(VAE_BETA1, AE, _SMOOTH),)),
+    Claim(
+        "beta0",
+        "Without the KL term a VAE behaves like an AE.",
+        (_lower(VAE_BETA1, VAE_BETA0, _MMD), _lower(VAE_BETA1, VAE_BETA0, _SMOOTH)),
+    ),
+    Claim(
+        "roles",
+        "An AE is for compression, a VAE for generation.",
+        (_lower(AE, VAE_BETA1, _MSE), _lower(VAE_BETA1, AE, _FID)),
+    ),
 )
 
 
@@ -271,9 +297,20 @@ def from_results(results: Mapping[str, Mapping[str, float]], specs: Sequence) ->
     member, group, latent size, seed and the model's kind, activation and β come from the spec. A spec
     without results (not trained) is left out, and so is a result no spec names. Raises nothing.
     """
-    return [SeedRecord(member=s.member, latent_dim=s.model.latent_dim, seed=s.seed, kind=s.model.kind,
-                       activation=s.model.activation, beta=s.model.beta, metrics=results[s.name], group=s.group)
-            for s in specs if s.name in results]
+    return [
+        SeedRecord(
+            member=s.member,
+            latent_dim=s.model.latent_dim,
+            seed=s.seed,
+            kind=s.model.kind,
+            activation=s.model.activation,
+            beta=s.model.beta,
+            metrics=results[s.name],
+            group=s.group,
+        )
+        for s in specs
+        if s.name in results
+    ]
 
 
 def aggregate(seed_records: Sequence[SeedRecord]) -> dict[str, dict[str, dict[str, float | int]]]:
@@ -301,10 +338,13 @@ def read_summary(path) -> dict[str, dict[str, dict]]:
     if not isinstance(raw, dict) or not raw:
         raise UserError(f"{path} lists no models; rerun the evaluate stage (dvc repro evaluate)")
     cells = [cell for group in raw.values() if isinstance(group, dict) for cell in group.values()]
-    if not all(isinstance(g, dict) for g in raw.values()) or not all(isinstance(c, dict) and "mean" in c
-                                                                       for c in cells):
-        raise UserError(f"{path} is not the study's format (mean and interval over seeds); "
-                        "rerun the evaluate stage (dvc repro -f evaluate)")
+    if not all(isinstance(g, dict) for g in raw.values()) or not all(
+        isinstance(c, dict) and "mean" in c for c in cells
+    ):
+        raise UserError(
+            f"{path} is not the study's format (mean and interval over seeds); "
+            "rerun the evaluate stage (dvc repro -f evaluate)"
+        )
     return raw
 
 
@@ -316,12 +356,12 @@ def none_to_nan(value) -> float:
 
 RULES = {
     "directional": "the effect shown is a − b, seed by seed; supported when its 95% interval lies wholly on a's"
-                   " better side of 0 (below 0 when lower is better, above 0 when higher is better), contradicted"
-                   " when it lies wholly on the other side, else inconclusive",
+    " better side of 0 (below 0 when lower is better, above 0 when higher is better), contradicted"
+    " when it lies wholly on the other side, else inconclusive",
     "equivalence": "supported when the whole 95% interval of a − b lies within ±tolerance·|mean of b|,"
-                   " contradicted when it lies wholly outside that band, else inconclusive (TOST)",
+    " contradicted when it lies wholly outside that band, else inconclusive (TOST)",
     "claim": "supported when every comparison is, contradicted when any is, else inconclusive; untestable"
-             " when a model it needs is not in the sweep or the claim is a definition",
+    " when a model it needs is not in the sweep or the claim is a definition",
 }
 
 
@@ -347,8 +387,11 @@ def _find(role: Role, records: Sequence[SeedRecord], latent_dim: int) -> str | N
 
 
 def _per_seed(records: Sequence[SeedRecord], member: str, latent_dim: int, metric: str) -> dict[int, float]:
-    return {r.seed: float(r.metrics[metric]) for r in records
-            if r.model == member and r.latent_dim == latent_dim and r.metrics.get(metric) is not None}
+    return {
+        r.seed: float(r.metrics[metric])
+        for r in records
+        if r.model == member and r.latent_dim == latent_dim and r.metrics.get(metric) is not None
+    }
 
 
 def judge_claim(claim: Claim, records: Sequence[SeedRecord], latent_dim: int) -> dict:
@@ -376,10 +419,20 @@ def judge_claim(claim: Claim, records: Sequence[SeedRecord], latent_dim: int) ->
         effect = paired_difference(va, vb)
         verdict = comparison_verdict(cmp, effect, mean_ci(list(vb.values())).mean)
         verdicts.append(verdict)
-        better = "equivalent" if cmp.equivalence_tolerance is not None else ("lower" if cmp.lower_is_better else "higher")
+        better = (
+            "equivalent" if cmp.equivalence_tolerance is not None else ("lower" if cmp.lower_is_better else "higher")
+        )
         out["comparisons"][f"{a}:{cmp.a.metric}-vs-{b}:{cmp.b.metric}"] = {
-            "order": len(out["comparisons"]), "statistic": cmp.describe(), "a": a, "b": b, "a_metric": cmp.a.metric,
-            "b_metric": cmp.b.metric, "better": better, "effect": effect.as_dict(), "verdict": verdict}
+            "order": len(out["comparisons"]),
+            "statistic": cmp.describe(),
+            "a": a,
+            "b": b,
+            "a_metric": cmp.a.metric,
+            "b_metric": cmp.b.metric,
+            "better": better,
+            "effect": effect.as_dict(),
+            "verdict": verdict,
+        }
     out["verdict"] = combine(verdicts)
     thin = [c for c in out["comparisons"].values() if c["effect"]["n_seeds"] < 2]
     if missing:
@@ -389,7 +442,8 @@ def judge_claim(claim: Claim, records: Sequence[SeedRecord], latent_dim: int) ->
     elif out["verdict"] == INCONCLUSIVE and thin:
         # Several seeds, but a metric is null (not defined, or infinite) in all but one of them.
         out["reason"] = "fewer than two seeds with a finite value of " + ", ".join(
-            dict.fromkeys(f"{c['a_metric']} ({c['a']}) − {c['b_metric']} ({c['b']})" for c in thin))
+            dict.fromkeys(f"{c['a_metric']} ({c['a']}) − {c['b_metric']} ({c['b']})" for c in thin)
+        )
     return out
 
 
@@ -403,7 +457,7 @@ def judge_claims(records: Sequence[SeedRecord], claims: Sequence[Claim] = CLAIMS
 
 
 def plus_minus(mean, low, high, fmt: str, missing: str = "n/a") -> str:
-    """"0.0461 ± 0.0012": the mean and the half-width of its (symmetric, Student-t) interval, each in `fmt`;
+    """ "0.0461 ± 0.0012": the mean and the half-width of its (symmetric, Student-t) interval, each in `fmt`;
     the mean alone without an interval (one seed), `missing` without a mean. None counts as missing."""
     if mean is None or not math.isfinite(mean):
         return missing
@@ -413,7 +467,7 @@ def plus_minus(mean, low, high, fmt: str, missing: str = "n/a") -> str:
 
 
 def _cell(entry: Mapping[str, float | int | None], fmt: str) -> str:
-    """"mean ± half-width" of one summary entry; the mean alone without an interval (one seed), "–" without a value."""
+    """ "mean ± half-width" of one summary entry; the mean alone without an interval (one seed), "–" without a value."""
     return plus_minus(*(entry.get(k) for k in ("mean", "ci_low", "ci_high")), fmt, missing="–")
 
 
@@ -431,8 +485,11 @@ def console_lines(summary: Mapping[str, Mapping[str, Mapping]], claims: Mapping,
     per latent size (the effects and reasons are in metrics/claims.json).
     """
     seeds = claims["seeds"]
-    spread = (f"mean ± half-width of the {claims['level']:.0%} interval over seeds {', '.join(map(str, seeds))}"
-              if len(seeds) > 1 else f"seed {seeds[0]} only: no interval (add seeds: sweep.seeds)")
+    spread = (
+        f"mean ± half-width of the {claims['level']:.0%} interval over seeds {', '.join(map(str, seeds))}"
+        if len(seeds) > 1
+        else f"seed {seeds[0]} only: no interval (add seeds: sweep.seeds)"
+    )
     rows = [["group", *(m.short_header for m in shown)]]
     rows += [[group, *(_cell(values.get(m.key, {}), m.fmt) for m in shown)] for group, values in summary.items()]
     sizes = list(claims["claims"])

@@ -110,12 +110,14 @@ def _ray_failure(exc: BaseException) -> str:
     """A failure of Ray's own (the worker, its node, an actor, a cancel) in words, with Ray's first line."""
     import ray.exceptions as rex
 
-    kinds = ((rex.OutOfMemoryError, "its worker was killed for lack of memory"),
-             (rex.TaskCancelledError, "the task was cancelled"),
-             (rex.NodeDiedError, "its node died"),
-             (rex.WorkerCrashedError, "its worker process died"),
-             (rex.RayActorError, "an actor it needed died"),
-             (rex.ObjectLostError, "its data in the object store was lost"))
+    kinds = (
+        (rex.OutOfMemoryError, "its worker was killed for lack of memory"),
+        (rex.TaskCancelledError, "the task was cancelled"),
+        (rex.NodeDiedError, "its node died"),
+        (rex.WorkerCrashedError, "its worker process died"),
+        (rex.RayActorError, "an actor it needed died"),
+        (rex.ObjectLostError, "its data in the object store was lost"),
+    )
     what = next((text for cls, text in kinds if isinstance(exc, cls)), type(exc).__name__)
     detail = _clean(_first_text_line(exc))[:200]
     return f"{what} ({type(exc).__name__}: {detail})" if detail and detail != type(exc).__name__ else what
@@ -165,8 +167,10 @@ def check_address() -> None:
         reason = "no answer" if isinstance(exc, TimeoutError) else getattr(exc, "strerror", None) or exc
         raise UserError(f"no Ray cluster answers at RAY_ADDRESS={address} ({reason}); {fix}") from None
     if len(answer) < 4 or answer[3] != _H2_SETTINGS:
-        raise UserError(f"something answers at RAY_ADDRESS={address}, but it is not a Ray cluster (no gRPC);"
-                        f" check the port (a head's GCS is 6379, Ray Client's ray:// is 10001), or {fix}")
+        raise UserError(
+            f"something answers at RAY_ADDRESS={address}, but it is not a Ray cluster (no gRPC);"
+            f" check the port (a head's GCS is 6379, Ray Client's ray:// is 10001), or {fix}"
+        )
 
 
 def connect(on_status: Callable[[str], None] | None = None) -> tuple[bool, str]:
@@ -174,8 +178,11 @@ def connect(on_status: Callable[[str], None] | None = None) -> tuple[bool, str]:
     on_status(text) says which, before the seconds that takes."""
     address = os.environ.get("RAY_ADDRESS", "").strip()
     if on_status:
-        on_status(f"attaching to the Ray cluster at {address}" if address
-                  else f"starting a local Ray instance ({available_cpus()} CPUs)")
+        on_status(
+            f"attaching to the Ray cluster at {address}"
+            if address
+            else f"starting a local Ray instance ({available_cpus()} CPUs)"
+        )
     if address:
         check_address()
         # Since Ray 2.59 a head started with `ray start` requires token auth, but a driver attaching by
@@ -272,8 +279,9 @@ def _ray_session(on_status: Callable[[str], None] | None):
         ray.shutdown()
 
 
-def gpu_share(setting: float | str, task_bytes: int, gpu_bytes: int | None, cpus_per_gpu: float,
-              cpus_per_task: float) -> float:
+def gpu_share(
+    setting: float | str, task_bytes: int, gpu_bytes: int | None, cpus_per_gpu: float, cpus_per_task: float
+) -> float:
     """GPUs one task asks Ray for: `setting` when it is a number; for "auto", 1/n for the n tasks one GPU holds.
 
     task_bytes: the task's estimated device memory (training.device_bytes), bytes; gpu_bytes: one GPU's total
@@ -300,8 +308,13 @@ def _gpu_memory_bytes() -> int | None:
     if not ids or not smi:
         return None
     try:
-        out = subprocess.run([smi, "--query-gpu=memory.total", "--format=csv,noheader,nounits", f"--id={ids[0]}"],
-                             capture_output=True, text=True, timeout=30, check=True).stdout
+        out = subprocess.run(
+            [smi, "--query-gpu=memory.total", "--format=csv,noheader,nounits", f"--id={ids[0]}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
         return int(float(out.split()[0]) * 2**20)  # MiB
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return None
@@ -317,15 +330,18 @@ def _gpus_per_task(ray_params: RayParams, task_bytes: int) -> float:
     setting = ray_params.gpus_per_model
     most = max((n["Resources"].get("GPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
     if setting != "auto" and setting > most:
-        raise UserError(f"ray.gpus_per_model = {setting:g} but the largest node of the Ray cluster has {most:g}"
-                        " GPU(s); lower it (a fraction packs several models per GPU) or set it to auto")
+        raise UserError(
+            f"ray.gpus_per_model = {setting:g} but the largest node of the Ray cluster has {most:g}"
+            " GPU(s); lower it (a fraction packs several models per GPU) or set it to auto"
+        )
     gpu_bytes = None
     if setting == "auto":  # a sliver of a GPU and no CPU: it runs beside anything
         probe = ray.remote(_gpu_memory_bytes).options(num_cpus=0, num_gpus=1 / _GPU_STEPS)
         gpu_bytes = ray.get(probe.remote())
     resources = ray.cluster_resources()
-    return gpu_share(setting, task_bytes, gpu_bytes, resources.get("CPU", 1.0) / resources["GPU"],
-                     ray_params.cpus_per_model)
+    return gpu_share(
+        setting, task_bytes, gpu_bytes, resources.get("CPU", 1.0) / resources["GPU"], ray_params.cpus_per_model
+    )
 
 
 def _task_device() -> str:
@@ -377,7 +393,9 @@ def _threads(cpus: float) -> int:
     return max(1, min(int(cpus), available_cpus()))
 
 
-def _train_one(spec: RunSpec, train_images, val_images, ckpt_dir: str, data_sha256: str, cpus: float, board) -> ModelOutcome:
+def _train_one(
+    spec: RunSpec, train_images, val_images, ckpt_dir: str, data_sha256: str, cpus: float, board
+) -> ModelOutcome:
     """Body of one Ray task: plain PyTorch training on whatever device Ray assigned."""
     import torch
 
@@ -389,8 +407,13 @@ def _train_one(spec: RunSpec, train_images, val_images, ckpt_dir: str, data_sha2
     facts = dict(node_id=_node_id(), resources=_assigned(), started=started)
     try:
         result = train_model(
-            spec, train_images, val_images, device=device, checkpoint_dir=Path(ckpt_dir),
-            on_epoch=lambda rec: board.report.remote(spec.name, rec), data_sha256=data_sha256,
+            spec,
+            train_images,
+            val_images,
+            device=device,
+            checkpoint_dir=Path(ckpt_dir),
+            on_epoch=lambda rec: board.report.remote(spec.name, rec),
+            data_sha256=data_sha256,
         )
     except Diverged as exc:
         return ModelOutcome(spec, None, [], 0, device, time.perf_counter() - t0, error=str(exc), **facts)
@@ -412,15 +435,22 @@ def _ddp_loop(config: dict) -> None:
     board = config["board"] if rank == 0 else None
     spec = config["spec"]
     result = train_model(
-        spec, config["train"], config["val"], device=ray.train.torch.get_device(),
-        checkpoint_dir=Path(config["ckpt_dir"]), data_sha256=config["data_sha256"], shard=(rank, world),
+        spec,
+        config["train"],
+        config["val"],
+        device=ray.train.torch.get_device(),
+        checkpoint_dir=Path(config["ckpt_dir"]),
+        data_sha256=config["data_sha256"],
+        shard=(rank, world),
         wrap=ray.train.torch.prepare_model,
         on_epoch=(lambda rec: board.report.remote(spec.name, rec)) if board else None,
     )
     ray.train.report({"epochs_run": result.epochs_run})  # the weights travel through the checkpoint file
 
 
-def _fit_ddp(spec: RunSpec, data: tuple, ckpt_dir: str, data_sha256: str, ray_params: RayParams, use_gpu: bool, board) -> ModelOutcome:
+def _fit_ddp(
+    spec: RunSpec, data: tuple, ckpt_dir: str, data_sha256: str, ray_params: RayParams, use_gpu: bool, board
+) -> ModelOutcome:
     import torch
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -433,21 +463,38 @@ def _fit_ddp(spec: RunSpec, data: tuple, ckpt_dir: str, data_sha256: str, ray_pa
     epochs_before = before["epoch"] if before else 0
     trainer = TorchTrainer(
         _ddp_loop,
-        train_loop_config={"spec": spec, "train": data[0], "val": data[1], "ckpt_dir": ckpt_dir,
-                           "data_sha256": data_sha256, "cpus": ray_params.cpus_per_model, "board": board},
-        scaling_config=ScalingConfig(num_workers=ray_params.workers_per_model, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": ray_params.cpus_per_model}),
+        train_loop_config={
+            "spec": spec,
+            "train": data[0],
+            "val": data[1],
+            "ckpt_dir": ckpt_dir,
+            "data_sha256": data_sha256,
+            "cpus": ray_params.cpus_per_model,
+            "board": board,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=ray_params.workers_per_model,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": ray_params.cpus_per_model},
+        ),
         run_config=RunConfig(name=f"ddp-{spec.name}", storage_path=str(Path(ckpt_dir).parent / "_ray_train")),
     )
     try:
         trainer.fit()
     except Exception as exc:  # Ray wraps worker errors; report it as this model's failure
-        return ModelOutcome(spec, None, [], 0, "ddp", time.perf_counter() - t0,
-                            error=f"model '{spec.name}' failed: {task_failure(exc)}")
+        return ModelOutcome(
+            spec, None, [], 0, "ddp", time.perf_counter() - t0, error=f"model '{spec.name}' failed: {task_failure(exc)}"
+        )
     # Rank 0 wrote the final state as its last checkpoint: read it back from storage.
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    return ModelOutcome(spec, state["model"], state["history"], state["epoch"] - epochs_before,
-                        f"ddp x{ray_params.workers_per_model}", time.perf_counter() - t0)
+    return ModelOutcome(
+        spec,
+        state["model"],
+        state["history"],
+        state["epoch"] - epochs_before,
+        f"ddp x{ray_params.workers_per_model}",
+        time.perf_counter() - t0,
+    )
 
 
 def checkpoint_dir(storage_path: Path, spec: RunSpec, data_sha256: str) -> Path:
@@ -477,12 +524,22 @@ def train_sweep(
     """
     storage_path = storage_path.resolve()
     with _ray_session(on_status) as (started_locally, gcs):
-        return _train_on_ray(specs, train_images, val_images, storage_path, ray_params, data_sha256, on_epoch,
-                             on_done, on_status) | _cluster_facts(started_locally, gcs)
+        return _train_on_ray(
+            specs, train_images, val_images, storage_path, ray_params, data_sha256, on_epoch, on_done, on_status
+        ) | _cluster_facts(started_locally, gcs)
 
 
-def _train_on_ray(specs, train_images, val_images, storage_path: Path, ray_params: RayParams, data_sha256: str,
-                  on_epoch, on_done, on_status) -> dict:
+def _train_on_ray(
+    specs,
+    train_images,
+    val_images,
+    storage_path: Path,
+    ray_params: RayParams,
+    data_sha256: str,
+    on_epoch,
+    on_done,
+    on_status,
+) -> dict:
     """train_sweep's body on a running Ray instance; returns {"use_gpu", "gpus_per_model"}."""
     import ray
 
@@ -490,8 +547,11 @@ def _train_on_ray(specs, train_images, val_images, storage_path: Path, ray_param
 
     use_gpu = _use_gpu(ray_params.use_gpu)
     models = {spec.model_dump_json(): spec for spec in specs}.values()  # the sweep's seeds share a model's size
-    gpus = _gpus_per_task(ray_params, max(device_bytes(s, train_images, len(val_images)) for s in models)) \
-        if use_gpu else 0.0
+    gpus = (
+        _gpus_per_task(ray_params, max(device_bytes(s, train_images, len(val_images)) for s in models))
+        if use_gpu
+        else 0.0
+    )
     on_cpu: list[str] = []
 
     def done(outcome: ModelOutcome) -> None:
@@ -502,7 +562,9 @@ def _train_on_ray(specs, train_images, val_images, storage_path: Path, ray_param
     board = _progress_board()
     data = (ray.put(train_images), ray.put(val_images))
     task = ray.remote(_train_one).options(
-        num_cpus=ray_params.cpus_per_model, num_gpus=gpus, max_retries=ray_params.max_retries,
+        num_cpus=ray_params.cpus_per_model,
+        num_gpus=gpus,
+        max_retries=ray_params.max_retries,
         scheduling_strategy="SPREAD",  # one model per node first: each gets a node's memory bandwidth
     )
     pending, ddp_specs = {}, []
@@ -526,16 +588,22 @@ def _train_on_ray(specs, train_images, val_images, storage_path: Path, ray_param
 def _warn_cpu_fallback(names: list[str]) -> None:
     """One line when tasks that Ray lent a GPU ran on the CPU: the run is valid, but not what was asked for."""
     if names:
-        print(f"warning: Ray lent {len(names)} task(s) a GPU that torch cannot use (torch.cuda.is_available() is"
-              f" False there, e.g. a CPU build of torch), so they ran on the CPU: {', '.join(names[:3])}",
-              file=sys.stderr, flush=True)
+        print(
+            f"warning: Ray lent {len(names)} task(s) a GPU that torch cannot use (torch.cuda.is_available() is"
+            f" False there, e.g. a CPU build of torch), so they ran on the CPU: {', '.join(names[:3])}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _cluster_facts(started_locally: bool, gcs: str) -> dict:
     import ray
 
-    return {"ray_started_locally": started_locally, "ray_gcs_address": gcs,
-            "cluster_resources": {k: v for k, v in ray.cluster_resources().items() if "node:" not in k}}
+    return {
+        "ray_started_locally": started_locally,
+        "ray_gcs_address": gcs,
+        "cluster_resources": {k: v for k, v in ray.cluster_resources().items() if "node:" not in k},
+    }
 
 
 def _run_task(fn: Callable, key: str, args: tuple, cpus: float, names: tuple[str, ...], *shared) -> TaskOutcome:
@@ -607,8 +675,9 @@ def _map_on_ray(fn, items: dict, shared: dict, cpus: float, gpus: float, max_ret
 
     names = tuple(shared)
     refs = [ray.put(shared[n]) for n in names]
-    task = ray.remote(_run_task).options(num_cpus=cpus, num_gpus=gpus, max_retries=max_retries,
-                                         scheduling_strategy="SPREAD")
+    task = ray.remote(_run_task).options(
+        num_cpus=cpus, num_gpus=gpus, max_retries=max_retries, scheduling_strategy="SPREAD"
+    )
     pending = {task.remote(fn, key, args, cpus, names, *refs): key for key, args in items.items()}
     on_cpu = []
     while pending:
@@ -649,5 +718,6 @@ def _wait_all(pending: dict, board, on_epoch, on_done) -> None:
             try:
                 on_done(ray.get(ref))
             except ray.exceptions.RayError as exc:  # it raised, or its worker died more often than max_retries allows
-                on_done(ModelOutcome(spec, None, [], 0, "?", 0.0,
-                                     error=f"model '{spec.name}' failed: {task_failure(exc)}"))
+                on_done(
+                    ModelOutcome(spec, None, [], 0, "?", 0.0, error=f"model '{spec.name}' failed: {task_failure(exc)}")
+                )

@@ -65,13 +65,16 @@ def check_reachable(uri: str) -> None:
     if not sep and ":" not in uri:
         return  # a plain path: MLflow's file store
     if not sep or scheme.split("+")[0] not in _SCHEMES:
-        raise UserError(f"MLFLOW_TRACKING_URI={uri} has no scheme MLflow knows (one of {', '.join(_SCHEMES)});"
-                        f" for a server write http://host:port, or unset it to track in the local mlflow.db")
+        raise UserError(
+            f"MLFLOW_TRACKING_URI={uri} has no scheme MLflow knows (one of {', '.join(_SCHEMES)});"
+            f" for a server write http://host:port, or unset it to track in the local mlflow.db"
+        )
     if scheme == "sqlite":
         path = sqlite_path(uri)
         if path is not None and not path.parent.is_dir():
-            raise UserError(f"the folder of the SQLite store in MLFLOW_TRACKING_URI={uri} does not exist;"
-                            " create it or fix the URI")
+            raise UserError(
+                f"the folder of the SQLite store in MLFLOW_TRACKING_URI={uri} does not exist; create it or fix the URI"
+            )
         return
     if scheme in ("http", "https"):
         _probe_server(uri)
@@ -88,8 +91,10 @@ def _probe_server(uri: str) -> None:
             return  # an auth proxy in front of MLflow: the client sends the credentials the probe lacks
         body = exc.read(65536) if exc.code == 404 else b""  # MLflow's 404 for a missing experiment is JSON
         if exc.code != 404:
-            raise UserError(f"the server at MLFLOW_TRACKING_URI={uri} answers HTTP {exc.code} to MLflow's API;"
-                            f" is it an MLflow server? {fix}") from None
+            raise UserError(
+                f"the server at MLFLOW_TRACKING_URI={uri} answers HTTP {exc.code} to MLflow's API;"
+                f" is it an MLflow server? {fix}"
+            ) from None
     except (urllib.error.URLError, OSError) as exc:  # refused, no such host, or a timeout
         reason = getattr(exc, "reason", exc)
         raise UserError(f"the MLflow server at MLFLOW_TRACKING_URI={uri} does not answer ({reason}); {fix}") from None
@@ -98,8 +103,10 @@ def _probe_server(uri: str) -> None:
     except ValueError:
         answer = None
     if not isinstance(answer, dict) or not ("experiment" in answer or "error_code" in answer):
-        raise UserError(f"the server at MLFLOW_TRACKING_URI={uri} answers, but not as an MLflow tracking server"
-                        f" (no MLflow JSON at /api/2.0/mlflow); {fix}")
+        raise UserError(
+            f"the server at MLFLOW_TRACKING_URI={uri} answers, but not as an MLflow tracking server"
+            f" (no MLflow JSON at /api/2.0/mlflow); {fix}"
+        )
 
 
 def client():
@@ -136,15 +143,22 @@ def check_schema(uri: str) -> None:
         return
     import mlflow
 
-    restore = " (DVC removed this stage's outputs before it ran: `dvc checkout` restores them)" if os.environ.get(
-        "DVC_STAGE") else ""
+    restore = (
+        " (DVC removed this stage's outputs before it ran: `dvc checkout` restores them)"
+        if os.environ.get("DVC_STAGE")
+        else ""
+    )
     if found in known:
-        raise UserError(f"the MLflow store {path} was written by an older MLflow (schema {found}; MLflow"
-                        f" {mlflow.__version__} needs {head}); back it up, then run `mlflow db upgrade {uri}`,"
-                        f" and rerun{restore}")
-    raise UserError(f"the MLflow store {path} was written by a newer or another MLflow (schema {found} is unknown"
-                    f" to MLflow {mlflow.__version__}); use the MLflow that wrote it (requirements.lock), or move"
-                    f" {path.name} aside to start a new store, and rerun{restore}")
+        raise UserError(
+            f"the MLflow store {path} was written by an older MLflow (schema {found}; MLflow"
+            f" {mlflow.__version__} needs {head}); back it up, then run `mlflow db upgrade {uri}`,"
+            f" and rerun{restore}"
+        )
+    raise UserError(
+        f"the MLflow store {path} was written by a newer or another MLflow (schema {found} is unknown"
+        f" to MLflow {mlflow.__version__}); use the MLflow that wrote it (requirements.lock), or move"
+        f" {path.name} aside to start a new store, and rerun{restore}"
+    )
 
 
 def _store_revision(path: Path) -> str | None:
@@ -158,8 +172,10 @@ def _store_revision(path: Path) -> str | None:
     except sqlite3.OperationalError:  # no alembic_version table: a new store
         return None
     except sqlite3.DatabaseError as exc:
-        raise UserError(f"the MLflow store {path} is not an SQLite database ({exc}); move it aside to start a new"
-                        " store, or fix MLFLOW_TRACKING_URI") from None
+        raise UserError(
+            f"the MLflow store {path} is not an SQLite database ({exc}); move it aside to start a new"
+            " store, or fix MLFLOW_TRACKING_URI"
+        ) from None
     return rows[0][0] if rows else None
 
 
@@ -225,8 +241,13 @@ def model_tags(spec: RunSpec) -> dict[str, str]:
     `model` is the group aggregated over seeds (member, plus -z<size> with several latent sizes),
     `member` the sweep member, `seed` the training seed, `latent_dim` the latent size.
     """
-    return {"model": spec.group, "member": spec.member, "seed": str(spec.seed),
-            "latent_dim": str(spec.model.latent_dim), "model.kind": spec.model.kind}
+    return {
+        "model": spec.group,
+        "member": spec.member,
+        "seed": str(spec.seed),
+        "latent_dim": str(spec.model.latent_dim),
+        "model.kind": spec.model.kind,
+    }
 
 
 @contextlib.contextmanager
@@ -237,8 +258,10 @@ def server_errors(doing: str, outcome: str = "no alias was changed"):
     try:
         yield
     except (MlflowException, OSError) as exc:  # requests' errors are OSErrors
-        raise UserError(f"MLflow failed while {doing} ({type(exc).__name__}: {first_line(exc)[:200]}); {outcome};"
-                        f" check the server at {tracking_uri()} and rerun") from None
+        raise UserError(
+            f"MLflow failed while {doing} ({type(exc).__name__}: {first_line(exc)[:200]}); {outcome};"
+            f" check the server at {tracking_uri()} and rerun"
+        ) from None
 
 
 def first_line(exc: BaseException) -> str:

@@ -21,9 +21,11 @@ PENDING = "pending: the evaluate stage writes them here when it has run."
 def call(image_shape: tuple[int, int, int]) -> str:
     """How to call a version whose images are (C, H, W) `image_shape`."""
     c, h, w = image_shape
-    return ('`mlflow.pyfunc.load_model(uri).predict(x, params={"method": m})`: `x` float32'
-            f' (B, {c * h * w}) images in [0, 1] ({c}x{h}x{w}, each row flattened in (C, H, W) order)'
-            ' for `encode` / `reconstruct`, (B, latent) codes for `decode`, ignored by `sample` (params `n`, `seed`).')
+    return (
+        '`mlflow.pyfunc.load_model(uri).predict(x, params={"method": m})`: `x` float32'
+        f" (B, {c * h * w}) images in [0, 1] ({c}x{h}x{w}, each row flattened in (C, H, W) order)"
+        " for `encode` / `reconstruct`, (B, latent) codes for `decode`, ignored by `sample` (params `n`, `seed`)."
+    )
 
 
 def changed_params(spec: RunSpec, params: Params) -> dict[str, object]:
@@ -45,24 +47,30 @@ def describe(spec: RunSpec, params: Params, manifest: dict, run_id: str, last_ep
     loss_unit = "squared error" if spec.model.recon == "mse" else "nats"
     shape, classes = manifest_shape(manifest), manifest_classes(manifest)
     c, h, w = shape
-    return "\n\n".join([
-        f"**{spec.name}**: {spec.model.kind.upper()}, {spec.model.arch}, latent size {spec.model.latent_dim}, "
-        f"trained by run `{run_id}` ({last_epoch.get('epoch', '?')} epochs"
-        + (f"; last validation loss {val:.4g} {loss_unit} per image" if val is not None else "") + ").",
-        f"**Data**: {manifest['dataset']} from source `{manifest['source']}`"
-        + (f" ({manifest['origin']})" if manifest.get("origin") else "")
-        + f"; {c}x{h}x{w} {'grey' if c == 1 else 'colour'} images {counts}; {len(classes.names)} classes"
-        + f" ({', '.join(classes.names)}); sha256 `{manifest['data_sha256']}`.",
-        f"**Params that differ from the defaults**: {changed}.",
-        f"**Call**: {call(shape)}",
-        f"{TEST_HEADING}: {PENDING}",
-    ])
+    return "\n\n".join(
+        [
+            f"**{spec.name}**: {spec.model.kind.upper()}, {spec.model.arch}, latent size {spec.model.latent_dim}, "
+            f"trained by run `{run_id}` ({last_epoch.get('epoch', '?')} epochs"
+            + (f"; last validation loss {val:.4g} {loss_unit} per image" if val is not None else "")
+            + ").",
+            f"**Data**: {manifest['dataset']} from source `{manifest['source']}`"
+            + (f" ({manifest['origin']})" if manifest.get("origin") else "")
+            + f"; {c}x{h}x{w} {'grey' if c == 1 else 'colour'} images {counts}; {len(classes.names)} classes"
+            + f" ({', '.join(classes.names)}); sha256 `{manifest['data_sha256']}`.",
+            f"**Params that differ from the defaults**: {changed}.",
+            f"**Call**: {call(shape)}",
+            f"{TEST_HEADING}: {PENDING}",
+        ]
+    )
 
 
 def with_test_metrics(description: str, values: dict[str, float]) -> str:
     """`description` with its test-metrics section (pending, or an earlier evaluation) replaced by `values`."""
     head = description.split(TEST_HEADING)[0].rstrip()
-    rows = [f"- `{m.key}` = {values[m.key]:.6g} ({m.unit})" for m in metric_registry.METRICS
-            if m.card and values.get(m.key) is not None and math.isfinite(values[m.key])]  # an AE has no KL or ELBO
+    rows = [
+        f"- `{m.key}` = {values[m.key]:.6g} ({m.unit})"
+        for m in metric_registry.METRICS
+        if m.card and values.get(m.key) is not None and math.isfinite(values[m.key])
+    ]  # an AE has no KL or ELBO
     body = "\n".join(rows) if rows else "none computed."
     return f"{head}\n\n{TEST_HEADING} (evaluate stage):\n\n{body}" if head else f"{TEST_HEADING}:\n\n{body}"

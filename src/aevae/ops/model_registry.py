@@ -37,12 +37,16 @@ def check_registered(model_uri: str) -> None:
     name, alias = ref.split("@", 1) if "@" in ref else (ref.split("/", 1)[0], None)
     version = None if alias is not None else (ref.split("/", 1) + [""])[1]
     if alias == "" or version == "":
-        raise UserError(f"{model_uri} names no {'alias' if alias == '' else 'version'}; give ALIAS=champion or"
-                        " VERSION=<number>|latest")
+        raise UserError(
+            f"{model_uri} names no {'alias' if alias == '' else 'version'}; give ALIAS=champion or"
+            " VERSION=<number>|latest"
+        )
     known = sorted(m.name.removeprefix(PREFIX) for m in mlflow_client.search_registered_models())
     if name not in {registered_name(k) for k in known}:
-        raise UserError(f"no registered model '{name}' in {uri}; MODEL= one of: {', '.join(known) or 'none yet'}"
-                        " (make repro registers one per model)")
+        raise UserError(
+            f"no registered model '{name}' in {uri}; MODEL= one of: {', '.join(known) or 'none yet'}"
+            " (make repro registers one per model)"
+        )
     try:
         if alias:
             mlflow_client.get_model_version_by_alias(name, alias)
@@ -53,10 +57,14 @@ def check_registered(model_uri: str) -> None:
     except MlflowException:
         have = model_aliases(mlflow_client, name.removeprefix(PREFIX))
         listed = ", ".join(f"{a} (v{v})" for a, v in sorted(have.items())) or "none"
-        fix = ("`make retrain` sets champion; serve a version meanwhile: VERSION=latest" if alias == "champion"
-               else "pick an existing alias or VERSION=latest") + f"; its aliases: {listed}"
-        raise UserError(f"'{name}' has no {'alias ' + repr(alias) if alias else 'version ' + version} in {uri};"
-                        f" {fix}") from None
+        fix = (
+            "`make retrain` sets champion; serve a version meanwhile: VERSION=latest"
+            if alias == "champion"
+            else "pick an existing alias or VERSION=latest"
+        ) + f"; its aliases: {listed}"
+        raise UserError(
+            f"'{name}' has no {'alias ' + repr(alias) if alias else 'version ' + version} in {uri}; {fix}"
+        ) from None
 
 
 def _existing_store_client():
@@ -65,8 +73,10 @@ def _existing_store_client():
     uri = tracking_uri()
     store = sqlite_path(uri)
     if store is not None and not store.is_file():
-        raise UserError(f"no MLflow store at {store}; run the pipeline first (make repro creates mlflow.db) or fix"
-                        " MLFLOW_TRACKING_URI")
+        raise UserError(
+            f"no MLflow store at {store}; run the pipeline first (make repro creates mlflow.db) or fix"
+            " MLFLOW_TRACKING_URI"
+        )
     return client()
 
 
@@ -79,8 +89,9 @@ def registered_name(group: str) -> str:
     return PREFIX + group
 
 
-def register_model(mlflow_client, run_id: str, model_dir: Path, spec: RunSpec, description: str,
-                   example_images=None) -> str:
+def register_model(
+    mlflow_client, run_id: str, model_dir: Path, spec: RunSpec, description: str, example_images=None
+) -> str:
     """Log models/<name>/ as an MLflow pyfunc (aevae.ops.pyfunc_model) and register it as a new version of
     aevae-<group> tagged with model_tags (seed, latent_dim, ...); returns the new version.
 
@@ -101,16 +112,28 @@ def register_model(mlflow_client, run_id: str, model_dir: Path, spec: RunSpec, d
     mlflow.set_registry_uri(tracking_uri())
     example = None
     if example_images is not None:
-        example = (np.asarray(example_images, dtype=np.float32).reshape(len(example_images), -1) / 255.0,
-                   {"method": "reconstruct"})
+        example = (
+            np.asarray(example_images, dtype=np.float32).reshape(len(example_images), -1) / 255.0,
+            {"method": "reconstruct"},
+        )
     # MLflow prints "Successfully registered..." and its example validation: keep the stage's output to one line.
-    with tempfile.TemporaryDirectory(prefix="aevae-code-") as tmp, mlflow.start_run(run_id=run_id), \
-            contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    with (
+        tempfile.TemporaryDirectory(prefix="aevae-code-") as tmp,
+        mlflow.start_run(run_id=run_id),
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+    ):
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=pyfunc_model.__file__, code_paths=[str(pyfunc_model.code_dir(Path(tmp)))],
-            artifacts={pyfunc_model.ARTIFACT: str(model_dir)}, signature=pyfunc_model.signature(spec.model, model_store.image_shape(model_dir.name, model_dir.parent)),
-            input_example=example, pip_requirements=pyfunc_model.pip_requirements(),
-            registered_model_name=registered_name(spec.group), await_registration_for=30)
+            name="model",
+            python_model=pyfunc_model.__file__,
+            code_paths=[str(pyfunc_model.code_dir(Path(tmp)))],
+            artifacts={pyfunc_model.ARTIFACT: str(model_dir)},
+            signature=pyfunc_model.signature(spec.model, model_store.image_shape(model_dir.name, model_dir.parent)),
+            input_example=example,
+            pip_requirements=pyfunc_model.pip_requirements(),
+            registered_model_name=registered_name(spec.group),
+            await_registration_for=30,
+        )
     version_id = str(info.registered_model_version)
     mlflow_client.update_model_version(registered_name(spec.group), version_id, description=description)
     for key, value in {**model_tags(spec), "run_name": spec.name}.items():
@@ -124,8 +147,9 @@ def describe_test_metrics(mlflow_client, model_name: str, run_id: str, values: d
     if version_id is None:  # registration failed in the train stage; it said so there
         return
     current = mlflow_client.get_model_version(registered_name(model_name), version_id).description or ""
-    mlflow_client.update_model_version(registered_name(model_name), version_id,
-                                       description=model_card.with_test_metrics(current, values))
+    mlflow_client.update_model_version(
+        registered_name(model_name), version_id, description=model_card.with_test_metrics(current, values)
+    )
 
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -173,8 +197,10 @@ def download_model_files(mlflow_client, model_name: str, version: str, dst: Path
     run_id = mlflow_client.get_model_version(registered_name(model_name), version).run_id
     folder = Path(mlflow_client.download_artifacts(run_id, "model_files", str(dst)))
     if not (folder / "model.pt").is_file() or not (folder / "config.json").is_file():
-        raise UserError(f"version {version} of {registered_name(model_name)} (run {run_id}) has no"
-                        " model_files/model.pt and config.json; move its aliases by hand or delete the version")
+        raise UserError(
+            f"version {version} of {registered_name(model_name)} (run {run_id}) has no"
+            " model_files/model.pt and config.json; move its aliases by hand or delete the version"
+        )
     return folder
 
 
@@ -208,9 +234,11 @@ def apply_retrain(mlflow_client, changes: list[dict]) -> None:
             old_tags = _registered_model(mlflow_client, change["model"]).tags
             for key, value in change.get("model_tags", {}).items():
                 mlflow_client.set_registered_model_tag(name, key, str(value))
-                undo.append(functools.partial(mlflow_client.set_registered_model_tag, name, key, old_tags[key])
-                            if key in old_tags else
-                            functools.partial(mlflow_client.delete_registered_model_tag, name, key))
+                undo.append(
+                    functools.partial(mlflow_client.set_registered_model_tag, name, key, old_tags[key])
+                    if key in old_tags
+                    else functools.partial(mlflow_client.delete_registered_model_tag, name, key)
+                )
     except (MlflowException, OSError) as exc:
         failed = 0
         for step in reversed(undo):
@@ -219,8 +247,10 @@ def apply_retrain(mlflow_client, changes: list[dict]) -> None:
             except (MlflowException, OSError):
                 failed += 1
         state = "every alias and tag is as it was" if not failed else f"{failed} change(s) could not be undone"
-        raise UserError(f"MLflow failed while moving aliases ({type(exc).__name__}: {first_line(exc)[:200]}); {state};"
-                        f" check the server at {tracking_uri()} and rerun") from None
+        raise UserError(
+            f"MLflow failed while moving aliases ({type(exc).__name__}: {first_line(exc)[:200]}); {state};"
+            f" check the server at {tracking_uri()} and rerun"
+        ) from None
 
 
 def _restore_alias(mlflow_client, name: str, alias: str, version: str | None):
@@ -229,6 +259,7 @@ def _restore_alias(mlflow_client, name: str, alias: str, version: str | None):
             mlflow_client.delete_registered_model_alias(name, alias)
         else:
             mlflow_client.set_registered_model_alias(name, alias, version)
+
     return restore
 
 
@@ -247,8 +278,15 @@ def listing(mlflow_client) -> list[list[str]]:
         versions = mlflow_client.search_model_versions(f"name = '{model.name}'")
         for v in sorted(versions, key=lambda v: -int(v.version)):
             tags = v.tags or {}
-            rows.append([model.name, f"v{v.version}", tags.get("seed", "?"), tags.get("run_name", "?"),
-                         ", ".join(sorted(aliases.get(str(v.version), []))) or "-"])
+            rows.append(
+                [
+                    model.name,
+                    f"v{v.version}",
+                    tags.get("seed", "?"),
+                    tags.get("run_name", "?"),
+                    ", ".join(sorted(aliases.get(str(v.version), []))) or "-",
+                ]
+            )
     return rows
 
 

@@ -71,9 +71,13 @@ def signature(cfg: ModelParams, image_shape: tuple[int, int, int]) -> ModelSigna
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1))]),
         outputs=Schema(outputs),
-        params=ParamSchema([ParamSpec("method", "string", defaults["method"]),
-                            ParamSpec("n", "long", defaults["n"]),
-                            ParamSpec("seed", "long", defaults["seed"])]),
+        params=ParamSchema(
+            [
+                ParamSpec("method", "string", defaults["method"]),
+                ParamSpec("n", "long", defaults["n"]),
+                ParamSpec("seed", "long", defaults["seed"]),
+            ]
+        ),
     )
 
 

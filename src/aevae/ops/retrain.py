@@ -74,8 +74,10 @@ def exclusive(path: Path = LOCK_FILE) -> Iterator[None]:
         lock.acquire()
     except filelock.Timeout:
         holder = path.read_text(errors="replace").strip() or "unknown"
-        raise UserError(f"another retrain is running (pid {holder}); let it finish and run again"
-                        f" (the lock on {path} is released when that process exits)") from None
+        raise UserError(
+            f"another retrain is running (pid {holder}); let it finish and run again"
+            f" (the lock on {path} is released when that process exits)"
+        ) from None
     try:
         yield
     finally:
@@ -100,11 +102,15 @@ def policy(params: Params) -> dict[str, list[Criterion]]:
     for kind, criteria in out.items():
         for i, c in enumerate(criteria):
             if c.metric not in metric_registry.KEYS:
-                raise UserError(f"params.yaml: retrain.{kind}.{i}.metric = {c.metric!r} is not a metric of the evaluate"
-                                f" stage; use one of {', '.join(metric_registry.KEYS)}")
+                raise UserError(
+                    f"params.yaml: retrain.{kind}.{i}.metric = {c.metric!r} is not a metric of the evaluate"
+                    f" stage; use one of {', '.join(metric_registry.KEYS)}"
+                )
             if not metric_registry.by_key(c.metric).applies(kind):
-                raise UserError(f"params.yaml: retrain.{kind}.{i}.metric = {c.metric!r} is undefined for an"
-                                f" {kind.upper()} (no posterior); use a reconstruction, prior or latent metric")
+                raise UserError(
+                    f"params.yaml: retrain.{kind}.{i}.metric = {c.metric!r} is undefined for an"
+                    f" {kind.upper()} (no posterior); use a reconstruction, prior or latent metric"
+                )
     return out
 
 
@@ -139,21 +145,36 @@ class Check:
     def line(self) -> str:
         """One human-readable line: both values, the goal, the improvement, pass or fail."""
         mark = "pass" if self.passed else "fail"
-        judged = (f"{'upper' if self.goal == 'min' else 'lower'} 95% bound over {self.n_seeds} seeds"
-                  f" {self.challenger:.6g} (mean {self.challenger_mean:.6g})" if self.n_seeds > 1 else f"{self.challenger:.6g}")
+        judged = (
+            f"{'upper' if self.goal == 'min' else 'lower'} 95% bound over {self.n_seeds} seeds"
+            f" {self.challenger:.6g} (mean {self.challenger_mean:.6g})"
+            if self.n_seeds > 1
+            else f"{self.challenger:.6g}"
+        )
         hint = ""
         if not self.passed and 1 < self.n_seeds < 4:  # t(0.975) is 12.7 at 2 seeds, 4.3 at 3: a wide bound
-            hint = (f"; with {self.n_seeds} seeds the bound is t = {study.t_factor(self.n_seeds):.1f}"
-                    " standard errors from the mean: more seeds (sweep.seeds) narrow it")
-        return (f"{self.metric} {judged} vs {self.champion:.6g} ({self.goal}; improved"
-                f" {self.improvement:+.4g}, needs >= {self.min_improvement:g}: {mark}{hint})")
+            hint = (
+                f"; with {self.n_seeds} seeds the bound is t = {study.t_factor(self.n_seeds):.1f}"
+                " standard errors from the mean: more seeds (sweep.seeds) narrow it"
+            )
+        return (
+            f"{self.metric} {judged} vs {self.champion:.6g} ({self.goal}; improved"
+            f" {self.improvement:+.4g}, needs >= {self.min_improvement:g}: {mark}{hint})"
+        )
 
     def as_dict(self) -> dict:
         """The check as JSON-safe values (NaN and inf become None)."""
-        return {"metric": self.metric, "goal": self.goal, "min_improvement": self.min_improvement,
-                "challenger": self.challenger, "champion": self.champion,  # NaN / inf: null (atomic.write_json)
-                "challenger_mean": self.challenger_mean, "n_seeds": self.n_seeds,
-                "improvement": self.improvement, "passed": self.passed}
+        return {
+            "metric": self.metric,
+            "goal": self.goal,
+            "min_improvement": self.min_improvement,
+            "challenger": self.challenger,
+            "champion": self.champion,  # NaN / inf: null (atomic.write_json)
+            "challenger_mean": self.challenger_mean,
+            "n_seeds": self.n_seeds,
+            "improvement": self.improvement,
+            "passed": self.passed,
+        }
 
 
 # ------------------------------------------------------------ fingerprint
@@ -169,8 +190,11 @@ def code_digest(paths: tuple[str, ...] = CODE_PATHS) -> str:
     for top in map(Path, paths):
         files = [top] if top.is_file() else sorted(top.rglob("*")) if top.is_dir() else []
         for f in files:
-            if not f.is_file() or f.suffix == ".pyc" or any(
-                    part == "__pycache__" or part.endswith(".egg-info") or part.startswith(".") for part in f.parts):
+            if (
+                not f.is_file()
+                or f.suffix == ".pyc"
+                or any(part == "__pycache__" or part.endswith(".egg-info") or part.startswith(".") for part in f.parts)
+            ):
                 continue
             data = f.read_bytes()
             digest.update(f"{f.as_posix()}\0{len(data)}\0".encode() + data)
@@ -182,7 +206,9 @@ def fingerprint(params: Params, manifest: dict) -> dict[str, str]:
     return {
         "data_sha256": manifest["data_sha256"],
         "code_sha256": code_digest(),
-        "params_sha256": hashlib.sha256(json.dumps(params.model_dump(mode="json"), sort_keys=True).encode()).hexdigest(),
+        "params_sha256": hashlib.sha256(
+            json.dumps(params.model_dump(mode="json"), sort_keys=True).encode()
+        ).hexdigest(),
     }
 
 
@@ -207,8 +233,10 @@ def check_dvc_lock(path: Path = DVC_LOCK) -> None:
         zc.lockfile.LockFile(str(path)).close()
     except zc.lockfile.LockError:
         holder = (path.read_text().strip() if path.is_file() else "") or "?"
-        raise UserError(f"another dvc process (pid {holder}) holds this project's DVC lock ({path}); let it finish"
-                        f" or stop it (kill {holder}), then run `make retrain` again") from None
+        raise UserError(
+            f"another dvc process (pid {holder}) holds this project's DVC lock ({path}); let it finish"
+            f" or stop it (kill {holder}), then run `make retrain` again"
+        ) from None
 
 
 def dvc_repro(*args: str) -> None:
@@ -222,8 +250,10 @@ def dvc_repro(*args: str) -> None:
     except OSError as exc:
         raise UserError(f"cannot run dvc ({exc.strerror}); run `make setup` first") from None
     if code != 0:
-        raise UserError(f"{' '.join(['dvc repro', *args])} failed (exit {code}; its output is above); no alias"
-                        " was changed; fix the cause and run `make retrain` again")
+        raise UserError(
+            f"{' '.join(['dvc repro', *args])} failed (exit {code}; its output is above); no alias"
+            " was changed; fix the cause and run `make retrain` again"
+        )
 
 
 # --------------------------------------------------------------- evaluation
@@ -255,8 +285,16 @@ class Scoring:
             self._data = self._load()
         train, test, scorer, reference = self._data
         model, _ = model_store.load(model_dir.name, root=model_dir.parent)  # weights_only=True
-        return metrics.evaluate_model(model, train.images, train.labels, test.images, test.labels, scorer,
-                                      self.params.evaluate, reference_features=reference)
+        return metrics.evaluate_model(
+            model,
+            train.images,
+            train.labels,
+            test.images,
+            test.labels,
+            scorer,
+            self.params.evaluate,
+            reference_features=reference,
+        )
 
 
 def group_stats(group: str) -> dict[str, dict]:
@@ -282,9 +320,15 @@ def challenger_value(stat: dict, goal: str) -> float:
 def _check(criterion: Criterion, stats: dict[str, dict], champion: dict[str, float]) -> Check:
     stat = stats.get(criterion.metric) or {}
     mean = stat.get("mean")
-    return Check(criterion.metric, criterion.goal, criterion.min_improvement,
-                 challenger_value(stat, criterion.goal), champion[criterion.metric],
-                 math.nan if mean is None else float(mean), int(stat.get("n_seeds") or 0))
+    return Check(
+        criterion.metric,
+        criterion.goal,
+        criterion.min_improvement,
+        challenger_value(stat, criterion.goal),
+        champion[criterion.metric],
+        math.nan if mean is None else float(mean),
+        int(stat.get("n_seeds") or 0),
+    )
 
 
 # ------------------------------------------------------------------ decide
@@ -312,8 +356,14 @@ class Decision:
         """One line for the log: what happened to the aliases, and each check."""
         v, c = self.challenger, self.champion_before
         head = {
-            "promoted": f"v{v} is the new champion" + (f" (was v{c})" if c else " (no champion yet)" if self.first
-                                                         else " (no champion was set; earlier versions exist)"),
+            "promoted": f"v{v} is the new champion"
+            + (
+                f" (was v{c})"
+                if c
+                else " (no champion yet)"
+                if self.first
+                else " (no champion was set; earlier versions exist)"
+            ),
             "kept": f"champion v{c} stays; v{v} is the challenger",
             "unchanged": f"v{v} is already the champion; nothing new to compare",
         }[self.decision]
@@ -321,16 +371,24 @@ class Decision:
 
     def change(self, fp: str, record: str) -> dict:
         """The alias moves and tags this decision asks for (see model_registry.apply_retrain)."""
-        change = {"model": self.model, "version": self.challenger, "set": {}, "delete": [],
-                  "model_tags": {model_registry.FINGERPRINT_TAG: fp}}
+        change = {
+            "model": self.model,
+            "version": self.challenger,
+            "set": {},
+            "delete": [],
+            "model_tags": {model_registry.FINGERPRINT_TAG: fp},
+        }
         if self.decision == "promoted":
             change["set"][model_registry.CHAMPION] = self.challenger
             change["delete"].append(model_registry.CHALLENGER)  # a losing challenger of the old champion is moot
         elif self.decision == "kept":
             change["set"][model_registry.CHALLENGER] = self.challenger
         if self.decision != "unchanged":
-            tags = {"aevae.decision": self.decision, "aevae.compared_to": self.champion_before or "none",
-                    "aevae.retrain_record": record}
+            tags = {
+                "aevae.decision": self.decision,
+                "aevae.compared_to": self.champion_before or "none",
+                "aevae.retrain_record": record,
+            }
             for ch in self.checks:
                 tags[f"aevae.challenger.{ch.metric}"] = f"{ch.challenger:.6g}"
                 tags[f"aevae.champion.{ch.metric}"] = f"{ch.champion:.6g}"
@@ -343,10 +401,15 @@ class Decision:
 
     def as_dict(self) -> dict:
         """The decision for reports/retrain/<time>.json."""
-        return {"kind": self.kind, "challenger_version": self.challenger, "challenger_seed": self.seed,
-                "champion_before": self.champion_before,
-                "champion_after": self.champion_after, "decision": self.decision,
-                "criteria": [ch.as_dict() for ch in self.checks]}
+        return {
+            "kind": self.kind,
+            "challenger_version": self.challenger,
+            "challenger_seed": self.seed,
+            "champion_before": self.champion_before,
+            "champion_after": self.champion_after,
+            "decision": self.decision,
+            "criteria": [ch.as_dict() for ch in self.checks],
+        }
 
 
 def challengers(params: Params) -> list[RunSpec]:
@@ -373,23 +436,30 @@ def decide(mlflow_client, params: Params, rules: dict[str, list[Criterion]]) -> 
             run_id = run["children"].get(name)
             version = model_registry.version_from_run(mlflow_client, group, run_id) if run_id else None
             if version is None:  # recorded_run already refused a run tracked in another store
-                raise UserError(f"model '{name}' of the last pipeline run has no registered version on"
-                                f" {_safe_uri(mlflow_store.tracking_uri())}; run `dvc repro -f train` and retry")
+                raise UserError(
+                    f"model '{name}' of the last pipeline run has no registered version on"
+                    f" {_safe_uri(mlflow_store.tracking_uri())}; run `dvc repro -f train` and retry"
+                )
             # The challenger is what models/<name> holds: the registered weights must be those on disk.
             mine = model_registry.download_model_files(mlflow_client, group, version, Path(tmp) / f"{group}-v{version}")
             if sha256_file(mine / "model.pt") != sha256_file(Path("models") / name / "model.pt"):
-                raise UserError(f"models/{name} is not the model registered as version {version} of"
-                                f" {model_registry.registered_name(group)}; run `dvc repro -f train` and retry")
+                raise UserError(
+                    f"models/{name} is not the model registered as version {version} of"
+                    f" {model_registry.registered_name(group)}; run `dvc repro -f train` and retry"
+                )
             champion = model_registry.model_aliases(mlflow_client, group).get(model_registry.CHAMPION)
             if champion is None:
                 earlier = model_registry.version_count(mlflow_client, group) > len(
-                    [s for s in resolve_sweep(params) if s.group == group])  # this run registered one per seed
+                    [s for s in resolve_sweep(params) if s.group == group]
+                )  # this run registered one per seed
                 decisions.append(Decision(group, kind, version, None, "promoted", first=not earlier, seed=spec.seed))
                 continue
             if champion == version:
                 decisions.append(Decision(group, kind, version, champion, "unchanged", seed=spec.seed))
                 continue
-            theirs = model_registry.download_model_files(mlflow_client, group, champion, Path(tmp) / f"{group}-v{champion}")
+            theirs = model_registry.download_model_files(
+                mlflow_client, group, champion, Path(tmp) / f"{group}-v{champion}"
+            )
             print(f"{group}: evaluating champion v{champion} on the current test split", flush=True)
             champ = scoring.evaluate(theirs)
             stats = group_stats(group)
@@ -449,16 +519,19 @@ def retrain(force: bool = False) -> None:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", started)
     record_path = RECORDS_DIR / f"{stamp}.json"
     run = tracking.pipeline_run() or {}
-    atomic.write_json(record_path, {
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", started),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "forced": force,
-        "fingerprint": fp,
-        "git_commit": git_state()["commit"],  # for the reader; the fingerprint hashes the code itself
-        "tracking_uri": _safe_uri(mlflow_store.tracking_uri()),
-        "pipeline_run_id": run.get("parent_run_id"),
-        "models": {d.model: d.as_dict() for d in decisions},
-    })
+    atomic.write_json(
+        record_path,
+        {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", started),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "forced": force,
+            "fingerprint": fp,
+            "git_commit": git_state()["commit"],  # for the reader; the fingerprint hashes the code itself
+            "tracking_uri": _safe_uri(mlflow_store.tracking_uri()),
+            "pipeline_run_id": run.get("parent_run_id"),
+            "models": {d.model: d.as_dict() for d in decisions},
+        },
+    )
     try:  # the record first, then the registry: a failure leaves neither a record nor a moved alias
         model_registry.apply_retrain(mlflow_client, [d.change(fp_text, record_path.name) for d in decisions])
     except BaseException:

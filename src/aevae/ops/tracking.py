@@ -112,17 +112,25 @@ def end_orphaned_runs(mlflow_client, experiment: str) -> list[str]:
     owner tags. Prints one warning line when it ends any; returns their ids.
     """
     host = socket.gethostname().replace("'", "")
-    found = mlflow_client.search_runs([experiment], f"attributes.status = 'RUNNING' and tags.`{OWNER_TAGS[0]}` = '{host}'",
-                                      max_results=1000)
+    found = mlflow_client.search_runs(
+        [experiment], f"attributes.status = 'RUNNING' and tags.`{OWNER_TAGS[0]}` = '{host}'", max_results=1000
+    )
     dead = [r for r in found if not _owner_alive(r.data.tags)]
     for r in dead:
-        mlflow_client.set_tag(r.info.run_id, "aevae.error",
-                              f"its process (pid {r.data.tags.get(OWNER_TAGS[1])}) died without ending it (SIGKILL?)")
+        mlflow_client.set_tag(
+            r.info.run_id,
+            "aevae.error",
+            f"its process (pid {r.data.tags.get(OWNER_TAGS[1])}) died without ending it (SIGKILL?)",
+        )
         mlflow_client.set_terminated(r.info.run_id, "KILLED")
     if dead:
         pids = sorted({r.data.tags.get(OWNER_TAGS[1], "?") for r in dead})
-        print(f"warning: ended {len(dead)} MLflow runs left RUNNING by a killed process (pid {', '.join(pids)})"
-              " as KILLED", file=sys.stderr, flush=True)
+        print(
+            f"warning: ended {len(dead)} MLflow runs left RUNNING by a killed process (pid {', '.join(pids)})"
+            " as KILLED",
+            file=sys.stderr,
+            flush=True,
+        )
     return [r.info.run_id for r in dead]
 
 
@@ -171,8 +179,7 @@ class SweepTracker:
     so training goes on and its outputs are written; the stage reports it at the end.
     """
 
-    def __init__(self, params: Params, specs: list[RunSpec], manifest: dict, params_file: Path,
-                 example_images=None):
+    def __init__(self, params: Params, specs: list[RunSpec], manifest: dict, params_file: Path, example_images=None):
         self.params, self.manifest, self.error, self.status = params, manifest, None, None
         self.example_images = example_images  # (k, H, W) or (k, C, H, W) uint8: the registered versions' input example
         self.client = client()
@@ -183,8 +190,10 @@ class SweepTracker:
         except BaseException as exc:
             self._end(_status_for(exc))
             if isinstance(exc, OSError) or type(exc).__module__.startswith("mlflow"):
-                raise UserError(f"MLflow failed while opening the pipeline run ({type(exc).__name__}:"
-                                f" {first_line(exc)}); check the server at {tracking_uri()} and rerun") from None
+                raise UserError(
+                    f"MLflow failed while opening the pipeline run ({type(exc).__name__}:"
+                    f" {first_line(exc)}); check the server at {tracking_uri()} and rerun"
+                ) from None
             raise
         self.logged_epochs = {spec.name: set() for spec in specs}
         self.model_sha256: dict[str, str] = {}
@@ -193,13 +202,17 @@ class SweepTracker:
         self.exp = experiment_id(self.client)
         end_orphaned_runs(self.client, self.exp)
         tags = {**repro_tags(manifest, self.params, "train"), **owner_tags()}
-        parent = self.client.create_run(self.exp, run_name=f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}",
-                                        tags={**tags, "aevae.role": "pipeline"})
+        parent = self.client.create_run(
+            self.exp, run_name=f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}", tags={**tags, "aevae.role": "pipeline"}
+        )
         self.parent_id = parent.info.run_id
         self.client.log_artifact(self.parent_id, str(params_file))
         for spec in specs:
-            run = self.client.create_run(self.exp, run_name=spec.name, tags={
-                **tags, "mlflow.parentRunId": self.parent_id, "aevae.role": "model", **model_tags(spec)})
+            run = self.client.create_run(
+                self.exp,
+                run_name=spec.name,
+                tags={**tags, "mlflow.parentRunId": self.parent_id, "aevae.role": "model", **model_tags(spec)},
+            )
             self.children[spec.name] = run.info.run_id
             self.open.add(spec.name)
             _log_params(self.client, run.info.run_id, flat_params(spec, self.params))
@@ -213,9 +226,16 @@ class SweepTracker:
             self._end(_status_for(exc))
 
     def _write_run_file(self) -> None:
-        atomic.write_json(RUN_FILE, {"tracking_uri": tracking_uri(), "parent_run_id": self.parent_id,
-                                     "experiment_id": self.exp, "children": self.children,
-                                     "model_sha256": self.model_sha256})
+        atomic.write_json(
+            RUN_FILE,
+            {
+                "tracking_uri": tracking_uri(),
+                "parent_run_id": self.parent_id,
+                "experiment_id": self.exp,
+                "children": self.children,
+                "model_sha256": self.model_sha256,
+            },
+        )
 
     def _safely(self, fn, *args, **kwargs) -> Any:
         if self.error:
@@ -231,8 +251,9 @@ class SweepTracker:
         self._safely(self._log_epoch, name, record)
 
     def _log_epoch(self, name: str, record: dict) -> None:
-        _log_metrics(self.client, self.children[name], {k: v for k, v in record.items() if k != "epoch"},
-                     record["epoch"])
+        _log_metrics(
+            self.client, self.children[name], {k: v for k, v in record.items() if k != "epoch"}, record["epoch"]
+        )
         self.logged_epochs[name].add(record["epoch"])
 
     def model_done(self, spec: RunSpec, history: list[dict], model_dir: Path) -> None:
@@ -308,14 +329,31 @@ def log_dataset(mlflow_client, run_id: str, manifest: dict) -> None:
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
     shape = list(array_shape(manifest_shape(manifest)))  # one image as stored: (H, W) grey, (C, H, W) colour
-    schema = {"mlflow_tensorspec": {"features": json.dumps([{"name": "images", "type": "tensor", "tensor-spec": {
-        "dtype": "uint8", "shape": [-1, *shape]}}]), "targets": None}}
-    profile = {"data_sha256": manifest["data_sha256"], "source": manifest["source"],
-               "origin": manifest.get("origin"), "images": {k: v["total"] for k, v in manifest.get("counts", {}).items()}}
-    dataset = Dataset(name=f"{manifest['dataset']}-prepared", digest=manifest["data_sha256"][:16], source_type="local",
-                      source=json.dumps({"uri": (Path.cwd().resolve() / "data" / "prepared").as_uri()}),
-                      schema=json.dumps(schema), profile=json.dumps(profile))
-    mlflow_client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])])
+    schema = {
+        "mlflow_tensorspec": {
+            "features": json.dumps(
+                [{"name": "images", "type": "tensor", "tensor-spec": {"dtype": "uint8", "shape": [-1, *shape]}}]
+            ),
+            "targets": None,
+        }
+    }
+    profile = {
+        "data_sha256": manifest["data_sha256"],
+        "source": manifest["source"],
+        "origin": manifest.get("origin"),
+        "images": {k: v["total"] for k, v in manifest.get("counts", {}).items()},
+    }
+    dataset = Dataset(
+        name=f"{manifest['dataset']}-prepared",
+        digest=manifest["data_sha256"][:16],
+        source_type="local",
+        source=json.dumps({"uri": (Path.cwd().resolve() / "data" / "prepared").as_uri()}),
+        schema=json.dumps(schema),
+        profile=json.dumps(profile),
+    )
+    mlflow_client.log_inputs(
+        run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])]
+    )
 
 
 def recorded_run(models_dir: Path = Path("models")) -> tuple[dict | None, str]:
@@ -334,15 +372,22 @@ def recorded_run(models_dir: Path = Path("models")) -> tuple[dict | None, str]:
     except (ValueError, KeyError, TypeError):
         return None, f"{RUN_FILE} is corrupt; rerun the train stage (dvc repro -f train)"
     if run.get("tracking_uri") != tracking_uri():
-        return None, (f"the pipeline run was recorded in another MLflow store, not {tracking_uri()}; set"
-                      " MLFLOW_TRACKING_URI as the train stage had it")
+        return None, (
+            f"the pipeline run was recorded in another MLflow store, not {tracking_uri()}; set"
+            " MLFLOW_TRACKING_URI as the train stage had it"
+        )
     shas = run.get("model_sha256", {})
     on_disk = {p.parent.name: p for p in Path(models_dir).glob("*/model.pt")}
-    run["children"] = {name: run_id for name, run_id in recorded.items()
-                       if name in on_disk and shas.get(name) == sha256_file(on_disk[name])}
+    run["children"] = {
+        name: run_id
+        for name, run_id in recorded.items()
+        if name in on_disk and shas.get(name) == sha256_file(on_disk[name])
+    }
     if not run["children"]:
-        return None, (f"no model in {models_dir}/ was trained by the recorded MLflow run {run['parent_run_id']}"
-                      " (DVC restored them from its cache?); to track them, retrain: dvc repro -f train")
+        return None, (
+            f"no model in {models_dir}/ was trained by the recorded MLflow run {run['parent_run_id']}"
+            " (DVC restored them from its cache?); to track them, retrain: dvc repro -f train"
+        )
     run["complete"] = set(run["children"]) == set(on_disk)
     return run, ""
 
@@ -358,14 +403,20 @@ def _run_to_log_into(what: str) -> dict | None:
     if run is None:
         print(f"warning: {why}; {what} not tracked", file=sys.stderr)
     elif not run["complete"]:
-        print(f"warning: only {', '.join(sorted(run['children']))} of models/ were trained by the recorded MLflow"
-              f" run; {what} of the others, and the pipeline-wide files, not tracked", file=sys.stderr)
+        print(
+            f"warning: only {', '.join(sorted(run['children']))} of models/ were trained by the recorded MLflow"
+            f" run; {what} of the others, and the pipeline-wide files, not tracked",
+            file=sys.stderr,
+        )
     return run
 
 
-def log_evaluation(results: dict[str, dict[str, float]], specs: list[RunSpec],
-                   summary_file: Path = Path("metrics/summary.json"),
-                   claims_file: Path = Path("metrics/claims.json")) -> None:
+def log_evaluation(
+    results: dict[str, dict[str, float]],
+    specs: list[RunSpec],
+    summary_file: Path = Path("metrics/summary.json"),
+    claims_file: Path = Path("metrics/claims.json"),
+) -> None:
     """The evaluate stage's numbers into the pipeline run: per seed, per group, and the claims' verdicts.
 
     `results` is {run name: {metric key: value}} (one per trained seed, metrics/models/<name>.json),
@@ -442,8 +493,16 @@ def log_aggregates(mlflow_client, run: dict, specs: list[RunSpec], summary: dict
             tags = {k: v for k, v in parent_tags.items() if not k.startswith(("mlflow.", "aevae."))}
             tags.update({k: v for k, v in model_tags(spec).items() if k != "seed"})
             tags.update(owner_tags())
-            tags.update({"mlflow.parentRunId": parent, "aevae.role": "aggregate", AGGREGATE_TAG: "true", "dvc.stage": "evaluate",
-                         "seeds": json.dumps(seeds), "n_seeds": str(len(seeds))})
+            tags.update(
+                {
+                    "mlflow.parentRunId": parent,
+                    "aevae.role": "aggregate",
+                    AGGREGATE_TAG: "true",
+                    "dvc.stage": "evaluate",
+                    "seeds": json.dumps(seeds),
+                    "n_seeds": str(len(seeds)),
+                }
+            )
             ids[group] = mlflow_client.create_run(run["experiment_id"], run_name=f"{group}-mean", tags=tags).info.run_id
             seed_child = run["children"].get(spec.name)  # the params the seeds share: all but train.seed
             if seed_child:
@@ -451,16 +510,20 @@ def log_aggregates(mlflow_client, run: dict, specs: list[RunSpec], summary: dict
                 _log_params(mlflow_client, ids[group], {k: v for k, v in shared.items() if k != "train.seed"})
         metrics, nonfinite = _metrics(aggregate_keys(stats), 0)
         for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
-            mlflow_client.log_batch(ids[group], metrics=metrics[i:i + 1000],
-                                    tags=[RunTag(k, v) for k, v in nonfinite.items()] if i == 0 else [])
+            mlflow_client.log_batch(
+                ids[group],
+                metrics=metrics[i : i + 1000],
+                tags=[RunTag(k, v) for k, v in nonfinite.items()] if i == 0 else [],
+            )
         mlflow_client.set_terminated(ids[group], "FINISHED")
     return ids
 
 
 def aggregate_runs(mlflow_client, run: dict) -> dict[str, str]:
     """{group: run id} of the aggregate children of the recorded pipeline run (see recorded_run)."""
-    found = mlflow_client.search_runs([run["experiment_id"]], f"tags.mlflow.parentRunId = '{run['parent_run_id']}'"
-                                                              f" and tags.{AGGREGATE_TAG} = 'true'")
+    found = mlflow_client.search_runs(
+        [run["experiment_id"]], f"tags.mlflow.parentRunId = '{run['parent_run_id']}' and tags.{AGGREGATE_TAG} = 'true'"
+    )
     return {r.data.tags.get("model"): r.info.run_id for r in found}
 
 

@@ -1,2 +1,1 @@
-"""The comparison report: figures, tables and the Jinja2 templates of reports/index.html.
-"""
+"""The comparison report: figures, tables and the Jinja2 templates of reports/index.html."""

@@ -107,10 +107,12 @@ def _text() -> dict:
 
 _TEXT = _text()
 _CLAIM_TEXT = {c.id: c.text for c in CLAIM_ORDER}
-CLAIMS: dict[str, ClaimSection] = {c["id"]: ClaimSection(c["id"], _CLAIM_TEXT[c["id"]], tuple(c["figures"]), c["note"])
-                                   for c in _TEXT["claims"]}
-GROUPS: tuple[Chart, ...] = tuple(Chart(c["slug"], c["title"], tuple(c["claims"]), c["caption"])
-                                  for c in _TEXT["charts"])
+CLAIMS: dict[str, ClaimSection] = {
+    c["id"]: ClaimSection(c["id"], _CLAIM_TEXT[c["id"]], tuple(c["figures"]), c["note"]) for c in _TEXT["claims"]
+}
+GROUPS: tuple[Chart, ...] = tuple(
+    Chart(c["slug"], c["title"], tuple(c["claims"]), c["caption"]) for c in _TEXT["charts"]
+)
 LEAD: tuple[str, ...] = tuple(_TEXT["lead"])
 
 
@@ -155,11 +157,14 @@ def read_study(summary: Path, claims: Path) -> StudyResults:
     raw = read_summary(summary)
     claims_data = atomic.read_json(claims, "evaluate")
     if "claims" not in claims_data:
-        raise UserError(f"{claims} is not the study's format (a verdict per claim and latent size); "
-                        "rerun the evaluate stage (dvc repro -f evaluate)")
+        raise UserError(
+            f"{claims} is not the study's format (a verdict per claim and latent size); "
+            "rerun the evaluate stage (dvc repro -f evaluate)"
+        )
     means = {g: {k: none_to_nan(c["mean"]) for k, c in v.items()} for g, v in raw.items()}
-    bounds = {g: {k: (none_to_nan(c["ci_low"]), none_to_nan(c["ci_high"])) for k, c in v.items()}
-              for g, v in raw.items()}
+    bounds = {
+        g: {k: (none_to_nan(c["ci_low"]), none_to_nan(c["ci_high"])) for k, c in v.items()} for g, v in raw.items()
+    }
     seeds = tuple(claims_data.get("seeds") or ())
     return StudyResults(means, bounds, seeds, claims_data)
 
@@ -246,10 +251,20 @@ def _quoted(role: str, values: dict[str, float]) -> float:
 
 
 @torch.no_grad()
-def model_figures(spec: RunSpec, model, arrays: dict[str, np.ndarray], test_images: np.ndarray,
-                  test_labels: np.ndarray, history: list[dict], values: dict[str, float], s: ReportSettings,
-                  scatter_idx: np.ndarray, scored: tuple[int, float] | None = None,
-                  classes: ClassNames = figures.MNIST, other_seeds: dict[int, list[dict]] | None = None) -> list[Figure]:
+def model_figures(
+    spec: RunSpec,
+    model,
+    arrays: dict[str, np.ndarray],
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    history: list[dict],
+    values: dict[str, float],
+    s: ReportSettings,
+    scatter_idx: np.ndarray,
+    scored: tuple[int, float] | None = None,
+    classes: ClassNames = figures.MNIST,
+    other_seeds: dict[int, list[dict]] | None = None,
+) -> list[Figure]:
     """The figures of one model (six for a 2-d code, five otherwise: no decoded plane). The model itself is run
     only for the latent plane and the reconstructions; codes (N, latent), prior samples and interpolation strips
     come from the evaluate stage's `arrays` (metrics.load_arrays).
@@ -263,56 +278,106 @@ def model_figures(spec: RunSpec, model, arrays: dict[str, np.ndarray], test_imag
     figs = []
 
     fig = figures.latent_scatter(spec, codes[scatter_idx], test_labels[scatter_idx], seed=s.seed, classes=classes)
-    figs.append(Figure(f"{name}-latent", "Latent space", "latent", figures.png(fig), spec, ("holes", "regular"),
-                       wide=dim != 2))
+    figs.append(
+        Figure(f"{name}-latent", "Latent space", "latent", figures.png(fig), spec, ("holes", "regular"), wide=dim != 2)
+    )
 
     if dim == 2:
         z1, z2, how = figures.manifold_grid(spec, codes, s.manifold_side)
         zz = torch.tensor([[a, b] for b in z2[::-1] for a in z1], dtype=torch.float32)  # top row = highest z2
         decoded = metrics.decode(model, zz).cpu().numpy().reshape(len(z2), len(z1), *array_shape(model.image_shape))
         fig = figures.manifold(spec, decoded, z1, z2, how, classes=classes)
-        figs.append(Figure(f"{name}-manifold", "Decoded latent plane", "manifold", figures.png(fig), spec,
-                           ("holes", "regular", "interp")))
+        figs.append(
+            Figure(
+                f"{name}-manifold",
+                "Decoded latent plane",
+                "manifold",
+                figures.png(fig),
+                spec,
+                ("holes", "regular", "interp"),
+            )
+        )
 
     idx = _recon_examples(test_labels, s.recon_per_class)
     x = as_images(test_images[idx])
     shape = array_shape(model.image_shape)
     recon = metrics.decode(model, metrics.encode(model, x)[0]).cpu().numpy().reshape(-1, *shape)
     fig = figures.reconstructions(spec, x.numpy().reshape(-1, *shape), recon, test_labels[idx], classes=classes)
-    figs.append(Figure(f"{name}-reconstructions", "Reconstructions", "reconstructions", figures.png(fig), spec,
-                       ("compress",), quoted=_quoted("reconstructions", values)))
+    figs.append(
+        Figure(
+            f"{name}-reconstructions",
+            "Reconstructions",
+            "reconstructions",
+            figures.png(fig),
+            spec,
+            ("compress",),
+            quoted=_quoted("reconstructions", values),
+        )
+    )
 
     confident = values.get(metric_registry.for_figure("prior-samples").key)
     conf = (confident, *scored) if scored and confident is not None and math.isfinite(confident) else None
-    fig = figures.prior_samples(spec, arrays["prior_images"][:s.prior_images], confident=conf, classes=classes)
-    figs.append(Figure(f"{name}-prior-samples", "Prior samples", "prior-samples", figures.png(fig), spec,
-                       ("holes", "roles")))
+    fig = figures.prior_samples(spec, arrays["prior_images"][: s.prior_images], confident=conf, classes=classes)
+    figs.append(
+        Figure(f"{name}-prior-samples", "Prior samples", "prior-samples", figures.png(fig), spec, ("holes", "roles"))
+    )
 
     figs.append(gmm_figure(spec, arrays, values, s, scored))
 
-    pairs = arrays["interp_pairs"][:s.interp_pairs]
+    pairs = arrays["interp_pairs"][: s.interp_pairs]
     ends = test_images[pairs].astype(np.float32) / 255.0  # (pairs, 2, H, W) or (pairs, 2, C, H, W)
-    fig = figures.interpolation_strips(spec, arrays["interp_strips"][:s.interp_pairs],
-                                     arrays["interp_pair_labels"][:s.interp_pairs], ends, classes=classes)
-    figs.append(Figure(f"{name}-interpolation", "Interpolation", "interpolation", figures.png(fig), spec,
-                       ("interp",), wide=True, quoted=_quoted("interpolation", values)))
+    fig = figures.interpolation_strips(
+        spec,
+        arrays["interp_strips"][: s.interp_pairs],
+        arrays["interp_pair_labels"][: s.interp_pairs],
+        ends,
+        classes=classes,
+    )
+    figs.append(
+        Figure(
+            f"{name}-interpolation",
+            "Interpolation",
+            "interpolation",
+            figures.png(fig),
+            spec,
+            ("interp",),
+            wide=True,
+            quoted=_quoted("interpolation", values),
+        )
+    )
 
     fig = figures.training_curves(spec, history, other_seeds or {})
-    figs.append(Figure(f"{name}-training", "Training curves", "training", figures.png(fig), spec, ("loss",),
-                       wide=True))
+    figs.append(Figure(f"{name}-training", "Training curves", "training", figures.png(fig), spec, ("loss",), wide=True))
     return figs
 
 
-def gmm_figure(spec: RunSpec, arrays: dict[str, np.ndarray], values: dict[str, float], s: ReportSettings,
-               scored: tuple[int, float] | None = None) -> Figure:
+def gmm_figure(
+    spec: RunSpec,
+    arrays: dict[str, np.ndarray],
+    values: dict[str, float],
+    s: ReportSettings,
+    scored: tuple[int, float] | None = None,
+) -> Figure:
     """Prior samples beside samples of the GMM fit to the training codes (metrics.gmm_samples), both decoded by
     the evaluate stage; captions quote both confident shares. scored: as for `model_figures`."""
     shares = [values.get(metric_registry.for_figure(role).key) for role in ("prior-samples", "gmm-samples")]
     finite = scored and all(v is not None and math.isfinite(v) for v in shares)
-    fig = figures.prior_vs_gmm(spec, arrays["prior_images"][:s.prior_images], arrays["gmm_images"][:s.prior_images],
-                             confident=(*shares, *scored) if finite else None)
-    return Figure(f"{spec.name}-gmm-samples", "Prior vs fitted-density samples", "gmm-samples", figures.png(fig), spec,
-                  ("holes", "roles"), wide=True, quoted=_quoted("gmm-samples", values))
+    fig = figures.prior_vs_gmm(
+        spec,
+        arrays["prior_images"][: s.prior_images],
+        arrays["gmm_images"][: s.prior_images],
+        confident=(*shares, *scored) if finite else None,
+    )
+    return Figure(
+        f"{spec.name}-gmm-samples",
+        "Prior vs fitted-density samples",
+        "gmm-samples",
+        figures.png(fig),
+        spec,
+        ("holes", "roles"),
+        wide=True,
+        quoted=_quoted("gmm-samples", values),
+    )
 
 
 def gmm_reading(specs: list[RunSpec], values: dict[str, dict[str, float]]) -> list[dict]:
@@ -322,13 +387,26 @@ def gmm_reading(specs: list[RunSpec], values: dict[str, dict[str, float]]) -> li
     """
     gmm = [m for m in metric_registry.METRICS if m.key.startswith("gmm/") and m.summary]
     twins = [(metric_registry.by_key("prior/" + m.key.split("/", 1)[1]), m) for m in gmm]
-    return [{"model": spec.name, "pairs": [(g, values[spec.name].get(p.key, math.nan),
-                                            values[spec.name].get(g.key, math.nan)) for p, g in twins]}
-            for spec in specs]
+    return [
+        {
+            "model": spec.name,
+            "pairs": [
+                (g, values[spec.name].get(p.key, math.nan), values[spec.name].get(g.key, math.nan)) for p, g in twins
+            ],
+        }
+        for spec in specs
+    ]
 
 
-def sweep_figures(specs: list[RunSpec], codes: dict[str, np.ndarray], labels: np.ndarray, study: StudyResults,
-                  scatter_idx: np.ndarray, classes: ClassNames, pixels: int) -> list[Figure]:
+def sweep_figures(
+    specs: list[RunSpec],
+    codes: dict[str, np.ndarray],
+    labels: np.ndarray,
+    study: StudyResults,
+    scatter_idx: np.ndarray,
+    classes: ClassNames,
+    pixels: int,
+) -> list[Figure]:
     """The figures across the sweep: latent spaces side by side, rate–distortion (VAEs only), a bar chart per group.
 
     pixels: C*H*W of the data's images (MNIST's 784), to draw the distortion per image.
@@ -337,20 +415,38 @@ def sweep_figures(specs: list[RunSpec], codes: dict[str, np.ndarray], labels: np
     """
     values = study.means
     figs = []
-    fig = figures.latent_side_by_side(specs, [codes[s.name][scatter_idx] for s in specs], labels[scatter_idx],
-                                    classes=classes)
-    figs.append(Figure("latent-all", "Latent spaces side by side", "latent-all", figures.png(fig), None,
-                       ("holes", "regular", "beta0")))
+    fig = figures.latent_side_by_side(
+        specs, [codes[s.name][scatter_idx] for s in specs], labels[scatter_idx], classes=classes
+    )
+    figs.append(
+        Figure(
+            "latent-all",
+            "Latent spaces side by side",
+            "latent-all",
+            figures.png(fig),
+            None,
+            ("holes", "regular", "beta0"),
+        )
+    )
     if any(s.model.kind == "vae" for s in specs):
         fig = figures.rate_distortion(specs, values, study.bounds, pixels=pixels)
-        figs.append(Figure("rate-distortion", "Rate–distortion across β", "rate-distortion", figures.png(fig), None,
-                           ("loss", "beta0")))
+        figs.append(
+            Figure(
+                "rate-distortion",
+                "Rate–distortion across β",
+                "rate-distortion",
+                figures.png(fig),
+                None,
+                ("loss", "beta0"),
+            )
+        )
     members = metric_registry.grouped("chart")
     for chart in GROUPS:
         title = f"{chart.title}\n{study.bars_note}"
         fig = figures.metric_bars(title, members[chart.slug], specs, values, study.bounds)
-        figs.append(Figure(f"metrics-{chart.slug}", chart.title, "metrics", figures.png(fig), None, chart.claims,
-                           chart=chart))
+        figs.append(
+            Figure(f"metrics-{chart.slug}", chart.title, "metrics", figures.png(fig), None, chart.claims, chart=chart)
+        )
     return figs
 
 
@@ -390,15 +486,18 @@ def summary_table(specs: list[RunSpec], study: StudyResults) -> SummaryTable:
     groups = metric_registry.grouped("summary")
     columns = [m for members in groups.values() for m in members]
     names = [s.name for s in specs]
-    frame = pd.DataFrame({m.key: [values[n].get(m.key, math.nan) for n in names] for m in columns}, index=names,
-                         dtype=float)
+    frame = pd.DataFrame(
+        {m.key: [values[n].get(m.key, math.nan) for n in names] for m in columns}, index=names, dtype=float
+    )
 
     def bound(i: int) -> pd.DataFrame:
-        return pd.DataFrame({m.key: [study.bounds[n].get(m.key, (math.nan, math.nan))[i] for n in names]
-                             for m in columns}, index=names, dtype=float)
+        return pd.DataFrame(
+            {m.key: [study.bounds[n].get(m.key, (math.nan, math.nan))[i] for n in names] for m in columns},
+            index=names,
+            dtype=float,
+        )
 
-    best = pd.DataFrame({m.key: [n in _best(values, m.key, m.direction) for n in names] for m in columns},
-                        index=names)
+    best = pd.DataFrame({m.key: [n in _best(values, m.key, m.direction) for n in names] for m in columns}, index=names)
     pca: dict[int, dict[str, float]] = {}
     for s in specs:  # one baseline per latent size
         v = values[s.name]
@@ -415,14 +514,24 @@ def settings_table(specs: list[RunSpec], seeds: dict[str, list[int]]) -> pd.Data
     def vae_only(s: RunSpec, value):
         return value if s.model.kind == "vae" else "–"
 
-    rows = {s.name: {
-        "kind": s.model.kind, "arch": s.model.arch,
-        "hidden / channels": s.model.hidden if s.model.arch == "mlp" else s.model.channels,
-        "activation": s.model.activation, "latent": s.model.latent_dim, "recon loss": s.model.recon,
-        "β": vae_only(s, f"{s.model.beta:g}"), "KL warm-up (epochs)": vae_only(s, s.model.kl_warmup_epochs),
-        "free bits (nats)": vae_only(s, f"{s.model.free_bits:g}"), "epochs": s.train.epochs,
-        "batch": s.train.batch_size, "lr": f"{s.train.lr:g}",
-        "seeds": ", ".join(map(str, seeds.get(s.name, [s.seed])))} for s in specs}
+    rows = {
+        s.name: {
+            "kind": s.model.kind,
+            "arch": s.model.arch,
+            "hidden / channels": s.model.hidden if s.model.arch == "mlp" else s.model.channels,
+            "activation": s.model.activation,
+            "latent": s.model.latent_dim,
+            "recon loss": s.model.recon,
+            "β": vae_only(s, f"{s.model.beta:g}"),
+            "KL warm-up (epochs)": vae_only(s, s.model.kl_warmup_epochs),
+            "free bits (nats)": vae_only(s, f"{s.model.free_bits:g}"),
+            "epochs": s.train.epochs,
+            "batch": s.train.batch_size,
+            "lr": f"{s.train.lr:g}",
+            "seeds": ", ".join(map(str, seeds.get(s.name, [s.seed]))),
+        }
+        for s in specs
+    }
     return pd.DataFrame.from_dict(rows, orient="index").astype(str)
 
 
@@ -444,9 +553,11 @@ def _effect(effect: dict) -> str:
 
 
 def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.PackageLoader("aevae.report", TEMPLATES),
-                             autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",)),
-                             undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("aevae.report", TEMPLATES),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",)),
+        undefined=jinja2.StrictUndefined,
+    )
     env.filters.update(
         number=_number,
         pm=plus_minus,
@@ -490,17 +601,33 @@ def _measured(specs: list[RunSpec], study: StudyResults, claim: str) -> list[dic
     values, bounds = study.means, study.bounds
     lines = []
     for m in metric_registry.evidence(claim):
-        pca = sorted({(s.model.latent_dim, values[s.name][m.reference]) for s in specs
-                      if m.reference and m.reference in values[s.name]})
-        models = [(s.name, values[s.name].get(m.key, math.nan), *bounds[s.name].get(m.key, (math.nan, math.nan)))
-                  for s in specs]
+        pca = sorted(
+            {
+                (s.model.latent_dim, values[s.name][m.reference])
+                for s in specs
+                if m.reference and m.reference in values[s.name]
+            }
+        )
+        models = [
+            (s.name, values[s.name].get(m.key, math.nan), *bounds[s.name].get(m.key, (math.nan, math.nan)))
+            for s in specs
+        ]
         lines.append({"metric": m, "models": models, "pca": pca})
     return lines
 
 
-def render(specs: list[RunSpec], study: StudyResults, figures: list[Figure], classifier: dict,
-           manifest: dict, git: dict, evaluate_params: dict, seeds: dict[str, list[int]] | None = None,
-           figure_seed: int | None = None, classes: ClassNames = figures.MNIST) -> tuple[str, str]:
+def render(
+    specs: list[RunSpec],
+    study: StudyResults,
+    figures: list[Figure],
+    classifier: dict,
+    manifest: dict,
+    git: dict,
+    evaluate_params: dict,
+    seeds: dict[str, list[int]] | None = None,
+    figure_seed: int | None = None,
+    classes: ClassNames = figures.MNIST,
+) -> tuple[str, str]:
     """(index.html, summary.md) rendered from one context.
 
     specs: one per group, named by the group, in page order. seeds: group -> its training seeds (settings
@@ -512,14 +639,28 @@ def render(specs: list[RunSpec], study: StudyResults, figures: list[Figure], cla
         section["measured"] = _measured(specs, study, section["id"])
         section["verdicts"] = verdicts.get(section["id"], {}).get("cells", {})
     context = {
-        "title": TITLE, "specs": specs, "values": study.means, "bounds": study.bounds, "study": study,
-        "manifest": manifest, "git": git, "classes": classes,
-        "classifier_accuracy": classifier.get("test/accuracy", math.nan), "evaluate_params": evaluate_params,
-        "summary": summary_table(specs, study), "all_metrics": metric_registry.METRICS + metric_registry.BASELINES,
-        "settings_table": settings_table(specs, seeds or {}), "lead": lead, "claims": sections, "unplaced": unplaced,
+        "title": TITLE,
+        "specs": specs,
+        "values": study.means,
+        "bounds": study.bounds,
+        "study": study,
+        "manifest": manifest,
+        "git": git,
+        "classes": classes,
+        "classifier_accuracy": classifier.get("test/accuracy", math.nan),
+        "evaluate_params": evaluate_params,
+        "summary": summary_table(specs, study),
+        "all_metrics": metric_registry.METRICS + metric_registry.BASELINES,
+        "settings_table": settings_table(specs, seeds or {}),
+        "lead": lead,
+        "claims": sections,
+        "unplaced": unplaced,
         "per_model": [(s, [f for f in figures if f.group == s.name]) for s in specs],
-        "verdict_rows": verdict_rows(study), "latent_sizes": latent_sizes(study), "verdicts": VERDICTS,
-        "rules": study.claims.get("rules", {}), "figure_seed": figure_seed,
+        "verdict_rows": verdict_rows(study),
+        "latent_sizes": latent_sizes(study),
+        "verdicts": VERDICTS,
+        "rules": study.claims.get("rules", {}),
+        "figure_seed": figure_seed,
         "gmm_reading": gmm_reading(specs, study.means),
     }
     env = _environment()
@@ -531,10 +672,14 @@ def render(specs: list[RunSpec], study: StudyResults, figures: list[Figure], cla
 # ------------------------------------------------------------------- runner
 
 
-def make_report(paths: ReportPaths = ReportPaths(), settings: ReportSettings = ReportSettings(),
-                evaluate_params: dict | None = None, git: dict | None = None,
-                on_model: Callable[[int, int, str], None] | None = None,
-                on_step: Callable[[str], None] | None = None) -> Report:
+def make_report(
+    paths: ReportPaths = ReportPaths(),
+    settings: ReportSettings = ReportSettings(),
+    evaluate_params: dict | None = None,
+    git: dict | None = None,
+    on_model: Callable[[int, int, str], None] | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> Report:
     """Read the models, metrics, arrays and test split; draw every figure; return the report (nothing written yet).
 
     evaluate_params: the evaluate stage's params (params.yaml `evaluate:`), shown on the page and quoted
@@ -554,14 +699,18 @@ def make_report(paths: ReportPaths = ReportPaths(), settings: ReportSettings = R
     test = load_split("test", paths.prepared)
     labels = test.labels.astype(np.int64)
     by_group = _models_by_group(paths.models, study)
-    figure_seed = settings.figure_seed if settings.figure_seed is not None else \
-        min(s.seed for models in by_group.values() for s in models)
+    figure_seed = (
+        settings.figure_seed
+        if settings.figure_seed is not None
+        else min(s.seed for models in by_group.values() for s in models)
+    )
     drawn = {g: _pick_seed(models, figure_seed) for g, models in by_group.items()}  # group -> its figure's spec
     specs = sorted(drawn.values(), key=_order)
     rng = np.random.default_rng(settings.seed)
     n = len(labels)
-    scatter_idx = np.sort(rng.choice(n, settings.max_scatter, replace=False)) if n > settings.max_scatter \
-        else np.arange(n)
+    scatter_idx = (
+        np.sort(rng.choice(n, settings.max_scatter, replace=False)) if n > settings.max_scatter else np.arange(n)
+    )
 
     codes: dict[str, np.ndarray] = {}
     curves = {s.name: (paths.models / s.name / "history.csv").read_text() for ms in by_group.values() for s in ms}
@@ -570,12 +719,26 @@ def make_report(paths: ReportPaths = ReportPaths(), settings: ReportSettings = R
         model, _ = model_store.load(spec.name, paths.models)
         arrays = _arrays(paths.arrays / f"{spec.name}.npz")
         codes[spec.group] = arrays["test_codes"]
-        others = {s.seed: _read_history(paths.models / s.name / "history.csv") for s in by_group[spec.group]
-                  if s.name != spec.name}
+        others = {
+            s.seed: _read_history(paths.models / s.name / "history.csv")
+            for s in by_group[spec.group]
+            if s.name != spec.name
+        }
         values = _seed_values(paths.per_model / f"{spec.name}.json", study.means[spec.group])
-        per_model += model_figures(spec, model, arrays, test.images, labels,
-                                   _read_history(paths.models / spec.name / "history.csv"), values, settings,
-                                   scatter_idx, scored, classes, others)
+        per_model += model_figures(
+            spec,
+            model,
+            arrays,
+            test.images,
+            labels,
+            _read_history(paths.models / spec.name / "history.csv"),
+            values,
+            settings,
+            scatter_idx,
+            scored,
+            classes,
+            others,
+        )
         if on_model:
             on_model(len(codes), len(specs), spec.group)
     step = on_step or (lambda _text: None)
@@ -599,8 +762,9 @@ def _models_by_group(root: Path, study: StudyResults) -> dict[str, list[RunSpec]
             by_group.setdefault(spec.group, []).append(spec)
     missing = [g for g in study.means if g not in by_group]
     if missing:
-        raise UserError(f"no trained model in {root} for {', '.join(missing)} of the summary; rerun the pipeline"
-                        " (dvc repro)")
+        raise UserError(
+            f"no trained model in {root} for {', '.join(missing)} of the summary; rerun the pipeline (dvc repro)"
+        )
     return by_group
 
 

@@ -72,8 +72,9 @@ def styled(fn):
 def png(fig: Figure) -> bytes:
     """The figure as PNG bytes; the figure is closed (no pyplot state builds up)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.12,
-                metadata={"Software": None})  # no version string: same inputs, same bytes
+    fig.savefig(
+        buf, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.12, metadata={"Software": None}
+    )  # no version string: same inputs, same bytes
     plt.close(fig)
     return buf.getvalue()
 
@@ -86,8 +87,9 @@ def label(spec: RunSpec) -> str:
 def model_colors(models: Sequence[RunSpec]) -> dict[str, tuple]:
     """AEs in greys, VAEs from light to dark along a colour ramp as beta grows; never tab10."""
     aes = [m for m in models if m.model.kind != "vae"]
-    vaes = sorted((m for m in models if m.model.kind == "vae"),
-                  key=lambda m: (m.model.beta, m.model.latent_dim, m.name))
+    vaes = sorted(
+        (m for m in models if m.model.kind == "vae"), key=lambda m: (m.model.beta, m.model.latent_dim, m.name)
+    )
     grey = plt.get_cmap("Greys")
     ramp = plt.get_cmap("plasma")
     out = {m.name: grey(0.85 - 0.4 * i / max(1, len(aes) - 1)) for i, m in enumerate(aes)}
@@ -96,7 +98,7 @@ def model_colors(models: Sequence[RunSpec]) -> dict[str, tuple]:
 
 
 def _plural(noun: str) -> str:
-    """"digit" -> "digits", "class" -> "classes"."""
+    """ "digit" -> "digits", "class" -> "classes"."""
     return noun + ("es" if noun.endswith(("s", "x", "ch", "sh")) else "s")
 
 
@@ -109,31 +111,41 @@ def _grid_image(images: np.ndarray, nrow: int, padding: int = 2, pad_value: floa
 
 
 def _class_legend(ax, labels: np.ndarray, with_prior: bool, classes: ClassNames, **kwargs) -> None:
-    handles = [Line2D([], [], ls="", marker="o", ms=7, color=DIGIT_COLORS[c % 10], label=classes.name(c))
-               for c in np.unique(labels)]
+    handles = [
+        Line2D([], [], ls="", marker="o", ms=7, color=DIGIT_COLORS[c % 10], label=classes.name(c))
+        for c in np.unique(labels)
+    ]
     if with_prior:
         handles.append(Line2D([], [], ls="--", color="black", lw=1.2, label="95% of N(0, I)"))
     ax.legend(handles=handles, title=classes.noun, frameon=False, **kwargs)
 
 
-def _scatter_codes(ax, codes: np.ndarray, labels: np.ndarray, prior_circle: bool, point_size: float = 4,
-                   classes: ClassNames = MNIST) -> None:
+def _scatter_codes(
+    ax, codes: np.ndarray, labels: np.ndarray, prior_circle: bool, point_size: float = 4, classes: ClassNames = MNIST
+) -> None:
     """Codes coloured by class, the class name written at its median, equal axes (no stretched geometry)."""
     colors = np.asarray(DIGIT_COLORS)[np.asarray(labels) % 10]
     ax.scatter(codes[:, 0], codes[:, 1], c=colors, s=point_size, alpha=0.55, linewidths=0, rasterized=True)
     for c in np.unique(labels):
         cx, cy = np.median(codes[labels == c], axis=0)
-        ax.text(cx, cy, classes.name(c), ha="center", va="center", fontsize=13 if classes is MNIST else 9,
-                fontweight="bold", color=DIGIT_COLORS[c % 10],
-                path_effects=[pe.withStroke(linewidth=3, foreground="white")])
+        ax.text(
+            cx,
+            cy,
+            classes.name(c),
+            ha="center",
+            va="center",
+            fontsize=13 if classes is MNIST else 9,
+            fontweight="bold",
+            color=DIGIT_COLORS[c % 10],
+            path_effects=[pe.withStroke(linewidth=3, foreground="white")],
+        )
     if prior_circle:
         t = np.linspace(0, 2 * np.pi, 200)
         ax.plot(PRIOR_95_RADIUS * np.cos(t), PRIOR_95_RADIUS * np.sin(t), "k--", lw=1.2)
     ax.set_aspect("equal", adjustable="datalim")
 
 
-def _strip_codes(ax, codes: np.ndarray, labels: np.ndarray, point_size: float = 4,
-                 classes: ClassNames = MNIST) -> None:
+def _strip_codes(ax, codes: np.ndarray, labels: np.ndarray, point_size: float = 4, classes: ClassNames = MNIST) -> None:
     """A 1-d code: z on x, the class (jittered) on y."""
     jitter = np.random.default_rng(0).uniform(-0.3, 0.3, len(labels))
     colors = np.asarray(DIGIT_COLORS)[np.asarray(labels) % 10]
@@ -170,15 +182,19 @@ def project_2d(codes: np.ndarray, method: str, seed: int = 0, max_points: int = 
 
 
 @styled
-def latent_scatter(info: RunSpec, codes: np.ndarray, labels: np.ndarray, seed: int = 0,
-                   classes: ClassNames = MNIST) -> Figure:
+def latent_scatter(
+    info: RunSpec, codes: np.ndarray, labels: np.ndarray, seed: int = 0, classes: ClassNames = MNIST
+) -> Figure:
     """The test codes coloured by class: the plane itself for a 2-d code, else PCA and t-SNE side by side."""
     labels = np.asarray(labels)
     if info.model.latent_dim == 1:
         fig, ax = plt.subplots(figsize=(6.4, 5.0))
         _strip_codes(ax, codes, labels, classes=classes)
-        ax.set_title(f"{label(info)}: the 1-d code of each test image, by {classes.noun}\n"
-                     f"Look for {_plural(classes.noun)} that share a stretch of the line", fontsize=11)
+        ax.set_title(
+            f"{label(info)}: the 1-d code of each test image, by {classes.noun}\n"
+            f"Look for {_plural(classes.noun)} that share a stretch of the line",
+            fontsize=11,
+        )
         return fig
     if info.model.latent_dim == 2:
         fig, ax = plt.subplots(figsize=(6.4, 5.6))
@@ -186,8 +202,11 @@ def latent_scatter(info: RunSpec, codes: np.ndarray, labels: np.ndarray, seed: i
         ax.set_xlabel("z₁ (latent units)")
         ax.set_ylabel("z₂ (latent units)")
         what = "the code z" if info.model.kind == "ae" else "the posterior mean μ(x)"
-        ax.set_title(f"{label(info)}: {what} of each test image\n"
-                     f"Look for gaps between {classes.noun} clusters and how far they sit from N(0, I)", fontsize=11)
+        ax.set_title(
+            f"{label(info)}: {what} of each test image\n"
+            f"Look for gaps between {classes.noun} clusters and how far they sit from N(0, I)",
+            fontsize=11,
+        )
         _class_legend(ax, labels, with_prior=True, classes=classes, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         return fig
     fig, axes = plt.subplots(1, 2, figsize=(11.5, 5.4))
@@ -202,9 +221,11 @@ def latent_scatter(info: RunSpec, codes: np.ndarray, labels: np.ndarray, seed: i
         ax.set_xlabel(f"{name} 1 {unit}", fontsize=9 if method == "tsne" else None)
         ax.set_ylabel(f"{name} 2")
     _class_legend(axes[1], labels, with_prior=False, classes=classes, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.suptitle(f"{label(info)}: test codes coloured by {classes.noun} — look for separated, gap-free clusters",
-                 x=0.02,
-                 ha="left")
+    fig.suptitle(
+        f"{label(info)}: test codes coloured by {classes.noun} — look for separated, gap-free clusters",
+        x=0.02,
+        ha="left",
+    )
     return fig
 
 
@@ -221,13 +242,17 @@ def manifold_grid(info: RunSpec, codes: np.ndarray, n: int = 20) -> tuple[np.nda
         q = norm.ppf(np.linspace(0.005, 0.995, n))
         return q, q, f"Gaussian quantiles 0.5%–99.5% of N(0, 1) (±{q[-1]:.2f})"
     lo, hi = np.percentile(codes, [0.5, 99.5], axis=0)
-    return (np.linspace(lo[0], hi[0], n), np.linspace(lo[1], hi[1], n),
-            "evenly spaced over the 0.5–99.5 percentile range of the AE's test codes")
+    return (
+        np.linspace(lo[0], hi[0], n),
+        np.linspace(lo[1], hi[1], n),
+        "evenly spaced over the 0.5–99.5 percentile range of the AE's test codes",
+    )
 
 
 @styled
-def manifold(info: RunSpec, decoded: np.ndarray, z1: np.ndarray, z2: np.ndarray, how: str,
-             classes: ClassNames = MNIST) -> Figure:
+def manifold(
+    info: RunSpec, decoded: np.ndarray, z1: np.ndarray, z2: np.ndarray, how: str, classes: ClassNames = MNIST
+) -> Figure:
     """decoded: (len(z2), len(z1), H, W) or (len(z2), len(z1), C, H, W), row 0 at the highest z2 (up in the picture is up in z).
 
     Evenly spaced grids (the AE's) get true latent axes; quantile grids (the VAE's) are even in
@@ -239,8 +264,12 @@ def manifold(info: RunSpec, decoded: np.ndarray, z1: np.ndarray, z2: np.ndarray,
     even = np.allclose(np.diff(z1), np.diff(z1)[0]) and np.allclose(np.diff(z2), np.diff(z2)[0])
     if even:
         d1, d2 = z1[1] - z1[0], z2[1] - z2[0]
-        ax.imshow(grid, interpolation="nearest", aspect="auto",
-                  extent=(z1[0] - d1 / 2, z1[-1] + d1 / 2, z2[0] - d2 / 2, z2[-1] + d2 / 2))
+        ax.imshow(
+            grid,
+            interpolation="nearest",
+            aspect="auto",
+            extent=(z1[0] - d1 / 2, z1[-1] + d1 / 2, z2[0] - d2 / 2, z2[-1] + d2 / 2),
+        )
         ax.set_xlabel("z₁ (latent units)")
         ax.set_ylabel("z₂ (latent units)")
     else:
@@ -250,25 +279,32 @@ def manifold(info: RunSpec, decoded: np.ndarray, z1: np.ndarray, z2: np.ndarray,
         ax.set_yticks(ticks, [f"{z2[::-1][i]:.2f}" for i in ticks])
         ax.set_xlabel("z₁ (latent units; tiles evenly spaced in probability)")
         ax.set_ylabel("z₂ (latent units; tiles evenly spaced in probability)")
-    ax.set_title(f"{label(info)}: the decoder over a {cols}×{rows} grid of the latent plane\n"
-                 f"Look for smooth morphing between {_plural(classes.noun)}, and for tiles that decode to no {classes.noun}",
-                 fontsize=11)
-    ax.text(0.0, -0.13, f"Grid: {how}.", transform=ax.transAxes, fontsize=9.5, style="italic", ha="left",
-            va="top")
+    ax.set_title(
+        f"{label(info)}: the decoder over a {cols}×{rows} grid of the latent plane\n"
+        f"Look for smooth morphing between {_plural(classes.noun)}, and for tiles that decode to no {classes.noun}",
+        fontsize=11,
+    )
+    ax.text(0.0, -0.13, f"Grid: {how}.", transform=ax.transAxes, fontsize=9.5, style="italic", ha="left", va="top")
     for side in ("top", "right"):
         ax.spines[side].set_visible(True)
     return fig
 
 
 @styled
-def reconstructions(info: RunSpec, originals: np.ndarray, recons: np.ndarray, labels: np.ndarray,
-                    per_row: int = 10, classes: ClassNames = MNIST) -> Figure:
+def reconstructions(
+    info: RunSpec,
+    originals: np.ndarray,
+    recons: np.ndarray,
+    labels: np.ndarray,
+    per_row: int = 10,
+    classes: ClassNames = MNIST,
+) -> Figure:
     """Rows alternate input / reconstruction: each reconstruction sits right under its input."""
     n = len(originals)
     rows = -(-n // per_row)
     stacked = []
     for r in range(rows):
-        for part in (originals[r * per_row:(r + 1) * per_row], recons[r * per_row:(r + 1) * per_row]):
+        for part in (originals[r * per_row : (r + 1) * per_row], recons[r * per_row : (r + 1) * per_row]):
             blank = np.ones((per_row - len(part), *part.shape[1:]), dtype=part.dtype)  # a short last row: white
             stacked.append(np.concatenate([part, blank]) if len(blank) else part)
     grid = _grid_image(np.concatenate(stacked), nrow=per_row, padding=2, pad_value=1.0)
@@ -278,20 +314,32 @@ def reconstructions(info: RunSpec, originals: np.ndarray, recons: np.ndarray, la
     ax.set_yticks([tile_h * (i + 0.5) + 1 for i in range(2 * rows)], ["input", "recon"] * rows)
     cols = min(per_row, n)  # a test split of few classes fills less than one row
     names = [classes.name(c) for c in labels[:cols]]
-    ax.set_xticks([tile * (i + 0.5) + 1 for i in range(cols)], names,
-                  rotation=0 if classes is MNIST else 40, ha="center" if classes is MNIST else "right")
+    ax.set_xticks(
+        [tile * (i + 0.5) + 1 for i in range(cols)],
+        names,
+        rotation=0 if classes is MNIST else 40,
+        ha="center" if classes is MNIST else "right",
+    )
     ax.tick_params(length=0)
     ax.set_xlabel(f"{classes.noun} (label of the input)")
     for spine in ax.spines.values():
         spine.set_visible(False)
-    ax.set_title(f"{label(info)}: test inputs and their reconstructions from the mean code\n"
-                 f"Look for which details a {info.model.latent_dim}-number code keeps and which it blurs", fontsize=11)
+    ax.set_title(
+        f"{label(info)}: test inputs and their reconstructions from the mean code\n"
+        f"Look for which details a {info.model.latent_dim}-number code keeps and which it blurs",
+        fontsize=11,
+    )
     return fig
 
 
 @styled
-def prior_samples(info: RunSpec, images: np.ndarray, per_row: int = 10,
-                  confident: tuple[float, int, float] | None = None, classes: ClassNames = MNIST) -> Figure:
+def prior_samples(
+    info: RunSpec,
+    images: np.ndarray,
+    per_row: int = 10,
+    confident: tuple[float, int, float] | None = None,
+    classes: ClassNames = MNIST,
+) -> Figure:
     """Decoded z ~ N(0, I); the same z for every model of the same latent size.
 
     confident: (share of the evaluate stage's prior samples the classifier is confident on,
@@ -307,17 +355,27 @@ def prior_samples(info: RunSpec, images: np.ndarray, per_row: int = 10,
         spine.set_visible(False)
     if confident is not None:
         share, n, threshold = confident
-        ax.set_xlabel(f"The reference classifier is confident (top-class p > {threshold:g})\n"
-                      f"on {share:.0%} of the {n} prior samples the evaluate stage scored", fontsize=10.5)
-    ax.set_title(f"{label(info)}: {len(images)} random codes z ~ N(0, I), decoded\n"
-                 f"Look for {_plural(classes.noun)} vs blurs: a blur is a code\nthat fell where no {classes.noun} was encoded",
-                 fontsize=11)
+        ax.set_xlabel(
+            f"The reference classifier is confident (top-class p > {threshold:g})\n"
+            f"on {share:.0%} of the {n} prior samples the evaluate stage scored",
+            fontsize=10.5,
+        )
+    ax.set_title(
+        f"{label(info)}: {len(images)} random codes z ~ N(0, I), decoded\n"
+        f"Look for {_plural(classes.noun)} vs blurs: a blur is a code\nthat fell where no {classes.noun} was encoded",
+        fontsize=11,
+    )
     return fig
 
 
 @styled
-def prior_vs_gmm(info: RunSpec, prior_images: np.ndarray, gmm_images: np.ndarray, per_row: int = 10,
-                 confident: tuple[float, float, int, float] | None = None) -> Figure:
+def prior_vs_gmm(
+    info: RunSpec,
+    prior_images: np.ndarray,
+    gmm_images: np.ndarray,
+    per_row: int = 10,
+    confident: tuple[float, float, int, float] | None = None,
+) -> Figure:
     """Decoded z ~ N(0, I) (left) beside decoded codes of a GMM fit to the training codes (right).
 
     images: (n, H, W) or (n, C, H, W) in [0, 1], the same number on both sides. confident: (prior share, GMM share
@@ -327,8 +385,9 @@ def prior_vs_gmm(info: RunSpec, prior_images: np.ndarray, gmm_images: np.ndarray
     rows = -(-len(prior_images) // per_row)
     fig, axes = plt.subplots(1, 2, figsize=(11.0, 0.55 * rows + 1.6))
     shares = confident[:2] if confident else (None, None)
-    for ax, images, what, share in zip(axes, (prior_images, gmm_images),
-                                       ("z ~ N(0, I)", "z ~ GMM fit to the training codes"), shares):
+    for ax, images, what, share in zip(
+        axes, (prior_images, gmm_images), ("z ~ N(0, I)", "z ~ GMM fit to the training codes"), shares
+    ):
         ax.imshow(_grid_image(images, nrow=per_row, padding=2, pad_value=1.0), interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
@@ -336,18 +395,29 @@ def prior_vs_gmm(info: RunSpec, prior_images: np.ndarray, gmm_images: np.ndarray
             spine.set_visible(False)
         ax.set_title(what, fontsize=11, loc="center")
         if share is not None:
-            ax.set_xlabel(f"classifier confident (top-class p > {confident[3]:g}) on {share:.0%} of {confident[2]}",
-                          fontsize=10.5)
-    fig.suptitle(f"{label(info)}: {len(prior_images)} decoded codes from the prior (left) and from a 10-component GMM\n"
-                 "fit to its own training codes (right). Look for digits on the right where the left has blurs:\n"
-                 "then the decoder is fine and N(0, I) is the wrong density to sample", x=0.01, ha="left", fontsize=11)
+            ax.set_xlabel(
+                f"classifier confident (top-class p > {confident[3]:g}) on {share:.0%} of {confident[2]}", fontsize=10.5
+            )
+    fig.suptitle(
+        f"{label(info)}: {len(prior_images)} decoded codes from the prior (left) and from a 10-component GMM\n"
+        "fit to its own training codes (right). Look for digits on the right where the left has blurs:\n"
+        "then the decoder is fine and N(0, I) is the wrong density to sample",
+        x=0.01,
+        ha="left",
+        fontsize=11,
+    )
     fig.tight_layout()
     return fig
 
 
 @styled
-def interpolation_strips(info: RunSpec, strips: np.ndarray, pair_labels: np.ndarray,
-                         endpoints: np.ndarray | None = None, classes: ClassNames = MNIST) -> Figure:
+def interpolation_strips(
+    info: RunSpec,
+    strips: np.ndarray,
+    pair_labels: np.ndarray,
+    endpoints: np.ndarray | None = None,
+    classes: ClassNames = MNIST,
+) -> Figure:
     """strips: (pairs, steps, H, W) or (pairs, steps, C, H, W) decoded along straight lines between the codes of two test images.
 
     endpoints: (pairs, 2, H, W) or (pairs, 2, C, H, W) the two test images themselves, drawn left and right of each strip.
@@ -357,8 +427,13 @@ def interpolation_strips(info: RunSpec, strips: np.ndarray, pair_labels: np.ndar
     strip_px, end_px = tile * steps + 2, tile + 2  # widths of the tiled images, so all share one scale
     ratios = [end_px, strip_px, end_px] if endpoints is not None else [strip_px]
     height = 0.5 * pairs * tile_h / tile + 1.3
-    fig, axes = plt.subplots(1, len(ratios), figsize=(0.5 * sum(ratios) / tile + 1.2, height),
-                             gridspec_kw={"width_ratios": ratios, "wspace": 0.06}, squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        len(ratios),
+        figsize=(0.5 * sum(ratios) / tile + 1.2, height),
+        gridspec_kw={"width_ratios": ratios, "wspace": 0.06},
+        squeeze=False,
+    )
     fig.subplots_adjust(top=1 - 0.85 / height, bottom=0.5 / height)
     axes = axes[0]
     mid = axes[1] if endpoints is not None else axes[0]
@@ -366,8 +441,7 @@ def interpolation_strips(info: RunSpec, strips: np.ndarray, pair_labels: np.ndar
     mid.set_xticks([])
     mid.set_yticks([])
     mid.set_title("decoded along the line between their codes", fontsize=10.5, loc="center")
-    mid.set_xlabel(f"{steps} points, evenly spaced from the code of x₁ (left) to the code of x₂ (right)",
-                   fontsize=10)
+    mid.set_xlabel(f"{steps} points, evenly spaced from the code of x₁ (left) to the code of x₂ (right)", fontsize=10)
     if endpoints is not None:
         for ax, k, name in ((axes[0], 0, "x₁"), (axes[2], 1, "x₂")):
             ax.imshow(_grid_image(endpoints[:, k], nrow=1, pad_value=1.0), interpolation="nearest")
@@ -375,15 +449,21 @@ def interpolation_strips(info: RunSpec, strips: np.ndarray, pair_labels: np.ndar
             ax.set_title(name, fontsize=10.5, loc="center")
             ax.set_yticks([])
     first = axes[0]
-    first.set_yticks([tile_h * (i + 0.5) + 1 for i in range(pairs)],
-                     [f"{classes.name(a)} → {classes.name(b)}" for a, b in pair_labels])
+    first.set_yticks(
+        [tile_h * (i + 0.5) + 1 for i in range(pairs)],
+        [f"{classes.name(a)} → {classes.name(b)}" for a, b in pair_labels],
+    )
     for ax in axes:
         ax.tick_params(length=0)
         for spine in ax.spines.values():
             spine.set_visible(False)
-    fig.suptitle(f"{label(info)}: straight lines between the codes of two test images x₁ and x₂\n"
-                 f"Look for gradual morphing vs sudden jumps or non-{_plural(classes.noun)} mid-way", x=0.02, ha="left",
-                 fontsize=11)
+    fig.suptitle(
+        f"{label(info)}: straight lines between the codes of two test images x₁ and x₂\n"
+        f"Look for gradual morphing vs sudden jumps or non-{_plural(classes.noun)} mid-way",
+        x=0.02,
+        ha="left",
+        fontsize=11,
+    )
     return fig
 
 
@@ -401,8 +481,15 @@ def training_curves(info: RunSpec, history: list[dict], other_seeds: dict[int, l
 
     def others(ax, key: str, color: str, legend: bool) -> None:
         for n, rows in enumerate((other_seeds or {}).values()):
-            ax.plot([int(float(r["epoch"])) for r in rows], col(key, rows), "-", lw=0.9, alpha=0.45, color=color,
-                    label=f"other seeds ({', '.join(map(str, other_seeds))})" if legend and n == 0 else None)
+            ax.plot(
+                [int(float(r["epoch"])) for r in rows],
+                col(key, rows),
+                "-",
+                lw=0.9,
+                alpha=0.45,
+                color=color,
+                label=f"other seeds ({', '.join(map(str, other_seeds))})" if legend and n == 0 else None,
+            )
 
     unit = "squared error summed over pixels, per image" if info.model.recon == "mse" else "nats per image"
     panels = 2 if info.model.kind == "vae" else 1
@@ -430,8 +517,12 @@ def training_curves(info: RunSpec, history: list[dict], other_seeds: dict[int, l
         a.xaxis.get_major_locator().set_params(integer=True)
         a.grid(alpha=0.3)
     seed = f" (seed {info.seed}; faint: the other seeds)" if other_seeds else ""
-    fig.suptitle(f"{label(info)}: training curves{seed} — validation close to train means no overfitting",
-                 x=0.02, ha="left", fontsize=12)
+    fig.suptitle(
+        f"{label(info)}: training curves{seed} — validation close to train means no overfitting",
+        x=0.02,
+        ha="left",
+        fontsize=12,
+    )
     fig.tight_layout()
     return fig
 
@@ -440,8 +531,13 @@ def training_curves(info: RunSpec, history: list[dict], other_seeds: dict[int, l
 
 
 @styled
-def latent_side_by_side(infos: Sequence[RunSpec], codes: Sequence[np.ndarray], labels: np.ndarray,
-                        max_cols: int = 3, classes: ClassNames = MNIST) -> Figure:
+def latent_side_by_side(
+    infos: Sequence[RunSpec],
+    codes: Sequence[np.ndarray],
+    labels: np.ndarray,
+    max_cols: int = 3,
+    classes: ClassNames = MNIST,
+) -> Figure:
     """Every model's test codes in one grid, same colour per class; >2-d codes are shown by PCA."""
     n = len(infos)
     cols = min(n, max_cols)
@@ -464,18 +560,33 @@ def latent_side_by_side(infos: Sequence[RunSpec], codes: Sequence[np.ndarray], l
             ax.set_title(f"{label(info)}\nPCA of the {info.model.latent_dim}-d code", fontsize=11, loc="center")
     for ax in list(axes.flat)[n:]:
         ax.set_axis_off()
-    _class_legend(axes[0, -1], labels, with_prior=any(i.model.latent_dim == 2 for i in infos), classes=classes,
-                  loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.suptitle(f"Test codes of every model, coloured by {classes.noun} (latent units; each panel has its own scale)\n"
-                 "Look for: AE clusters spread beyond the dashed N(0, I) circle with gaps between them;\n"
-                 "VAE clusters packed inside it and overlapping, more so as β grows", x=0.01, ha="left", fontsize=12)
+    _class_legend(
+        axes[0, -1],
+        labels,
+        with_prior=any(i.model.latent_dim == 2 for i in infos),
+        classes=classes,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+    )
+    fig.suptitle(
+        f"Test codes of every model, coloured by {classes.noun} (latent units; each panel has its own scale)\n"
+        "Look for: AE clusters spread beyond the dashed N(0, I) circle with gaps between them;\n"
+        "VAE clusters packed inside it and overlapping, more so as β grows",
+        x=0.01,
+        ha="left",
+        fontsize=12,
+    )
     fig.tight_layout()
     return fig
 
 
 @styled
-def rate_distortion(infos: Sequence[RunSpec], metrics: dict[str, dict[str, float]],
-                    bounds: dict[str, dict[str, tuple[float, float]]] | None, pixels: int) -> Figure:
+def rate_distortion(
+    infos: Sequence[RunSpec],
+    metrics: dict[str, dict[str, float]],
+    bounds: dict[str, dict[str, tuple[float, float]]] | None,
+    pixels: int,
+) -> Figure:
     """One point per VAE (x: KL nats per image, y: recon nats per image), labelled with beta; AEs as lines.
 
     The axes' metrics are the registry's "rate" and "distortion" roles; the distortion is per pixel
@@ -503,11 +614,27 @@ def rate_distortion(infos: Sequence[RunSpec], metrics: dict[str, dict[str, float
             b = (bounds or {}).get(i.name, {})
             xb, yb = b.get(rate_key, (math.nan, math.nan)), b.get(distortion_key, (math.nan, math.nan))
             if all(_finite(v) for v in (*xb, *yb)):
-                ax.errorbar([xi], [yi], xerr=[[xi - xb[0]], [xb[1] - xi]],
-                            yerr=[[yi - yb[0] * pixels], [yb[1] * pixels - yi]], fmt="none", ecolor="#555555",
-                            elinewidth=1, capsize=3, zorder=2)
-            ax.scatter([xi], [yi], s=70, marker=markers[k % len(markers)], color=colors[i.name], zorder=3,
-                       edgecolors="black", linewidths=0.6)
+                ax.errorbar(
+                    [xi],
+                    [yi],
+                    xerr=[[xi - xb[0]], [xb[1] - xi]],
+                    yerr=[[yi - yb[0] * pixels], [yb[1] * pixels - yi]],
+                    fmt="none",
+                    ecolor="#555555",
+                    elinewidth=1,
+                    capsize=3,
+                    zorder=2,
+                )
+            ax.scatter(
+                [xi],
+                [yi],
+                s=70,
+                marker=markers[k % len(markers)],
+                color=colors[i.name],
+                zorder=3,
+                edgecolors="black",
+                linewidths=0.6,
+            )
             ax.annotate(f"β={i.model.beta:g}", (xi, yi), textcoords="offset points", xytext=(7, 6), fontsize=10)
         if len(dims) > 1:
             ax.scatter([], [], marker=markers[k % len(markers)], color="#777777", label=f"VAE, latent {dim}")
@@ -522,14 +649,23 @@ def rate_distortion(infos: Sequence[RunSpec], metrics: dict[str, dict[str, float
         ax.set_xlabel("rate: KL(q(z|x) ‖ N(0, I)) (nats per image)")
     for i in infos:
         if i.model.kind != "vae":
-            ax.axhline(distortion(i.name), color=colors[i.name], ls="--", lw=1.6, zorder=2,
-                       label=f"{i.name}: no KL term, so no rate")
+            ax.axhline(
+                distortion(i.name),
+                color=colors[i.name],
+                ls="--",
+                lw=1.6,
+                zorder=2,
+                label=f"{i.name}: no KL term, so no rate",
+            )
     ax.set_ylabel("distortion: test reconstruction error\n(BCE from the mean code, nats per image)")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(frameon=True, framealpha=0.9, edgecolor="none", loc="best", fontsize=9.5)
-    ax.set_title("Rate–distortion across the KL weight β\nLook for: lower β buys a lower distortion with a "
-                 "costlier code; β=0 reaching the AE", fontsize=11)
+    ax.set_title(
+        "Rate–distortion across the KL weight β\nLook for: lower β buys a lower distortion with a "
+        "costlier code; β=0 reaching the AE",
+        fontsize=11,
+    )
     return fig
 
 
@@ -538,9 +674,13 @@ def _finite(v) -> bool:
 
 
 @styled
-def metric_bars(title: str, metrics_list: Sequence[Metric], infos: Sequence[RunSpec],
-                metrics: dict[str, dict[str, float]],
-                bounds: dict[str, dict[str, tuple[float, float]]] | None = None) -> Figure:
+def metric_bars(
+    title: str,
+    metrics_list: Sequence[Metric],
+    infos: Sequence[RunSpec],
+    metrics: dict[str, dict[str, float]],
+    bounds: dict[str, dict[str, tuple[float, float]]] | None = None,
+) -> Figure:
     """One small bar chart per metric, one bar per model (model colours), values written on the bars.
 
     metrics: model name -> {key: value} (the mean over seeds); NaN or missing draws an "n/a" stub.
@@ -552,8 +692,9 @@ def metric_bars(title: str, metrics_list: Sequence[Metric], infos: Sequence[RunS
     n = len(metrics_list)
     cols = n if n <= 3 else -(-n // 2)  # at most 3 across, so the figure is not shrunk on the page
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(max(3.3, 0.55 * len(infos) + 1.3) * cols, 3.5 * rows + 0.5),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(max(3.3, 0.55 * len(infos) + 1.3) * cols, 3.5 * rows + 0.5), squeeze=False
+    )
     x = np.arange(len(infos))
     has_reference = False
     for ax, m in zip(axes.flat, metrics_list):
@@ -563,18 +704,32 @@ def metric_bars(title: str, metrics_list: Sequence[Metric], infos: Sequence[RunS
         log = m.log and bool(finite) and min(finite) > 0
         floor = min(finite) / 3 if log else 0.0
         heights = [v if good else floor for v, good in zip(vals, ok)]
-        ax.bar(x, [h - floor for h in heights], bottom=floor, color=[colors[i.name] for i in infos],
-               edgecolor="black", linewidth=0.5, width=0.75)
+        ax.bar(
+            x,
+            [h - floor for h in heights],
+            bottom=floor,
+            color=[colors[i.name] for i in infos],
+            edgecolor="black",
+            linewidth=0.5,
+            width=0.75,
+        )
         if log:
             ax.set_yscale("log")
         lows, highs = _error_bar(ax, x, vals, [(bounds or {}).get(i.name, {}).get(m.key) for i in infos])
         for xi, v, good, lo, hi in zip(x, vals, ok, lows, highs):
             below = good and v < 0  # a negative bar hangs down: its label goes under it
             anchor = (lo if below else hi) if good else floor  # the label clears the error bar
-            ax.annotate(_fmt(v) if good else "n/a", (xi, anchor), textcoords="offset points",
-                        xytext=(0, -2 if below else 2), ha="center", va="top" if below else "bottom", fontsize=9,
-                        color="black" if good else "#777777",
-                        bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8})
+            ax.annotate(
+                _fmt(v) if good else "n/a",
+                (xi, anchor),
+                textcoords="offset points",
+                xytext=(0, -2 if below else 2),
+                ha="center",
+                va="top" if below else "bottom",
+                fontsize=9,
+                color="black" if good else "#777777",
+                bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8},
+            )
         tops = [h for h, good in zip(highs, ok) if good]
         top = max(tops) if tops else 1.0
         if m.reference:
@@ -613,8 +768,16 @@ def _error_bar(ax, x: np.ndarray, vals: list, bounds: list) -> tuple[list[float]
     lows, highs = [], []
     for xi, v, b in zip(x, vals, bounds):
         if _finite(v) and b is not None and _finite(b[0]) and _finite(b[1]):
-            ax.errorbar([xi], [v], yerr=[[v - b[0]], [b[1] - v]], fmt="none", ecolor="black", elinewidth=1.1,
-                        capsize=3.5, zorder=4)
+            ax.errorbar(
+                [xi],
+                [v],
+                yerr=[[v - b[0]], [b[1] - v]],
+                fmt="none",
+                ecolor="black",
+                elinewidth=1.1,
+                capsize=3.5,
+                zorder=4,
+            )
             lows.append(min(v, b[0]))
             highs.append(max(v, b[1]))
         else:
