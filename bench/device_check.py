@@ -142,11 +142,13 @@ def check_bf16_compile(d: dict) -> dict:
 def check_evaluate(d: dict) -> dict:
     import copy
 
-    from aevae.config import EvaluateParams
+    from aevae.config import ClassifierParams, EvaluateParams
     from aevae.evaluation import classifier, metrics
 
     model, _ = _train(_spec(epochs=2), d["small_tr"], d["small_val"], device="cpu")
-    scorer = classifier.train(d["small_tr"], d["small_tr_labels"], max_epochs=1, seed=0).model
+    scorer = classifier.train(
+        d["small_tr"], d["small_tr_labels"], settings=ClassifierParams(max_epochs=1, seed=0)
+    ).model
     params = EvaluateParams(n_prior_samples=200, iw_samples=8, interp_pairs=8, interp_steps=5)
     data = dict(
         train_images=d["small_tr"],

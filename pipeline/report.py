@@ -25,7 +25,7 @@ def main() -> None:
     result = build.make_report(
         build.ReportPaths(out=OUT),
         settings,
-        evaluate_params=p.model_dump(),
+        evaluate_params=p,
         on_model=lambda done, total, name: progress.update(done, f"{name}'s figures"),
         on_step=progress.line,
     )

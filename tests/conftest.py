@@ -215,7 +215,8 @@ _CLASSIFIER_SOURCES = ("evaluation/classifier.py", "core/models.py", "rng.py", "
 
 
 def cached_classifier(config: pytest.Config, images: np.ndarray, labels: np.ndarray, **train_kwargs):
-    """aevae.evaluation.classifier.train(images, labels, **train_kwargs).model, trained once per code version and data.
+    """classifier.train(images, labels, settings=ClassifierParams(**train_kwargs)).model, trained once per code
+    version and data.
 
     Training is seeded and deterministic, so the weights are a function of the code, torch's version, the
     data and the settings: they are kept in pytest's cache (.pytest_cache) under a sha256 of those and
@@ -223,11 +224,12 @@ def cached_classifier(config: pytest.Config, images: np.ndarray, labels: np.ndar
     """
     import torch
 
+    from aevae.config import ClassifierParams
     from aevae.evaluation import classifier as clf_lib
 
     cache = getattr(config, "cache", None)
     if cache is None:
-        return clf_lib.train(images, labels, **train_kwargs).model
+        return clf_lib.train(images, labels, settings=ClassifierParams(**train_kwargs)).model
     key = hashlib.sha256(f"{torch.__version__} {sorted(train_kwargs.items())}".encode())
     src = REPO / "src" / "aevae"
     for name in _CLASSIFIER_SOURCES:
@@ -236,7 +238,7 @@ def cached_classifier(config: pytest.Config, images: np.ndarray, labels: np.ndar
     path = cache.mkdir("aevae-classifiers") / f"{key.hexdigest()[:16]}.pt"
     if path.is_file():
         return clf_lib.load(path)[0]
-    model = clf_lib.train(images, labels, **train_kwargs).model
+    model = clf_lib.train(images, labels, settings=ClassifierParams(**train_kwargs)).model
     clf_lib.save(path, model)
     return model
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from aevae.config import ClassifierParams
 from aevae.errors import UserError
 from aevae.evaluation import classifier as clf_lib
 
@@ -41,7 +42,7 @@ def test_too_small_images_are_a_user_error():
 def test_colour_training_learns_and_saves_its_shape(tmp_path):
     x, y = data(300, (3, 12, 10), 3)
     xv, yv = data(90, (3, 12, 10), 3, seed=1)
-    result = clf_lib.train(x, y, xv, yv, max_epochs=2, patience=2, shift=1)  # config from the data
+    result = clf_lib.train(x, y, xv, yv, ClassifierParams(max_epochs=2, patience=2), shift=1)  # config from the data
     assert result.model.cfg.image_shape == (3, 12, 10) and result.model.cfg.n_classes == 3
     assert result.model.accuracy(xv, yv) > 0.9
     path = clf_lib.save(tmp_path / "c.pt", result.model)
@@ -53,9 +54,9 @@ def test_a_margin_under_one_images_share_stops_as_no_margin():
     """The rule that keeps the bundled MNIST's classifier as it was: accuracies move in steps of 1/n_val."""
     x, y = data(200, (1, 8, 8), 2)
     xv, yv = data(40, (1, 8, 8), 2, seed=1)  # steps of 0.025
-    kw = dict(max_epochs=4, patience=1, shift=0)
-    plain = clf_lib.train(x, y, xv, yv, **kw)
-    margin = clf_lib.train(x, y, xv, yv, min_delta=0.02, **kw)
+    kw = dict(max_epochs=4, patience=1)
+    plain = clf_lib.train(x, y, xv, yv, ClassifierParams(**kw), shift=0)
+    margin = clf_lib.train(x, y, xv, yv, ClassifierParams(min_delta=0.02, **kw), shift=0)
     assert plain.history == [{**r, "seconds": p["seconds"]} for r, p in zip(margin.history, plain.history)]
     assert plain.best_epoch == margin.best_epoch
 
@@ -63,13 +64,15 @@ def test_a_margin_under_one_images_share_stops_as_no_margin():
 def test_a_large_margin_stops_at_the_plateau():
     x, y = data(200, (1, 8, 8), 2)
     xv, yv = data(40, (1, 8, 8), 2, seed=1)
-    result = clf_lib.train(x, y, xv, yv, max_epochs=6, patience=1, shift=0, min_delta=0.5)
+    result = clf_lib.train(x, y, xv, yv, ClassifierParams(max_epochs=6, patience=1, min_delta=0.5), shift=0)
     assert result.stopped == "patience" and len(result.history) == 2 and result.best_epoch == 1
 
 
 def test_the_step_budget_ends_training_after_the_epoch_that_reaches_it():
     x, y = data(200, (1, 8, 8), 2)
-    result = clf_lib.train(x, y, max_epochs=10, batch_size=64, shift=0, max_steps=5)  # 4 steps an epoch
+    result = clf_lib.train(
+        x, y, settings=ClassifierParams(max_epochs=10, batch_size=64, max_steps=5), shift=0
+    )  # 4 steps an epoch
     assert result.stopped == "max_steps" and len(result.history) == 2
 
 
@@ -85,7 +88,7 @@ def test_evaluate_and_figures_on_colour_non_square_data():
 
     x, y = data(150, (3, 12, 10), 3)
     xt, yt = data(60, (3, 12, 10), 3, seed=1)
-    scorer = clf_lib.train(x, y, max_epochs=1, shift=0).model
+    scorer = clf_lib.train(x, y, settings=ClassifierParams(max_epochs=1), shift=0).model
     torch.manual_seed(0)
     spec = RunSpec(name="vae", model=ModelParams(kind="vae", hidden=[16], latent_dim=2), train={"epochs": 1})
     model = build_model(spec.model, (3, 12, 10)).eval()

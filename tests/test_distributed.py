@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from aevae.config import EvaluateParams, ModelParams, RunSpec, TrainParams
+from aevae.config import ClassifierParams, EvaluateParams, ModelParams, RunSpec, TrainParams
 from aevae.core.training import train_model
 from aevae.data.sources import from_bundled
 from aevae.evaluation import classifier as clf_lib
@@ -34,7 +34,9 @@ def test_evaluation_on_ray_matches_in_process(monkeypatch, one_torch_thread):
         test_images=raw.train_images[te],
         test_labels=raw.train_labels[te],
     )
-    scorer = clf_lib.train(data["train_images"], data["train_labels"], max_epochs=1, seed=0).model
+    scorer = clf_lib.train(
+        data["train_images"], data["train_labels"], settings=ClassifierParams(max_epochs=1, seed=0)
+    ).model
     params = EvaluateParams(seed=3, n_prior_samples=100, iw_samples=4, interp_pairs=4, interp_steps=4)
     models = {}
     for kind in ("ae", "vae"):

@@ -12,7 +12,7 @@ import torch
 from sklearn.decomposition import PCA
 from sklearn.model_selection import train_test_split
 
-from aevae.config import EvaluateParams, ModelParams, RunSpec, TrainParams
+from aevae.config import ClassifierParams, EvaluateParams, ModelParams, RunSpec, TrainParams
 from aevae.core.losses import recon_per_image
 from aevae.core.models import as_images
 from aevae.core.training import train_model
@@ -153,8 +153,12 @@ def test_classifier_is_accurate_and_round_trips(digits, classifier, tmp_path):
 
 
 def test_classifier_training_is_seeded(digits):
-    a = clf_lib.train(digits["train_images"][:300], digits["train_labels"][:300], max_epochs=1, seed=3).model
-    b = clf_lib.train(digits["train_images"][:300], digits["train_labels"][:300], max_epochs=1, seed=3).model
+    a = clf_lib.train(
+        digits["train_images"][:300], digits["train_labels"][:300], settings=ClassifierParams(max_epochs=1, seed=3)
+    ).model
+    b = clf_lib.train(
+        digits["train_images"][:300], digits["train_labels"][:300], settings=ClassifierParams(max_epochs=1, seed=3)
+    ).model
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from aevae.config import ClassifierParams
 from aevae.data.sources import from_bundled
 from aevae.errors import UserError
 from aevae.evaluation import classifier as clf_lib
@@ -49,11 +50,8 @@ def test_classifier_stops_early_and_keeps_its_best_epoch(digits, one_torch_threa
         y,
         vx,
         vy,
-        max_epochs=40,
-        patience=2,
-        seed=0,
+        ClassifierParams(max_epochs=40, patience=2, seed=0, batch_size=64),
         shift=0,
-        batch_size=64,
         on_step=lambda e, s: steps.append((e, s)),
         on_epoch=epochs.append,
     )
@@ -62,10 +60,13 @@ def test_classifier_stops_early_and_keeps_its_best_epoch(digits, one_torch_threa
     assert result.best_epoch == 1 + int(np.argmax(accs)) and len(accs) - result.best_epoch == 2
     assert result.model.accuracy(vx, vy) == pytest.approx(max(accs))  # the best epoch's weights, not the last
     assert len(steps) == len(result.history) * 10 and epochs == result.history  # 600 / 64 -> 10 steps an epoch
-    reached = clf_lib.train(x, y, vx, vy, max_epochs=40, patience=40, target_accuracy=0.5, seed=0, shift=0)
+    reached = clf_lib.train(
+        x, y, vx, vy, ClassifierParams(max_epochs=40, patience=40, target_accuracy=0.5, seed=0), shift=0
+    )
     assert reached.stopped == "target" and len(reached.history) == 1  # one epoch already beats 50%
     assert torch.equal(
-        reached.model.head[1].weight, clf_lib.train(x, y, vx, vy, max_epochs=1, seed=0, shift=0).model.head[1].weight
+        reached.model.head[1].weight,
+        clf_lib.train(x, y, vx, vy, ClassifierParams(max_epochs=1, seed=0), shift=0).model.head[1].weight,
     )
 
 

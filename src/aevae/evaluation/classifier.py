@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aevae import atomic
+from aevae.config import ClassifierParams
 from aevae.core.models import EVAL_BATCH, as_images
 from aevae.data import shape_of
 from aevae.errors import UserError
@@ -187,16 +188,10 @@ def train(
     train_labels,
     val_images=None,
     val_labels=None,
-    max_epochs: int = 30,
-    patience: int = 3,
-    target_accuracy: float | None = None,
-    seed: int = 0,
-    batch_size: int = 64,
-    lr: float = 2e-3,
+    settings: ClassifierParams | None = None,
+    *,
     shift: int = 2,
     config: ClassifierConfig | None = None,
-    min_delta: float = 0.0,
-    max_steps: int | None = None,
     device: torch.device | str = "cpu",
     on_step: Callable[[int, int], None] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
@@ -204,7 +199,8 @@ def train(
     """Train with Adam until validation accuracy stops improving; seeded, so reruns give the same weights.
 
     Images uint8 (N, H, W) / (N, C, H, W) or float (N, C, H, W) in [0, 1], labels (N,) ints in 0..K-1.
-    `config` None: sized from the images and K = the largest label + 1. An epoch is a new best when its
+    `settings`: params.yaml's `classifier:` (None: its defaults; `augment` is the caller's, as `shift` in
+    pixels). `config` None: sized from the images and K = the largest label + 1. An epoch is a new best when its
     validation accuracy beats the best so far by more than `min_delta` (a share, in [0, 1]); the learning
     rate halves after each epoch that is not; training stops after `patience` such epochs in a row, at
     `target_accuracy` (val, in [0, 1]), after the epoch in which `max_steps` optimizer steps are reached
@@ -213,6 +209,15 @@ def train(
     Records per epoch: train loss (nats per image), val accuracy, lr, seconds. on_step(epoch, step) after
     each optimizer step; on_epoch(record) after each epoch. Raises: UserError for images too small.
     """
+    s = ClassifierParams() if settings is None else settings
+    max_epochs, patience, target_accuracy, min_delta, max_steps = (
+        s.max_epochs,
+        s.patience,
+        s.target_accuracy,
+        s.min_delta,
+        s.max_steps,
+    )
+    seed, batch_size, lr = s.seed, s.batch_size, s.lr
     device = torch.device(device)
     if config is None:
         config = ClassifierConfig(shape_of(train_images), int(np.max(train_labels)) + 1)

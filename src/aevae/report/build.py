@@ -39,7 +39,7 @@ import torch
 import yaml
 
 from aevae import atomic, metric_registry
-from aevae.config import RunSpec
+from aevae.config import EvaluateParams, RunSpec
 from aevae.core import model_store
 from aevae.core.models import as_images
 from aevae.data import ClassNames, array_shape, manifest_classes, manifest_shape
@@ -675,7 +675,7 @@ def render(
 def make_report(
     paths: ReportPaths = ReportPaths(),
     settings: ReportSettings = ReportSettings(),
-    evaluate_params: dict | None = None,
+    evaluate_params: EvaluateParams | None = None,
     git: dict | None = None,
     on_model: Callable[[int, int, str], None] | None = None,
     on_step: Callable[[str], None] | None = None,
@@ -683,15 +683,14 @@ def make_report(
     """Read the models, metrics, arrays and test split; draw every figure; return the report (nothing written yet).
 
     evaluate_params: the evaluate stage's params (params.yaml `evaluate:`), shown on the page and quoted
-    in captions. git: git_state() of the checkout (computed when None). on_model(done, total, name) after
+    in captions (None: the page says "defaults" and quotes no sample sizes). git: git_state() of the checkout (computed when None). on_model(done, total, name) after
     each group's figures are drawn (progress); on_step(text) before each later step, which can take tens of
     seconds (t-SNE, embedding the figures). Raises UserError when an input is missing (summary.json
     naming no group, a group without a trained model, a model's arrays absent: rerun the evaluate stage).
     """
-    evaluate_params = dict(evaluate_params or {})
     scored = None
-    if "n_prior_samples" in evaluate_params and "confidence_threshold" in evaluate_params:
-        scored = (int(evaluate_params["n_prior_samples"]), float(evaluate_params["confidence_threshold"]))
+    if evaluate_params is not None:
+        scored = (evaluate_params.n_prior_samples, evaluate_params.confidence_threshold)
     study = read_study(paths.summary, paths.claims)
     classifier = atomic.read_json(paths.classifier, "classifier")
     manifest = load_manifest(paths.prepared)
@@ -749,7 +748,8 @@ def make_report(
     git = git_state() if git is None else git
     seeds = {g: sorted(s.seed for s in models) for g, models in by_group.items()}
     step(f"rendering the page ({len(figures)} figures)")
-    page, md = render(groups, study, figures, classifier, manifest, git, evaluate_params, seeds, figure_seed, classes)
+    shown = {} if evaluate_params is None else evaluate_params.model_dump()
+    page, md = render(groups, study, figures, classifier, manifest, git, shown, seeds, figure_seed, classes)
     return Report(figures=figures, html=page, markdown=md, curves=curves)
 
 
