@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from aevae.config import load_params
-from aevae.data.prepare import split, write_prepared
+from aevae.data.prepare import dataset_classes, split, write_prepared
 from aevae.data.prepared import PREPARED_DIR
 from aevae.data.sources import load_raw
 from aevae.errors import run_cli
@@ -27,6 +27,7 @@ def main() -> None:
     )
     n_test = 0 if raw.test_images is None else len(raw.test_images)
     progress.update(1, f"read {len(raw.train_images) + n_test} images from {raw.source}")
+    dataset_classes(raw, p.dataset)  # a label the dataset has no class for is the error, not the split it upsets
     splits = split(raw, p.val_fraction, p.test_fraction, p.seed)
     progress.update(2, "split")
     manifest = write_prepared(PREPARED_DIR, splits, raw, p.dataset)

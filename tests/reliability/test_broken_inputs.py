@@ -99,8 +99,13 @@ def _blank(n: int, classes) -> tuple[np.ndarray, np.ndarray]:
 
 
 PREPARE_CASES = {
-    # labels 1-25: the classifier has ten outputs; the file and the label are named
-    "labels 1-25": (_blank(100, list(range(1, 26))), _blank(50, list(range(1, 26))), "label 10", "train-labels"),
+    # labels 1-25 in data named as MNIST (ten classes): the split, the label and the dataset are named
+    "labels 1-25": (
+        _blank(100, list(range(1, 26))),
+        _blank(50, list(range(1, 26))),
+        "include 25, not a class 0-9 of mnist",
+        "train labels",
+    ),
     "empty test file": (_blank(100, list(range(10))), _blank(0, [0]), "holds no images", "t10k-images"),
     "test split of one class": (_blank(100, list(range(10))), _blank(20, [3]), "one class only", "test"),
     "a test class of one image": (
@@ -115,7 +120,8 @@ PREPARE_CASES = {
 @pytest.mark.parametrize("case", list(PREPARE_CASES))
 def test_data_that_cannot_be_evaluated_stops_at_prepare(tmp_path, case):
     train_set, test_set, expected, culprit = PREPARE_CASES[case]
-    root = _idx_project(tmp_path, train_set, test_set)
+    dataset = "mnist" if case == "labels 1-25" else "idx"  # any other IDX data has as many classes as labels
+    root = _idx_project(tmp_path, train_set, test_set, data={"dataset": dataset})
     proc = dvc(["repro", "prepare"], root, check=False)
     assert proc.returncode != 0
     line = _one_error_line(proc.stderr)

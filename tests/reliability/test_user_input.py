@@ -73,7 +73,7 @@ DATA_CASES = {
     "missing folder": (None, "IDX folder"),
     "truncated file": (dict(truncate=True), "truncated or corrupt"),
     "count mismatch": (dict(label_count=39), "images but"),
-    "wrong image size": (dict(rows=20), "expected 28x28"),
+    "wrong image size": (dict(rows=4), "sides of 8-128 px"),  # 4x28: below the smallest side the models take
     "one class only": (dict(classes=1), "one class only"),
 }
 
