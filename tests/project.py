@@ -113,11 +113,7 @@ class SharedRay:
                 "--disable-usage-stats",
                 f"--temp-dir={self._temp_dir}",
             ]
-            self.wanted = False  # run() builds its environment with env(): not this head's address yet
-            try:
-                run(cmd, Path(self._temp_dir), timeout=120)
-            finally:
-                self.wanted = True
+            run(cmd, Path(self._temp_dir), timeout=120, RAY_ADDRESS=None)  # not an address: this is the head
             self._address = f"127.0.0.1:{port}"
         return self._address
 

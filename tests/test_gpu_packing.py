@@ -8,6 +8,7 @@ torch cannot give a GPU, train on the CPU. What is checked is the scheduling, wh
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,9 @@ from aevae.core.training import device_bytes
 from aevae.errors import UserError
 from aevae.ops.distributed import CUDA_CONTEXT_BYTES, MEMORY_SAFETY, gpu_share
 from project import SMALL_PARAMS
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import device_check  # noqa: E402  (bench/: the device check's count of tasks at once)
 
 GiB = 2**30
 
@@ -102,16 +106,6 @@ def _sweep(storage: Path, ray_params: RayParams, n: int = 2) -> tuple[dict, list
     return facts, outcomes
 
 
-def _most_at_once(outcomes) -> int:
-    """The most tasks whose [started, started + seconds] intervals overlap at one instant."""
-    edges = sorted([(o.started, 1) for o in outcomes] + [(o.started + o.seconds, -1) for o in outcomes])
-    running = most = 0
-    for _, step in edges:  # an end sorts before a start at the same instant
-        running += step
-        most = max(most, running)
-    return most
-
-
 @pytest.fixture
 def local_ray(monkeypatch):
     """A real local Ray instance with the logical resources asked for; shut down after the test."""
@@ -152,12 +146,12 @@ def test_packing_trains_several_models_on_one_gpu_at_once(tmp_path, local_ray):
     # auto: no GPU memory to read here (no nvidia-smi), so the node's 2 CPUs per GPU bound it: two per GPU.
     assert facts["use_gpu"] is True and facts["gpus_per_model"] == 0.5
     assert all(o.resources == {"CPU": 1.0, "GPU": 0.5} for o in outcomes)
-    assert _most_at_once(outcomes) == 2  # both on the one GPU at the same time
+    assert device_check.most_at_once(outcomes) == 2  # both on the one GPU at the same time
     assert all(o.device == "cpu" for o in outcomes)  # the logical GPU: torch falls back to the CPU
 
     facts, outcomes = _sweep(tmp_path / "whole", RayParams(gpus_per_model=1))
     assert facts["gpus_per_model"] == 1.0 and all(o.resources["GPU"] == 1.0 for o in outcomes)
-    assert _most_at_once(outcomes) == 1  # a whole GPU each: one after the other, CPUs to spare or not
+    assert device_check.most_at_once(outcomes) == 1  # a whole GPU each: one after the other, CPUs to spare or not
     assert ray.is_initialized()  # the caller's instance, reused by both sweeps and left running
 
     with pytest.raises(UserError, match=r"ray.gpus_per_model = 2 but the largest node .* has 1 GPU"):
@@ -173,7 +167,7 @@ def test_without_gpus_no_task_asks_for_one(tmp_path, local_ray):
     facts, outcomes = _sweep(tmp_path / "cpu", RayParams(gpus_per_model="auto"))
     assert facts["use_gpu"] is False and facts["gpus_per_model"] == 0.0
     assert all(o.resources == {"CPU": 1.0} and o.device == "cpu" for o in outcomes)
-    assert _most_at_once(outcomes) == 2  # as before: as many models at once as CPUs
+    assert device_check.most_at_once(outcomes) == 2  # as before: as many models at once as CPUs
 
     done: list = []
     facts = map_tasks(
