@@ -25,15 +25,16 @@ repro: setup
 	$(PY) -c "from aevae.errors import run_cli; from aevae.config import load_params, resolve_sweep; run_cli(lambda: resolve_sweep(load_params()))"
 	dvc repro
 
-# Every test, the end-to-end runs included (CI runs this), on TEST_JOBS pytest-xdist workers; each module stays
-# on one worker (--dist loadscope) so its module-scoped runs are made once. Measured times: see README.
+# Every test, the end-to-end runs included (CI runs this), on TEST_JOBS pytest-xdist workers, in the order
+# tests/conftest.py sets (--no-loadscope-reorder); a module with module-scoped fixtures stays on one worker
+# (--dist loadgroup), so they are made once. Measured times: see README.
 TEST_JOBS ?= 2
 test: setup
-	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadscope --durations=25
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadgroup --no-loadscope-reorder --durations=25
 
 # The fast tier for development: unit tests only (no dvc repro, Ray cluster or MLflow server).
 test-fast: setup
-	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadscope -m "not slow"
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadgroup --no-loadscope-reorder -m "not slow"
 
 # Open the MLflow UI on the local store, bound to this machine only (UI_PORT=... for another port);
 # first the URL of the training runs (each model's mean over seeds once the evaluate stage has run).

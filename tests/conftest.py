@@ -178,10 +178,35 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Modules with end-to-end tests first, so under pytest-xdist the long ones start early and the short ones
-    fill the workers at the end (each module's own order is kept)."""
-    slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.module.__name__ not in slow_modules)
+    """Order the tests for two pytest-xdist workers (`--dist loadgroup --no-loadscope-reorder`).
+
+    A module whose tests share a module- or class-scoped fixture is one work unit (an `xdist_group`), so its
+    fixture is made once; every other test is a unit of its own, so the long end-to-end tests spread over
+    both workers. Order: the first reader of each shared run (each worker makes one of them at once), then
+    the other end-to-end tests, then the remaining shared-run readers (their run is ready by then), then the
+    unit tests, which fill the workers at the end.
+    """
+    for item in items:
+        if any(d.scope in ("module", "class") for defs in _fixture_defs(item) for d in defs):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    first_readers = {next((i for i in items if run in i.fixturenames), None) for run in _SHARED_RUNS} - {None}
+
+    def rank(item: pytest.Item) -> int:
+        if item in first_readers:
+            return 0
+        if item.get_closest_marker("slow") is None:
+            return 3
+        return 2 if any(run in item.fixturenames for run in _SHARED_RUNS) else 1
+
+    items.sort(key=rank)
+
+
+_SHARED_RUNS = ("small_run", "seeded_run")
+
+
+def _fixture_defs(item: pytest.Item):
+    info = getattr(item, "_fixtureinfo", None)  # pytest's own record of the fixtures a test uses
+    return info.name2fixturedefs.values() if info is not None else ()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

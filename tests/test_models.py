@@ -436,6 +436,27 @@ def test_round_trip_any_shape(kind, arch, shape):
     assert torch.isfinite(model.loss(x).total)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    ("shape", "layers", "code_side"),
+    [((1, 28, 28), 2, (7, 7)), ((3, 32, 32), 2, (8, 8)), ((3, 64, 64), 4, (4, 4)), ((3, 96, 64), 4, (6, 4))],
+)
+def test_auto_channels_go_deeper_from_64_px(kind, shape, layers, code_side):
+    from aevae.core.models import conv_channels, feature_sizes
+
+    cfg = ModelParams(kind=kind, arch="conv", latent_dim=LATENT)  # channels: auto, the default
+    assert cfg.channels == "auto" and len(conv_channels(cfg, *shape[1:])) == layers
+    assert feature_sizes(cfg, *shape[1:])[-1] == code_side
+    model = build_model(cfg, shape)
+    convs = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == conv_channels(cfg, *shape[1:])
+    x = torch.rand(2, *shape)
+    assert model(x)[0].shape == (2, *shape)
+    # A listed stack is taken as it is, whatever the size.
+    listed = ModelParams(kind=kind, arch="conv", channels=[4, 8, 16], latent_dim=LATENT)
+    assert conv_channels(listed, *shape[1:]) == [4, 8, 16]
+
+
 def test_conv_stack_too_deep_for_the_image_is_a_user_error():
     from aevae.errors import UserError
 

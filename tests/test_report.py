@@ -268,7 +268,7 @@ def _render(tmp_path, seeds: tuple[int, ...], dataset: str = "mnist") -> tuple[s
         results,
         [],
         {"test/accuracy": 0.9},
-        {"dataset": dataset},
+        {"dataset": dataset, "image_shape": [1, 28, 28]},
         GIT,
         {},
         {g.name: list(seeds) for g in groups},

@@ -93,7 +93,8 @@ class ModelParams(_Strict):
     kind: Literal["ae", "vae"] = "ae"
     arch: Literal["mlp", "conv"] = "mlp"
     hidden: list[PositiveInt] = Field(default_factory=lambda: [512, 256], min_length=0)
-    channels: list[PositiveInt] = Field(default_factory=lambda: [32, 64], min_length=1, max_length=2)
+    # conv: channels per stride-2 layer, or auto: as many layers as the image size calls for (models.conv_channels)
+    channels: Annotated[list[PositiveInt], Field(min_length=1, max_length=6)] | Literal["auto"] = "auto"
     pooling: bool = False
     activation: Literal["relu", "leaky_relu", "gelu", "elu", "tanh", "linear"] = "relu"
     latent_dim: PositiveInt = 2  # set per run from sweep.latent_dims; params.yaml's model section may not set it

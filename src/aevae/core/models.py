@@ -62,6 +62,18 @@ def _mlp(sizes: list[int], activation: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+# model.channels: auto, by the image's shorter side: two stride-2 layers below 64 px (28 -> 7, 32 -> 8), four
+# from 64 px (64 -> 4), as the 64x64 conv encoders of disentanglement_lib (Locatello et al. 2019, appendix).
+AUTO_CHANNELS = ((64, [32, 64, 128, 256]), (0, [32, 64]))
+
+
+def conv_channels(cfg: ModelParams, height: int, width: int) -> list[int]:
+    """The conv stack's channels per layer: cfg.channels as listed, or `auto` resolved for an H x W image."""
+    if cfg.channels != "auto":
+        return list(cfg.channels)
+    return next(list(chans) for side, chans in AUTO_CHANNELS if min(height, width) >= side)
+
+
 def feature_sizes(cfg: ModelParams, height: int, width: int) -> list[tuple[int, int]]:
     """(H, W) of the image and after each conv layer of the encoder: [(H, W), (H1, W1), ...].
 
@@ -69,13 +81,14 @@ def feature_sizes(cfg: ModelParams, height: int, width: int) -> list[tuple[int, 
     non-square sizes are exact. Raises: UserError when a layer would shrink a side to 0 (an image too
     small for that many layers).
     """
+    layers = conv_channels(cfg, height, width)
     sizes = [(height, width)]
-    for _ in cfg.channels:
+    for _ in layers:
         h, w = sizes[-1]
         sizes.append((h // 2, w // 2) if cfg.pooling else (-(-h // 2), -(-w // 2)))
         if min(sizes[-1]) < 1:
             raise UserError(
-                f"a {height}x{width} image is too small for {len(cfg.channels)} conv layers of"
+                f"a {height}x{width} image is too small for {len(layers)} conv layers of"
                 f" {'max-pooling' if cfg.pooling else 'stride 2'}; list fewer model.channels or set a"
                 " larger data.image_size"
             )
@@ -86,7 +99,7 @@ def _conv_encoder(cfg: ModelParams, out_dim: int, image_shape: tuple[int, int, i
     """Each layer halves the image: stride-2 conv, or conv + max-pool (the article's pooling)."""
     layers: list[nn.Module] = []
     in_ch = image_shape[0]
-    for ch in cfg.channels:
+    for ch in conv_channels(cfg, *image_shape[1:]):
         if cfg.pooling:
             layers += [nn.Conv2d(in_ch, ch, 3, padding=1), _act(cfg.activation), nn.MaxPool2d(2)]
         else:
@@ -106,7 +119,7 @@ def _upsample(src: tuple[int, int], dst: tuple[int, int]) -> nn.Upsample:
 
 def _conv_decoder(cfg: ModelParams, image_shape: tuple[int, int, int]) -> nn.Sequential:
     """Mirror of the encoder: transposed convs, or upsampling (unpooling) + conv, back to exactly (C, H, W)."""
-    chans = list(reversed(cfg.channels))
+    chans = list(reversed(conv_channels(cfg, *image_shape[1:])))
     sizes = list(reversed(feature_sizes(cfg, *image_shape[1:])))  # the smallest first, the image last
     h, w = sizes[0]
     layers: list[nn.Module] = [

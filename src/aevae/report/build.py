@@ -41,7 +41,7 @@ import yaml
 from aevae import atomic, metric_registry
 from aevae.config import EvaluateParams, RunSpec
 from aevae.core import model_store
-from aevae.core.models import as_images
+from aevae.core.models import as_images, conv_channels
 from aevae.data import ClassNames, array_shape, manifest_classes, manifest_shape
 from aevae.data.prepared import load_manifest, load_split
 from aevae.errors import UserError
@@ -506,10 +506,12 @@ def summary_table(specs: list[RunSpec], study: StudyResults) -> SummaryTable:
     return SummaryTable(groups, frame, best, pd.DataFrame.from_dict(pca, orient="index"), bound(0), bound(1))
 
 
-def settings_table(specs: list[RunSpec], seeds: dict[str, list[int]]) -> pd.DataFrame:
+def settings_table(
+    specs: list[RunSpec], seeds: dict[str, list[int]], image_shape: tuple[int, int, int]
+) -> pd.DataFrame:
     """The resolved settings each group was trained with, one row per group (strings, "–" where not a VAE's).
 
-    seeds: group -> the training seeds of its models."""
+    seeds: group -> the training seeds of its models; image_shape (C, H, W) resolves conv channels `auto`."""
 
     def vae_only(s: RunSpec, value):
         return value if s.model.kind == "vae" else "–"
@@ -518,7 +520,7 @@ def settings_table(specs: list[RunSpec], seeds: dict[str, list[int]]) -> pd.Data
         s.name: {
             "kind": s.model.kind,
             "arch": s.model.arch,
-            "hidden / channels": s.model.hidden if s.model.arch == "mlp" else s.model.channels,
+            "hidden / channels": s.model.hidden if s.model.arch == "mlp" else conv_channels(s.model, *image_shape[1:]),
             "activation": s.model.activation,
             "latent": s.model.latent_dim,
             "recon loss": s.model.recon,
@@ -651,7 +653,7 @@ def render(
         "evaluate_params": evaluate_params,
         "summary": summary_table(specs, study),
         "all_metrics": metric_registry.METRICS + metric_registry.BASELINES,
-        "settings_table": settings_table(specs, seeds or {}),
+        "settings_table": settings_table(specs, seeds or {}, manifest_shape(manifest)),
         "lead": lead,
         "claims": sections,
         "unplaced": unplaced,
