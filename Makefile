@@ -37,11 +37,12 @@ test-fast: setup
 	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadgroup --no-loadscope-reorder -m "not slow"
 
 # Open the MLflow UI on the local store, bound to this machine only (UI_PORT=... for another port);
-# first the URL of the training runs (each model's mean over seeds once the evaluate stage has run).
+# first the URL of the training runs (each model's mean over seeds once the evaluate stage has run). Without
+# MLflow's GenAI job runner (online trace scoring): eight processes and ~0.5 GB that a training-run store never uses.
 UI_PORT ?= 5000
 ui: setup
 	@MLFLOW_TRACKING_URI=$(STORE) $(PY) -m aevae.ops.mlflow_store $(UI_PORT)
-	mlflow ui --backend-store-uri $(STORE) --host 127.0.0.1 --port $(UI_PORT)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri $(STORE) --host 127.0.0.1 --port $(UI_PORT)
 
 # List every registered version (seed, run) and its aliases: what `make serve` can serve.
 models: setup

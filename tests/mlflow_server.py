@@ -31,7 +31,9 @@ def mlflow_server(root: Path):
             "--workers",
             "1",
         ],
-        env=env(),
+        # Without MLflow's GenAI job runner (online scoring, trace roll-ups: nothing a training-run store uses):
+        # it starts eight more processes (~0.5 GB), each polling a core, as `make ui` does too.
+        env=env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,

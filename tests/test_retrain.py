@@ -187,11 +187,7 @@ def test_a_promotion_without_a_champion_names_the_first_version_only_when_it_is(
 
 
 def _retrain(root: Path, uri: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    t = time.monotonic()
-    try:
-        return run([sys.executable, "-m", "aevae.ops.retrain", *args], root, check=check, MLFLOW_TRACKING_URI=uri)
-    finally:
-        print("TIMING retrain", args, round(time.monotonic() - t, 1), file=sys.stderr)
+    return run([sys.executable, "-m", "aevae.ops.retrain", *args], root, check=check, MLFLOW_TRACKING_URI=uri)
 
 
 def _aliases(uri: str) -> dict[str, dict[str, str]]:

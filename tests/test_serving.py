@@ -32,7 +32,7 @@ from aevae.config import ModelParams, Params, RunSpec
 from aevae.core import inference, model_store
 from aevae.core.models import build_model
 from aevae.ops import model_card, pyfunc_model
-from project import BIN, REPO, SMALL_PARAMS, copy_project, free_port, kill_group
+from project import BIN, REPO, SMALL_PARAMS, copy_project, free_port, kill_group, make_project, stage
 
 KINDS = ("ae", "vae")
 METHODS = {"encode": {}, "reconstruct": {}, "decode": {}, "sample": {"n": 5, "seed": 7}}
@@ -313,15 +313,7 @@ def test_make_serve_answers_every_method_as_the_in_process_model(pipeline, tmp_p
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/ping", timeout=2).read()
-                break
-            except OSError:
-                assert server.poll() is None, f"server exited {server.returncode}:\n{log.read_text()}"
-                assert time.monotonic() < deadline, f"server not up in 240 s:\n{log.read_text()}"
-                time.sleep(0.2)
+        _wait_for_ping(url, server, log)
         x = _test_images(root)
         expected = _expected(root, "vae-beta1", x)
         got = {}
@@ -335,6 +327,79 @@ def test_make_serve_answers_every_method_as_the_in_process_model(pipeline, tmp_p
         _assert_same(got, expected, "served")
         status, body = _post(f"{url}/invocations", {"inputs": (x * 255).tolist(), "params": {"method": "encode"}})
         assert status == 400 and "divide uint8 pixels by 255" in body["message"]
+    finally:
+        kill_group(server)
+
+
+def _wait_for_ping(url: str, server: subprocess.Popen, log: Path, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/ping", timeout=2).read()
+            return
+        except OSError:
+            assert server.poll() is None, f"server exited {server.returncode}:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"server not up in {timeout} s:\n{log.read_text()}"
+            time.sleep(0.2)
+
+
+COLOUR = (3, 12, 10)  # (C, H, W): colour, not square
+
+
+@pytest.mark.slow
+def test_a_model_trained_on_colour_images_answers_over_http_in_its_shape(tmp_path):
+    """A VAE trained on colour images (an npz in the Keras (N, H, W, C) layout) is served by `make serve`: it takes
+    (B, C*H*W) rows flattened from (C, H, W) and answers in that shape, as its signature says and as in-process."""
+    c, h, w = COLOUR
+    rng = np.random.default_rng(0)
+    root = tmp_path / "p"
+    params = {
+        **SMALL_PARAMS,
+        "data": {"dataset": "custom", "source": "npz", "path": "colour.npz", "val_fraction": 0.2, "seed": 0},
+        "train": {**SMALL_PARAMS["train"], "epochs": 1},
+        "sweep": {"latent_dims": [2], "seeds": [0], "models": [{"name": "vae", "model": {"kind": "vae"}}]},
+    }
+    make_project(root, params, git=False)
+    labels = {split: np.repeat(np.arange(3, dtype=np.uint8), n) for split, n in (("train", 20), ("test", 4))}
+    np.savez(
+        root / "colour.npz",
+        **{f"x_{s}": rng.integers(0, 256, (len(y), h, w, c), dtype=np.uint8) for s, y in labels.items()},
+        **{f"y_{s}": y for s, y in labels.items()},
+    )
+    stage("prepare", root)
+    stage("train", root)  # registers version 1 in the project's store
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    version = MlflowClient(uri, registry_uri=uri).get_model_version("aevae-vae", "1")
+    assert f"{c}x{h}x{w} colour" in version.description
+
+    port, log = free_port(), tmp_path / "serve.log"
+    server = subprocess.Popen(
+        ["make", "-C", str(REPO), "-o", "setup", "serve", "MODEL=vae", "VERSION=1", f"PORT={port}"],
+        cwd=tmp_path,
+        env={**_hidden_env(), "MLFLOW_TRACKING_URI": uri},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_for_ping(url, server, log)
+        x = (np.load(root / "data" / "prepared" / "test_images.npy")[:5] / 255.0).astype(np.float32)
+        assert x.shape == (5, *COLOUR)  # prepared as (N, C, H, W)
+        rows = x.reshape(5, c * h * w)
+        expected = _expected(root, "vae", rows)
+        got = {}
+        for method, extra in METHODS.items():
+            inputs = _codes(2) if method == "decode" else rows
+            status, body = _post(
+                f"{url}/invocations", {"inputs": inputs.tolist(), "params": {"method": method, **extra}}
+            )
+            assert status == 200, body
+            got[method] = body["predictions"]
+        _assert_same(got, expected, "served colour")
+        assert np.asarray(got["reconstruct"]["images"]).shape == (5, c * h * w)
+        status, body = _post(f"{url}/invocations", {"inputs": x.reshape(5, -1)[:, :-1].tolist()})  # one value short
+        assert status == 400 and str(c * h * w) in body["message"], body
     finally:
         kill_group(server)
 
