@@ -89,15 +89,15 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def flops_per_image(spec) -> float:
-    """FLOP of one training step per image (forward + backward), counted by torch's flop counter."""
+def flops_per_image(spec, image_shape: tuple[int, int, int] = (1, 28, 28)) -> float:
+    """FLOP of one training step per (C, H, W) image (forward + backward), counted by torch's flop counter."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from aevae.core.models import build_model
 
-    model = build_model(spec.model, (1, 28, 28))  # full MNIST
-    x = torch.rand(64, 1, 28, 28)
+    model = build_model(spec.model, image_shape)
+    x = torch.rand(64, *image_shape)
     with FlopCounterMode(display=False) as counter:
         model.loss(x, 0).total.backward()
     return counter.get_total_flops() / len(x)

@@ -154,3 +154,18 @@ def test_pipeline_full_size_report_judges_the_share_outside_training():
     assert "| train | 600 | 67% |" in text
     assert "| outside the train stage | 33% | <= 25% | **missed** |" in text
     assert "| whole `dvc repro -f` | 15.0 min | <= 15 min | met |" in text and "3.00 GiB (at 700 s)" in text
+
+
+def test_quick_colour_throughput_writes_its_row(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "colour_throughput.py"), "--quick", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    [row] = [line for line in out.read_text().splitlines() if line.startswith("| conv-vae-3x32x32 |")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert float(cells[1]) > 0 and cells[-1].startswith("**") and cells[-1].endswith("%**"), row
