@@ -1,7 +1,9 @@
 """Stage `classifier`: the reference CNN that scores images -> classifier/model.pt, metrics/classifier.json.
 
 It trains until validation accuracy stops improving (params `classifier:`), printing a progress line every
-few seconds with an ETA (an upper bound: early stopping may end it sooner).
+few seconds with an ETA (an upper bound: early stopping may end it sooner). Unlabelled data has no classes to
+learn: the stage trains nothing and writes why, to classifier/skipped.json (so the stage's output exists for
+DVC) and to metrics/classifier.json (accuracies null).
 """
 
 from pathlib import Path
@@ -11,21 +13,34 @@ import torch
 from aevae import atomic
 from aevae.config import load_params
 from aevae.cpus import available_cpus
-from aevae.data import manifest_classes, manifest_shape
+from aevae.data import NO_LABELS, manifest_classes, manifest_labelled, manifest_shape
 from aevae.data.prepared import load_manifest, load_split
 from aevae.errors import run_cli
 from aevae.evaluation import classifier
-from aevae.progress import Progress
+from aevae.progress import Progress, say
 
 OUT = Path("classifier/model.pt")
+SKIPPED = Path("classifier/skipped.json")
 METRICS = Path("metrics/classifier.json")
+
+
+def skip(reason: str) -> None:
+    """Train nothing: write why in the stage's outputs (the accuracies null, no epochs)."""
+    atomic.write_json(SKIPPED, {"trained": False, "reason": reason})
+    atomic.write_json(
+        METRICS, {"test/accuracy": None, "val/accuracy": None, "epochs": 0, "best_epoch": None, "reason": reason}
+    )
+    say("classifier", f"no reference classifier: {reason} (the metrics it scores are null)")
 
 
 def main() -> None:
     p = load_params().classifier
+    manifest = load_manifest()
+    if not manifest_labelled(manifest):
+        skip(NO_LABELS)
+        return
     torch.set_num_threads(available_cpus())  # torch sizes itself by the machine, not the CPUs this process may use
     train, val, test = load_split("train"), load_split("val"), load_split("test")
-    manifest = load_manifest()
     config = classifier.ClassifierConfig(manifest_shape(manifest), len(manifest_classes(manifest).names))
     shift = classifier.augment_shift(p.augment, len(train.images), side=min(config.image_shape[1:]))
     steps = -(-len(train.images) // p.batch_size)

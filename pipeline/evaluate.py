@@ -19,7 +19,8 @@ from aevae.config import load_params, resolve_sweep
 from aevae.core import model_store
 from aevae.core.models import as_images
 from aevae.core.training import device_bytes
-from aevae.data.prepared import load_split
+from aevae.data import NO_LABELS, manifest_labelled
+from aevae.data.prepared import load_manifest, load_split
 from aevae.errors import UserError, run_cli
 from aevae.evaluation import classifier, metrics, study
 from aevae.ops.distributed import map_tasks
@@ -31,25 +32,39 @@ RUN_FACTS = Path("logs/evaluate_run.json")
 _KEYS = {m.key: m for m in metric_registry.METRICS}
 
 
-def _null_reasons(values: dict, kind: str) -> dict[str, str]:
+def _null_reasons(values: dict, kind: str, labelled: bool) -> dict[str, str]:
     """Why each non-finite metric is written as null (strict JSON has no NaN or inf; see atomic.write_json)."""
     reasons = {}
     for key, v in values.items():
         if math.isnan(v):
             applies = key not in _KEYS or _KEYS[key].applies(kind)
-            reasons[key] = "not defined here (NaN)" if applies else f"not defined for a model of kind '{kind}'"
+            if not applies:
+                reasons[key] = f"not defined for a model of kind '{kind}'"
+            elif not labelled and _KEYS[key].needs_labels:
+                reasons[key] = NO_LABELS
+            else:
+                reasons[key] = "not defined here (NaN)"
         elif math.isinf(v):
             why = _KEYS[key].infinite_when if key in _KEYS else ""
             reasons[key] = f"{v} ({why})" if why else f"{v}"
     return reasons
 
 
+def _reference(test_images):
+    """(the reference classifier, its features of the test images): computed once for all models."""
+    say("evaluate", f"scoring the {len(test_images):,} test images with the reference classifier")
+    scorer, _ = classifier.load(Path("classifier/model.pt"))
+    return scorer, scorer.features(as_images(test_images))
+
+
 def main() -> None:
     params = load_params()
     p = params.evaluate
     train, test = load_split("train"), load_split("test")
-    say("evaluate", f"scoring the {len(test.images):,} test images with the reference classifier")
-    scorer, _ = classifier.load(Path("classifier/model.pt"))
+    labelled = manifest_labelled(load_manifest())
+    scorer, reference = _reference(test.images) if labelled else (None, None)
+    if not labelled:
+        say("evaluate", f"{NO_LABELS}: no reference classifier; the metrics that need labels are null")
     names = model_store.trained_names()
     models = {name: model_store.load(name) for name in names}
     # One Ray task per model (local instance or RAY_ADDRESS, as for training); the driver alone writes and logs.
@@ -60,8 +75,8 @@ def main() -> None:
         test_labels=test.labels,
         classifier=scorer,
         params=p,
-        reference_features=scorer.features(as_images(test.images)),
-    )  # once for all models
+        reference_features=reference,
+    )
     progress = Progress("evaluate", len(names), "models")
     evaluations, runs = {}, {}
 
@@ -103,14 +118,15 @@ def main() -> None:
             # summary.json stays one flat number-or-null per key (dvc metrics); each model's file says why a null is one.
             atomic.write_json(
                 OUT / "models" / f"{name}.json",
-                {**results[name], "null_reasons": _null_reasons(results[name], spec.model.kind)},
+                {**results[name], "null_reasons": _null_reasons(results[name], spec.model.kind, labelled)},
             )
     # Where each model was evaluated: facts about the run, not results, so not a DVC output.
     atomic.write_json(RUN_FACTS, {**cluster, "models": runs})
     # Sweep order (member, size, seed) from params.yaml; models/ holds exactly this sweep (the train stage's output).
     specs = resolve_sweep(params)
     seed_records = study.from_results(results, specs)
-    summary, claims = study.aggregate(seed_records), study.claims_file(seed_records)
+    unavailable = {} if labelled else {m.key: NO_LABELS for m in metric_registry.needing_labels()}
+    summary, claims = study.aggregate(seed_records), study.claims_file(seed_records, unavailable=unavailable)
     atomic.write_json(OUT / "summary.json", summary)
     atomic.write_json(OUT / "claims.json", claims)
     progress.line("logging the metrics to MLflow")

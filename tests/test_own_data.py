@@ -225,14 +225,6 @@ def _train_test_differ(root):
     return root / "test", ["different classes", "emu", "owl"]
 
 
-def _unlabelled(root):
-    write_folder(root, classes=("x",))
-    for p in (root / "x").iterdir():
-        p.rename(root / p.name)
-    (root / "x").rmdir()
-    return root, ["no labels"]
-
-
 FOLDER_BAD = [
     ("corrupt-file", _corrupt),
     ("non-image-file", _text_file),
@@ -243,7 +235,6 @@ FOLDER_BAD = [
     ("16-bit", _sixteen_bit),
     ("float", _float_tiff),
     ("train-test-classes-differ", _train_test_differ),
-    ("unlabelled", _unlabelled),
 ]
 
 

@@ -47,6 +47,7 @@ class Metric:
     judges: tuple[str, ...] = ()  # model kinds whose default retrain criterion it is (config.RetrainParams)
     card: bool = False  # quoted with its unit in each registered model version's description (model_card)
     infinite_when: str = ""  # why it can be ±inf (written as null with this reason in metrics/models/*.json)
+    needs_labels: bool = False  # scored by the reference classifier or against the classes: null for unlabelled data
 
     @property
     def short_header(self) -> str:
@@ -233,6 +234,7 @@ METRICS: tuple[Metric, ...] = (
         fmt=".1f",
         console=True,
         card=True,
+        needs_labels=True,
     ),
     Metric(
         "prior/mean_confidence",
@@ -240,6 +242,7 @@ METRICS: tuple[Metric, ...] = (
         "max",
         "mean classifier confidence",
         "reference classifier's top-class probability on decoded prior samples",
+        needs_labels=True,
     ),
     Metric(
         "prior/confident_fraction",
@@ -254,6 +257,7 @@ METRICS: tuple[Metric, ...] = (
         evidence="holes",
         figure="prior-samples",
         card=True,
+        needs_labels=True,
     ),
     Metric(
         "prior/class_coverage",
@@ -265,6 +269,7 @@ METRICS: tuple[Metric, ...] = (
         summary="prior samples z ~ N(0, I)",
         chart="generation",
         fmt=".2f",
+        needs_labels=True,
     ),
     # Ex-post density estimation (Ghosh et al. 2020, "From Variational to Deterministic Autoencoders", section 4):
     # the prior scores again, for codes drawn from a density fit to the model's own training codes.
@@ -280,6 +285,7 @@ METRICS: tuple[Metric, ...] = (
         chart="gmm",
         fmt=".1f",
         evidence="roles",
+        needs_labels=True,
     ),
     Metric(
         "gmm/mean_confidence",
@@ -287,6 +293,7 @@ METRICS: tuple[Metric, ...] = (
         "max",
         "GMM-sample mean classifier confidence",
         "reference classifier's top-class probability on those GMM samples",
+        needs_labels=True,
     ),
     Metric(
         "gmm/confident_fraction",
@@ -300,6 +307,7 @@ METRICS: tuple[Metric, ...] = (
         fmt=".3f",
         evidence="roles",
         figure="gmm-samples",
+        needs_labels=True,
     ),
     Metric(
         "gmm/class_coverage",
@@ -311,6 +319,7 @@ METRICS: tuple[Metric, ...] = (
         summary=_GMM,
         chart="gmm",
         fmt=".2f",
+        needs_labels=True,
     ),
     Metric(
         "test/knn_accuracy",
@@ -325,6 +334,7 @@ METRICS: tuple[Metric, ...] = (
         console=True,
         evidence="regular",
         card=True,
+        needs_labels=True,
     ),
     Metric(
         "test/linear_probe_accuracy",
@@ -333,6 +343,7 @@ METRICS: tuple[Metric, ...] = (
         "linear-probe accuracy",
         "logistic regression digit label from z",
         chart="structure",
+        needs_labels=True,
     ),
     Metric(
         "test/silhouette",
@@ -341,6 +352,7 @@ METRICS: tuple[Metric, ...] = (
         "silhouette of classes in z (−1..1)",
         "silhouette of test codes by digit (cluster separation)",
         chart="structure",
+        needs_labels=True,
     ),
     Metric(
         "interp/smoothness_ratio",
@@ -366,6 +378,7 @@ METRICS: tuple[Metric, ...] = (
         summary="interpolation",
         chart="interpolation",
         fmt=".3f",
+        needs_labels=True,
     ),
 )
 
@@ -404,6 +417,11 @@ def evidence(claim: str) -> tuple[Metric, ...]:
     return tuple(m for m in METRICS if m.evidence == claim)
 
 
+def needing_labels() -> tuple[Metric, ...]:
+    """The metrics unlabelled data cannot have (`needs_labels`): the evaluate stage writes them as null."""
+    return tuple(m for m in METRICS if m.needs_labels)
+
+
 def markdown_table() -> str:
     """The metrics table of docs/metrics.md (key, unit, what it measures), one row per METRICS and BASELINES record."""
     lines = ["| key | unit | what it measures (claim) |", "| --- | --- | --- |"]
@@ -411,7 +429,8 @@ def markdown_table() -> str:
         only = "" if m.kinds == BOTH else f" ({', '.join(k.upper() for k in m.kinds)} only)"
         up = " ↑" if m.direction == "max" else ""
         neither = "; no better direction" if m.direction is None else ""
-        lines.append(f"| `{m.key}`{up} | {m.unit} | {m.description}{only}{neither} |")
+        labels = "; needs labels" if m.needs_labels else ""
+        lines.append(f"| `{m.key}`{up} | {m.unit} | {m.description}{only}{neither}{labels} |")
     return "\n".join(lines) + "\n"
 
 

@@ -4,6 +4,8 @@ The images' shape and classes come from the data: prepare records them in
 data/prepared/manifest.json ("image_shape" [C, H, W], "class_names"), and
 every later module reads them from there or from a model's saved config.
 Prepared arrays are uint8, (N, H, W) for grey images and (N, C, H, W) for colour.
+Unlabelled data (an npz without y_ arrays, a folder without class folders) records no classes
+("class_names": []): the stages that need labels skip their work and say why (NO_LABELS).
 """
 
 from __future__ import annotations
@@ -40,6 +42,14 @@ CLASS_NAMES: dict[str, ClassNames] = {
 }
 
 
+# Why a metric that needs labels (the reference classifier, the classes of the codes) is null, why the classifier
+# stage trains nothing and why a claim resting only on such metrics is untestable: one wording everywhere.
+NO_LABELS = "the data has no labels"
+# How figures and text name the images of unlabelled data: no class names, and "image" where labelled data says
+# "digit" or "class" ("look for images vs blurs").
+UNLABELLED = ClassNames("image", ())
+
+
 def numbered(n_classes: int) -> ClassNames:
     """ "class 0".."class K-1": the names of labels that come without names."""
     return ClassNames("class", tuple(f"class {c}" for c in range(n_classes)))
@@ -51,13 +61,21 @@ def class_names(dataset: str, n_classes: int = 10) -> ClassNames:
 
 
 def manifest_classes(manifest: dict) -> ClassNames:
-    """The class names recorded in a prepared manifest (no names: unlabelled data).
+    """The class names recorded in a prepared manifest; UNLABELLED for unlabelled data (no names).
 
     A manifest written before names were recorded gets those of its dataset. Never raises.
     """
+    if not manifest_labelled(manifest):
+        return UNLABELLED
     if "class_names" in manifest:
         return ClassNames(manifest.get("class_noun", "class"), tuple(manifest["class_names"]))
     return class_names(manifest.get("dataset", "idx"), len(manifest.get("classes", range(10))))
+
+
+def manifest_labelled(manifest: dict) -> bool:
+    """Whether the prepared data has labels: unlabelled data's manifest records an empty "class_names" (a manifest
+    written before names were recorded has none, and was labelled: prepare refused unlabelled data then)."""
+    return manifest.get("class_names") != []
 
 
 def manifest_shape(manifest: dict) -> tuple[int, int, int]:

@@ -1,9 +1,11 @@
-"""The prepare stage's logic: raw arrays -> stratified, seeded splits on disk.
+"""The prepare stage's logic: raw arrays -> seeded splits on disk, stratified when the data has labels.
 
 Layout of data/prepared/: {train,val,test}_{images,labels}.npy (uint8; images
 (N, H, W) grey or (N, C, H, W) colour) and manifest.json (counts per split and
 class, image shape (C, H, W), class names, source, sha256 of every file). The
-folder is written whole to a temp sibling and renamed.
+folder is written whole to a temp sibling and renamed. Unlabelled data has no
+*_labels.npy files, and its manifest records no classes ("classes" and
+"class_names" empty, counts without "per_class").
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from aevae import atomic
-from aevae.data import ClassNames, class_names, shape_of
+from aevae.data import UNLABELLED, ClassNames, class_names, shape_of
 from aevae.data.sources import RawData
 from aevae.errors import UserError
 from aevae.provenance import sha256_file
@@ -41,10 +43,13 @@ def _check_shape(raw: RawData) -> None:
 
 
 def dataset_classes(raw: RawData, dataset: str) -> ClassNames:
-    """The names of the classes: the source's own (folder names), the dataset's (MNIST's digits), or numbered.
+    """The names of the classes: the source's own (folder names), the dataset's (MNIST's digits), or numbered;
+    UNLABELLED (no names) for unlabelled data.
 
     Raises: UserError for a label with no name (MNIST-style data labels its images 0-9).
     """
+    if raw.train_labels is None:
+        return UNLABELLED
     top = max(int(labels.max()) for labels in (raw.train_labels, raw.test_labels) if labels is not None and len(labels))
     names = ClassNames("class", tuple(raw.class_names)) if raw.class_names else class_names(dataset, top + 1)
     for split, labels in (("train", raw.train_labels), ("test", raw.test_labels)):
@@ -59,13 +64,6 @@ def dataset_classes(raw: RawData, dataset: str) -> ClassNames:
 
 def _check(raw: RawData) -> None:
     _check_shape(raw)
-    if raw.train_labels is None:
-        # The evaluate stage's class-based metrics (reference classifier, latent clusters, interpolation
-        # between classes) have no unlabelled path yet: refuse here rather than fail three stages later.
-        raise UserError(
-            f"{raw.origin} has no labels (no y_train, or no class folders); aevae needs labelled"
-            " images: add y_train/y_test, or put the images in one folder per class"
-        )
     for name, labels in (("train", raw.train_labels), ("test", raw.test_labels)):
         if labels is None:
             continue
@@ -107,19 +105,55 @@ def _check_stratifiable(labels: np.ndarray, fraction: float, what: str, origin: 
         )
 
 
+# Images each split of unlabelled data needs: the evaluate stage interpolates between two different test images,
+# and a nearest-neighbour radius needs a code's nearest other code.
+MIN_UNLABELLED_SPLIT = 2
+
+
+def _check_unstratified(n: int, fraction: float, what: str, origin: str) -> None:
+    """An unlabelled split of n images at `fraction` (sklearn's ceil rule) must leave 2+ images on each side."""
+    n_held = int(np.ceil(fraction * n))
+    if min(n_held, n - n_held) < MIN_UNLABELLED_SPLIT:
+        raise UserError(
+            f"a {what} share of {fraction} of the {n} images of {origin} leaves {n_held} and {n - n_held};"
+            f" each split needs at least {MIN_UNLABELLED_SPLIT} images: use more images or change"
+            f" data.{what}_fraction"
+        )
+
+
+def _split_unlabelled(raw: RawData, val_fraction: float, test_fraction: float, seed: int) -> dict:
+    """Seeded, unstratified train/val (and test): {split: (images, None)}. Raises: UserError for too few images."""
+    from sklearn.model_selection import train_test_split
+
+    images, test = raw.train_images, raw.test_images
+    if test is None:
+        _check_unstratified(len(images), test_fraction, "test", raw.origin)
+        images, test = train_test_split(images, test_size=test_fraction, random_state=seed)
+    elif len(test) < MIN_UNLABELLED_SPLIT:
+        raise UserError(
+            f"the test split of {raw.origin} holds {len(test)} image(s); evaluation needs at least"
+            f" {MIN_UNLABELLED_SPLIT}: add test images, or drop x_test to carve the test split out"
+        )
+    _check_unstratified(len(images), val_fraction, "val", raw.origin)
+    train, val = train_test_split(images, test_size=val_fraction, random_state=seed)
+    return {"train": (train, None), "val": (val, None), "test": (test, None)}
+
+
 def split(
     raw: RawData, val_fraction: float, test_fraction: float, seed: int
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Stratified, seeded train/val (and test when the source has no official one): {split: (images (N, H, W)
-    or (N, C, H, W) uint8, labels (N,))}.
+) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """Seeded train/val (and test when the source has no official one), stratified when the data has labels:
+    {split: (images (N, H, W) or (N, C, H, W) uint8, labels (N,), or None for unlabelled data)}.
 
     Raises: UserError for train and test images of different shapes, a shape outside 1 or 3 channels of
-    8-128 px, a single class, or a class too small to stratify.
+    8-128 px, a single class, a class too small to stratify, or unlabelled splits under 2 images.
     """
     # sklearn takes seconds to import: a stage that stops on bad params or bad data should not pay for it.
     from sklearn.model_selection import train_test_split
 
     _check(raw)
+    if raw.train_labels is None:
+        return _split_unlabelled(raw, val_fraction, test_fraction, seed)
     images, labels = raw.train_images, raw.train_labels
     out = {}
     if raw.test_images is None:
@@ -145,29 +179,35 @@ def write_prepared(out_dir: Path, splits: dict, raw: RawData, dataset: str) -> d
     Raises: UserError for a label without a class name (dataset_classes), before anything is written.
     """
     classes = dataset_classes(raw, dataset)
+    labelled = raw.train_labels is not None
     with atomic.atomic_dir(out_dir) as tmp:
         for name, (images, labels) in splits.items():
             np.save(tmp / f"{name}_images.npy", np.ascontiguousarray(images, dtype=np.uint8))
-            np.save(tmp / f"{name}_labels.npy", np.ascontiguousarray(labels, dtype=np.uint8))
+            if labelled:
+                np.save(tmp / f"{name}_labels.npy", np.ascontiguousarray(labels, dtype=np.uint8))
         manifest = {
             "dataset": dataset,
             "source": raw.source,
             "origin": raw.origin,
             "test_split": "official" if raw.test_images is not None else "carved from the training data",
             "image_shape": list(shape_of(splits["train"][0])),  # (C, H, W)
-            "classes": sorted(int(c) for c in np.unique(splits["train"][1])),
+            "classes": sorted(int(c) for c in np.unique(splits["train"][1])) if labelled else [],
             "class_noun": classes.noun,
-            "class_names": list(classes.names),  # names[k] of label k; K = len(names) classifier outputs
-            "counts": {
-                name: {
-                    "total": int(len(y)),
-                    "per_class": {str(int(c)): int(n) for c, n in zip(*np.unique(y, return_counts=True))},
-                }
-                for name, (_, y) in splits.items()
-            },
+            "class_names": list(classes.names),  # names[k] of label k; K = len(names) classifier outputs; []: none
+            "counts": {name: _counts(images, labels) for name, (images, labels) in splits.items()},
             "sha256": {p.name: sha256_file(p) for p in sorted(tmp.glob("*.npy"))},
         }
         # A digest of the data files alone: one tag that says "same data" for tracking and retraining.
         manifest["data_sha256"] = hashlib.sha256("".join(manifest["sha256"].values()).encode()).hexdigest()
         atomic.write_json(tmp / "manifest.json", manifest)
     return manifest
+
+
+def _counts(images: np.ndarray, labels: np.ndarray | None) -> dict:
+    """A split's manifest counts: {"total"}, and {"per_class": {label: images}} when it has labels."""
+    if labels is None:
+        return {"total": int(len(images))}
+    return {
+        "total": int(len(labels)),
+        "per_class": {str(int(c)): int(n) for c, n in zip(*np.unique(labels, return_counts=True))},
+    }

@@ -17,6 +17,9 @@ Every claim of the article becomes a number here:
 - interpolation: evenness of the decoded path between two codes, and its
   classifier confidence.
 
+Unlabelled data has no reference classifier and no classes: the metrics that need them
+(metric_registry.needing_labels) are NaN, and everything else is measured as for labelled data.
+
 Images are float (N, C, H, W) in [0, 1] or uint8 (N, H, W) / (N, C, H, W) arrays; codes
 are (N, latent) posterior means (the AE's code, the VAE's mu). Randomness
 comes from explicit seeds only, so `evaluate_model` is deterministic.
@@ -449,33 +452,40 @@ class Interpolation:
         np.ndarray
     )  # (pairs, steps, H, W) grey or (pairs, steps, C, H, W) colour, float32 decoded images in [0, 1], for figures
     pairs: np.ndarray  # (pairs, 2) indices into the test images
-    pair_labels: np.ndarray  # (pairs, 2) their labels
+    pair_labels: np.ndarray | None  # (pairs, 2) their labels; None: unlabelled data
 
 
-def different_class_pairs(labels, n_pairs: int, seed: int = 0) -> np.ndarray:
-    """(n_pairs, 2) seeded index pairs whose labels differ (distinct first indices when possible)."""
-    labels = np.asarray(labels)
+def interpolation_pairs(n_images: int, labels, n_pairs: int, seed: int = 0) -> np.ndarray:
+    """(n_pairs, 2) seeded pairs of indices into n_images test images (distinct first indices when possible): of
+    different classes when `labels` (N,) are given, else of two different images (unlabelled data)."""
     rng = np.random.default_rng(seed)
-    first = rng.choice(len(labels), size=n_pairs, replace=n_pairs > len(labels))
-    second = np.array([rng.choice(np.flatnonzero(labels != labels[i])) for i in first], dtype=np.int64)
+    first = rng.choice(n_images, size=n_pairs, replace=n_pairs > n_images)
+    if labels is None:
+        others = [np.flatnonzero(np.arange(n_images) != i) for i in first]
+    else:
+        labels = np.asarray(labels)
+        others = [np.flatnonzero(labels != labels[i]) for i in first]
+    second = np.array([rng.choice(candidates) for candidates in others], dtype=np.int64)
     return np.stack([first, second], axis=1)
 
 
 @torch.no_grad()
 def interpolate(model: AutoEncoder, images, labels, n_pairs: int = 32, steps: int = 10, seed: int = 0) -> Interpolation:
-    """Decode the straight line between the mean codes of test pairs of different classes.
+    """Decode the straight line between the mean codes of test pairs: of different classes, or of two different
+    images when `labels` is None (unlabelled data).
 
-    images uint8 (N, H, W) / (N, C, H, W) or (N, C, H, W) floats, labels (N,); pairs from
-    `different_class_pairs` (seeded). Strips: (n_pairs, steps, *array_shape) in [0, 1], endpoints
+    images uint8 (N, H, W) / (N, C, H, W) or (N, C, H, W) floats, labels (N,) or None; pairs from
+    `interpolation_pairs` (seeded). Strips: (n_pairs, steps, *array_shape) in [0, 1], endpoints
     included (t = 0 and 1 decode the two codes themselves).
     """
-    pairs = different_class_pairs(labels, n_pairs, seed)
+    pairs = interpolation_pairs(len(images), labels, n_pairs, seed)
     mu, _ = encode(model, as_images(images)[torch.from_numpy(pairs.reshape(-1))])
     mu = mu.reshape(n_pairs, 2, -1)  # (P, 2, latent)
     t = torch.linspace(0.0, 1.0, steps, device=mu.device)[None, :, None]  # (1, S, 1)
     z = (1.0 - t) * mu[:, :1] + t * mu[:, 1:]  # (P, S, latent)
     strips = decode(model, z.reshape(n_pairs * steps, -1)).reshape(n_pairs, steps, *array_shape(model.image_shape))
-    return Interpolation(strips.cpu().numpy(), pairs, np.asarray(labels)[pairs])
+    pair_labels = None if labels is None else np.asarray(labels)[pairs]
+    return Interpolation(strips.cpu().numpy(), pairs, pair_labels)
 
 
 def smoothness_ratio(strips) -> float:
@@ -513,15 +523,18 @@ class Evaluation:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per part
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """What the report's figures need, as float32 arrays (`save_arrays` / `load_arrays`)."""
-        return {
+        """What the report's figures need, as float32 arrays (`save_arrays` / `load_arrays`); unlabelled data has no
+        interp_pair_labels."""
+        out = {
             "test_codes": self.test_codes.astype(np.float32),
             "prior_images": self.prior_images.astype(np.float32),
             "gmm_images": self.gmm_images.astype(np.float32),
             "interp_strips": self.interpolation.strips.astype(np.float32),
             "interp_pairs": self.interpolation.pairs,
-            "interp_pair_labels": self.interpolation.pair_labels,
         }
+        if self.interpolation.pair_labels is not None:
+            out["interp_pair_labels"] = self.interpolation.pair_labels
+        return out
 
 
 def save_arrays(path, evaluation: Evaluation) -> None:
@@ -540,7 +553,8 @@ def save_arrays(path, evaluation: Evaluation) -> None:
 
 def load_arrays(path) -> dict[str, np.ndarray]:
     """The arrays `save_arrays` wrote: test_codes (N, latent), prior_images and gmm_images (n, H, W) or (n, C, H, W),
-    interp_strips (pairs, steps, H, W) or (pairs, steps, C, H, W), interp_pairs and interp_pair_labels (pairs, 2). No pickles."""
+    interp_strips (pairs, steps, H, W) or (pairs, steps, C, H, W), interp_pairs and (labelled data only)
+    interp_pair_labels (pairs, 2). No pickles."""
     with np.load(path, allow_pickle=False) as npz:
         return {k: npz[k] for k in npz.files}
 
@@ -551,13 +565,15 @@ def evaluate(
     train_labels,
     test_images,
     test_labels,
-    classifier: DigitClassifier,
+    classifier: DigitClassifier | None,
     params: EvaluateParams = EvaluateParams(),
     reference_features: torch.Tensor | None = None,
 ) -> Evaluation:
     """Every metric of one model, plus the arrays figures need. See `evaluate_model` for the keys.
 
-    params: params.yaml `evaluate:` (seed, sample sizes, confidence threshold).
+    params: params.yaml `evaluate:` (seed, sample sizes, confidence threshold). Unlabelled data (labels None,
+    no classifier): the metrics that need labels (metric_registry.needing_labels) are NaN, the rest as for
+    labelled data, with interpolation between two different test images instead of two different classes.
     """
     p = params
     timings: dict[str, float] = {}
@@ -582,9 +598,8 @@ def evaluate(
         lap("vae_terms")
 
         test_codes = _np(encode(model, test_x)[0])
-        fit = seeded_subset(len(train_labels), FIT_MAX_CODES, p.seed)
+        fit = seeded_subset(len(train_images), FIT_MAX_CODES, p.seed)
         train_codes = _np(encode(model, train_images[fit])[0])  # index first: uint8 is 4x smaller
-        fit_labels = np.asarray(train_labels)[fit]
         z, prior_images = decode_prior_samples(model, p.n_prior_samples, p.seed)
         own = gaussian_fit_samples(test_codes, p.n_prior_samples, p.seed)
         mmd_codes = test_codes[seeded_subset(len(test_codes), MMD_MAX_CODES, p.seed)]
@@ -595,33 +610,28 @@ def evaluate(
             moment_kl_to_prior_nats=moment_kl_to_prior(test_codes),
             holes_fraction_own_gaussian=holes_own,
         )
-        prior = {"holes_fraction": holes_prior}
         lap("regularity")
 
-        if reference_features is None:
-            reference_features = classifier.features(test_x)
-        prior.update(generation_metrics(prior_images, classifier, reference_features, p.confidence_threshold))
-        lap("generation")
-
         gmm_images = decode(model, torch.from_numpy(gmm_samples(train_codes, p.n_prior_samples, p.seed)))
-        gmm = generation_metrics(gmm_images, classifier, reference_features, p.confidence_threshold)
         lap("gmm")
 
-        test.update(
-            latent_structure(train_codes, fit_labels, test_codes, test_labels, KNN_K, SILHOUETTE_MAX_POINTS, p.seed)
-        )
-        lap("structure")
-
         interp = interpolate(model, test_x, test_labels, p.interp_pairs, p.interp_steps, p.seed)
-        along = {
-            "smoothness_ratio": smoothness_ratio(interp.strips),
-            "mean_confidence": path_confidence(interp.strips, classifier),
-        }
         lap("interpolation")
+        parts = {
+            "test": test,
+            "prior": {"holes_fraction": holes_prior},
+            "interp": {"smoothness_ratio": smoothness_ratio(interp.strips)},
+        }
+        measured = {f"{data}/{name}": v for data, part in parts.items() for name, v in part.items()}
+        if test_labels is not None:
+            codes = LabelledCodes(train_codes, np.asarray(train_labels)[fit], test_codes, test_labels)
+            samples = {"prior": prior_images, "gmm": gmm_images}
+            measured.update(label_metrics(classifier, p, test_x, samples, codes, interp.strips, reference_features))
+            lap("labelled")
+        else:
+            measured.update({m.key: float("nan") for m in metric_registry.needing_labels()})
     finally:
         model.train(was_training)
-    parts = {"test": test, "prior": prior, "gmm": gmm, "interp": along}
-    measured = {f"{data}/{name}": v for data, part in parts.items() for name, v in part.items()}
     if set(measured) != set(metric_registry.KEYS):  # a part renamed without the registry: a bug, not a user error
         raise RuntimeError(
             f"evaluate measured {sorted(set(measured) ^ set(metric_registry.KEYS))} "
@@ -637,13 +647,54 @@ def evaluate(
     return Evaluation(metrics, interp, test_codes=test_codes, timings=timings, **images)
 
 
+@dataclass(frozen=True)
+class LabelledCodes:
+    """Codes (posterior means) with their labels, for the metrics of how z separates the classes."""
+
+    train_codes: np.ndarray  # (N_fit, latent): the training codes the probes are fit on
+    train_labels: np.ndarray  # (N_fit,)
+    test_codes: np.ndarray  # (N, latent)
+    test_labels: np.ndarray  # (N,)
+
+
+def label_metrics(
+    classifier: DigitClassifier,
+    params: EvaluateParams,
+    test_x: torch.Tensor,
+    samples: dict[str, torch.Tensor],
+    codes: LabelledCodes,
+    strips: np.ndarray,
+    reference_features: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """Every metric that needs labels (metric_registry.needing_labels): {registry key: value}.
+
+    samples: {"prior": ..., "gmm": ...} decoded images (n, C, H, W) in [0, 1], scored by the reference classifier
+    against its features of the test images test_x (N, C, H, W) (`reference_features`, computed here when None);
+    the kNN, linear-probe and silhouette scores of the labelled codes; the classifier's confidence along the
+    interpolation strips (pairs, steps, ...). Deterministic for params.seed; raises nothing a user can cause.
+    """
+    p = params
+    if reference_features is None:
+        reference_features = classifier.features(test_x)
+    parts = {
+        data: generation_metrics(images, classifier, reference_features, p.confidence_threshold)
+        for data, images in samples.items()
+    }
+    c = codes
+    parts["test"] = latent_structure(
+        c.train_codes, c.train_labels, c.test_codes, c.test_labels, KNN_K, SILHOUETTE_MAX_POINTS, p.seed
+    )
+    parts["interp"] = {"mean_confidence": path_confidence(strips, classifier)}
+    return {f"{data}/{name}": v for data, part in parts.items() for name, v in part.items()}
+
+
 def evaluate_model(
     model: AutoEncoder,
     train_images,
     train_labels,
     test_images,
     test_labels,
-    classifier: DigitClassifier,
+    classifier: DigitClassifier | None,
     params: EvaluateParams = EvaluateParams(),
     reference_features: torch.Tensor | None = None,
 ) -> dict[str, float]:
@@ -657,8 +708,11 @@ def evaluate_model(
              test images), mean confidence, confident fraction, class coverage;
     gmm/*    the same four scores for as many codes drawn from a 10-component GMM fit to the
              training codes (`gmm_samples`; Ghosh et al. 2020, section 4);
-    interp/* along straight lines between test codes of different classes: smoothness ratio
-             (1 = even), mean classifier confidence.
+    interp/* along straight lines between test codes of different classes (of two different test
+             images for unlabelled data): smoothness ratio (1 = even), mean classifier confidence.
+
+    Unlabelled data (train_labels and test_labels None, classifier None): the metrics that need labels
+    (metric_registry.needing_labels: every classifier score, kNN, linear probe, silhouette) are NaN.
 
     A metric whose registry record excludes the model's kind is NaN: the AE gets NaN for the
     KL, negative ELBO and IW-NLL (it has no posterior, so no ELBO or likelihood); every other

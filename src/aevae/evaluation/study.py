@@ -23,7 +23,11 @@ per-seed values into
   * a claim with several comparisons is `supported` when all are, `contradicted`
     when any is, else `inconclusive`; one seed gives no interval, so
     `inconclusive`; a comparison whose models are not in the sweep makes the
-    claim `untestable`, with the reason.
+    claim `untestable`, with the reason;
+  * a comparison on a metric the data cannot have (`unavailable`: the metrics
+    that need labels, for unlabelled data) is left out, with its reason, and
+    the claim is judged on the others; a claim with none left is `untestable`
+    with that reason.
 
 Each comparison is judged at 95% on its own: a claim of k comparisons is not
 corrected for multiplicity (its "supported" needs all k, which is conservative;
@@ -365,17 +369,28 @@ RULES = {
 }
 
 
-def claims_file(seed_records: Sequence[SeedRecord], claims: Sequence[Claim] = CLAIMS) -> dict:
+# The rule for data that cannot have some metrics, stated (in claims.json's "rules") only where it applied.
+UNAVAILABLE_RULE = (
+    "a comparison on a metric the data cannot have (one that needs labels, for unlabelled data) is left out with"
+    " its reason and the claim is judged on the others; a claim with none left is untestable"
+)
+
+
+def claims_file(
+    seed_records: Sequence[SeedRecord], claims: Sequence[Claim] = CLAIMS, unavailable: Mapping[str, str] | None = None
+) -> dict:
     """metrics/claims.json: {"level", "seeds", "rules", "claims": {"z<size>": {claim id: judge_claim(...)}}}.
 
     "level" is the intervals' confidence (0.95), "seeds" every training seed in `seed_records`,
-    "rules" the verdict rules in words (RULES). Holds NaN (the bounds of a one-seed effect) until
-    written with aevae.atomic.write_json, which writes them as null (strict JSON). Raises nothing.
+    "rules" the verdict rules in words (RULES, and UNAVAILABLE_RULE when `unavailable` names any metric).
+    unavailable: {metric key: why the data cannot have it} (judge_claim). Holds NaN (the bounds of a one-seed
+    effect) until written with aevae.atomic.write_json, which writes them as null (strict JSON). Raises nothing.
     """
     by_dim: dict[str, dict[str, dict]] = {}
-    for verdict in judge_claims(seed_records, claims):
+    for verdict in judge_claims(seed_records, claims, unavailable):
         by_dim.setdefault(f"z{verdict['latent_dim']}", {})[verdict["claim"]] = verdict
-    return {"level": LEVEL, "seeds": sorted({r.seed for r in seed_records}), "rules": RULES, "claims": by_dim}
+    rules = {**RULES, "unavailable": UNAVAILABLE_RULE} if unavailable else RULES
+    return {"level": LEVEL, "seeds": sorted({r.seed for r in seed_records}), "rules": rules, "claims": by_dim}
 
 
 def _find(role: Role, records: Sequence[SeedRecord], latent_dim: int) -> str | None:
@@ -394,7 +409,9 @@ def _per_seed(records: Sequence[SeedRecord], member: str, latent_dim: int, metri
     }
 
 
-def judge_claim(claim: Claim, records: Sequence[SeedRecord], latent_dim: int) -> dict:
+def judge_claim(
+    claim: Claim, records: Sequence[SeedRecord], latent_dim: int, unavailable: Mapping[str, str] | None = None
+) -> dict:
     """A claim's verdict at one latent size: {"claim", "text", "latent_dim", "verdict", "comparisons", "reason"?}.
 
     "comparisons" maps a key `<a>:<a metric>-vs-<b>:<b metric>` to the comparison's place in the claim
@@ -402,55 +419,89 @@ def judge_claim(claim: Claim, records: Sequence[SeedRecord], latent_dim: int) ->
     metric keys, which side of the effect is a's better one ("better": lower, higher or equivalent), the
     paired effect a − b in the metric's unit with its 95% interval over seeds, and its own verdict: a
     mapping, not a list, so `dvc metrics show/diff` list every effect (DVC skips lists).
-    "reason" says why a claim is untestable (a definition, or a role missing from the sweep at this
-    size, named) or inconclusive for want of seeds. Raises nothing.
+    unavailable: {metric key: reason} of metrics the data cannot have (unlabelled data: those that need labels);
+    a comparison on one is kept in "comparisons" as untestable with its "reason" and left out of the claim's
+    verdict, which comes from the other comparisons (none left: untestable with that reason).
+    "reason" says why a claim is untestable (a definition, a role missing from the sweep at this size, named, or
+    metrics the data cannot have), inconclusive for want of seeds, or judged without some comparisons. Raises nothing.
     """
     out: dict = {"claim": claim.id, "text": claim.text, "latent_dim": latent_dim, "comparisons": {}}
     if not claim.comparisons:
         return {**out, "verdict": UNTESTABLE, "reason": claim.not_measured}
-    verdicts, missing = [], []
+    unavailable = unavailable or {}
+    verdicts, missing, left_out = [], [], {}
     for cmp in claim.comparisons:
         a, b = _find(cmp.a.role, records, latent_dim), _find(cmp.b.role, records, latent_dim)
         if a is None or b is None:
             missing += [op.role.label for op, m in ((cmp.a, a), (cmp.b, b)) if m is None]
             verdicts.append(UNTESTABLE)
             continue
-        va, vb = _per_seed(records, a, latent_dim, cmp.a.metric), _per_seed(records, b, latent_dim, cmp.b.metric)
-        effect = paired_difference(va, vb)
-        verdict = comparison_verdict(cmp, effect, mean_ci(list(vb.values())).mean)
-        verdicts.append(verdict)
-        better = (
-            "equivalent" if cmp.equivalence_tolerance is not None else ("lower" if cmp.lower_is_better else "higher")
-        )
-        out["comparisons"][f"{a}:{cmp.a.metric}-vs-{b}:{cmp.b.metric}"] = {
-            "order": len(out["comparisons"]),
-            "statistic": cmp.describe(),
-            "a": a,
-            "b": b,
-            "a_metric": cmp.a.metric,
-            "b_metric": cmp.b.metric,
-            "better": better,
-            "effect": effect.as_dict(),
-            "verdict": verdict,
-        }
+        why = next((unavailable[m] for m in (cmp.a.metric, cmp.b.metric) if m in unavailable), None)
+        entry = _comparison_entry(cmp, records, a, b, latent_dim, why)
+        out["comparisons"][f"{a}:{cmp.a.metric}-vs-{b}:{cmp.b.metric}"] = {"order": len(out["comparisons"]), **entry}
+        if why is None:
+            verdicts.append(entry["verdict"])
+        else:
+            left_out[cmp.describe()] = why
     out["verdict"] = combine(verdicts)
-    thin = [c for c in out["comparisons"].values() if c["effect"]["n_seeds"] < 2]
     if missing:
-        out["reason"] = f"the sweep has no {' and no '.join(dict.fromkeys(missing))} at latent size {latent_dim}"
-    elif out["verdict"] == INCONCLUSIVE and len({r.seed for r in records if r.latent_dim == latent_dim}) < 2:
-        out["reason"] = "one seed gives no interval; add seeds (sweep.seeds)"
-    elif out["verdict"] == INCONCLUSIVE and thin:
-        # Several seeds, but a metric is null (not defined, or infinite) in all but one of them.
-        out["reason"] = "fewer than two seeds with a finite value of " + ", ".join(
-            dict.fromkeys(f"{c['a_metric']} ({c['a']}) − {c['b_metric']} ({c['b']})" for c in thin)
+        notes = [f"the sweep has no {' and no '.join(dict.fromkeys(missing))} at latent size {latent_dim}"]
+    elif left_out and not verdicts:
+        notes = list(dict.fromkeys(left_out.values()))
+    else:
+        notes = [note for note in (_thin_reason(out, records, latent_dim),) if note]
+        notes += (
+            ["judged without " + "; ".join(f"{what} ({why})" for what, why in left_out.items())] if left_out else []
         )
+    if notes:
+        out["reason"] = "; ".join(notes)
     return out
 
 
-def judge_claims(records: Sequence[SeedRecord], claims: Sequence[Claim] = CLAIMS) -> list[dict]:
-    """Every claim at every latent size in `records`, in claim order then latent size."""
+def _comparison_entry(
+    cmp: Comparison, records: Sequence[SeedRecord], a: str, b: str, latent_dim: int, unavailable: str | None
+) -> dict:
+    """One comparison of judge_claim: the statistic, groups, metrics, a's better side, effect and verdict; a
+    comparison on a metric the data cannot have is untestable, with that `reason` and no effect (NaN)."""
+    better = "equivalent" if cmp.equivalence_tolerance is not None else ("lower" if cmp.lower_is_better else "higher")
+    entry = {
+        "statistic": cmp.describe(),
+        "a": a,
+        "b": b,
+        "a_metric": cmp.a.metric,
+        "b_metric": cmp.b.metric,
+        "better": better,
+    }
+    if unavailable is not None:
+        return {**entry, "effect": mean_ci([]).as_dict(), "verdict": UNTESTABLE, "reason": unavailable}
+    va, vb = _per_seed(records, a, latent_dim, cmp.a.metric), _per_seed(records, b, latent_dim, cmp.b.metric)
+    effect = paired_difference(va, vb)
+    verdict = comparison_verdict(cmp, effect, mean_ci(list(vb.values())).mean)
+    return {**entry, "effect": effect.as_dict(), "verdict": verdict}
+
+
+def _thin_reason(out: dict, records: Sequence[SeedRecord], latent_dim: int) -> str | None:
+    """Why an inconclusive claim could not be decided for want of seeds (None: not for that reason)."""
+    if out["verdict"] != INCONCLUSIVE:
+        return None
+    if len({r.seed for r in records if r.latent_dim == latent_dim}) < 2:
+        return "one seed gives no interval; add seeds (sweep.seeds)"
+    judged = [c for c in out["comparisons"].values() if c["verdict"] != UNTESTABLE]
+    thin = [c for c in judged if c["effect"]["n_seeds"] < 2]
+    if thin:
+        # Several seeds, but a metric is null (not defined, or infinite) in all but one of them.
+        return "fewer than two seeds with a finite value of " + ", ".join(
+            dict.fromkeys(f"{c['a_metric']} ({c['a']}) − {c['b_metric']} ({c['b']})" for c in thin)
+        )
+    return None
+
+
+def judge_claims(
+    records: Sequence[SeedRecord], claims: Sequence[Claim] = CLAIMS, unavailable: Mapping[str, str] | None = None
+) -> list[dict]:
+    """Every claim at every latent size in `records`, in claim order then latent size (`unavailable`: judge_claim)."""
     dims = sorted({r.latent_dim for r in records})
-    return [judge_claim(c, records, d) for c in claims for d in dims]
+    return [judge_claim(c, records, d, unavailable) for c in claims for d in dims]
 
 
 # ------------------------------------------------------------------- console

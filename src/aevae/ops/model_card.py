@@ -12,7 +12,7 @@ import math
 
 from aevae import metric_registry
 from aevae.config import DataParams, ModelParams, Params, RunSpec, TrainParams
-from aevae.data import manifest_classes, manifest_shape
+from aevae.data import NO_LABELS, ClassNames, manifest_classes, manifest_shape
 
 TEST_HEADING = "**Test metrics**"
 PENDING = "pending: the evaluate stage writes them here when it has run."
@@ -55,13 +55,20 @@ def describe(spec: RunSpec, params: Params, manifest: dict, run_id: str, last_ep
             + ").",
             f"**Data**: {manifest['dataset']} from source `{manifest['source']}`"
             + (f" ({manifest['origin']})" if manifest.get("origin") else "")
-            + f"; {c}x{h}x{w} {'grey' if c == 1 else 'colour'} images {counts}; {len(classes.names)} classes"
-            + f" ({', '.join(classes.names)}); sha256 `{manifest['data_sha256']}`.",
+            + f"; {c}x{h}x{w} {'grey' if c == 1 else 'colour'} images {counts}; {_classes(classes)}"
+            + f"; sha256 `{manifest['data_sha256']}`.",
             f"**Params that differ from the defaults**: {changed}.",
             f"**Call**: {call(shape)}",
             f"{TEST_HEADING}: {PENDING}",
         ]
     )
+
+
+def _classes(classes: ClassNames) -> str:
+    """ "3 classes (cat, dog, owl)", or that unlabelled data has none (its label-based metrics are null)."""
+    if not classes.names:
+        return f"no classes ({NO_LABELS}: the metrics that need labels are null)"
+    return f"{len(classes.names)} classes ({', '.join(classes.names)})"
 
 
 def with_test_metrics(description: str, values: dict[str, float]) -> str:

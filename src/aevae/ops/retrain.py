@@ -273,6 +273,8 @@ class Scoring:
         from aevae.evaluation import classifier
 
         train, test = load_split("train"), load_split("test")
+        if test.labels is None:  # unlabelled data: no classifier was trained, its metrics are null (as in evaluate)
+            return train, test, None, None
         scorer, _ = classifier.load(Path("classifier/model.pt"))
         return train, test, scorer, scorer.features(as_images(test.images))  # reference: once
 

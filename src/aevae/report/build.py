@@ -42,7 +42,7 @@ from aevae import atomic, metric_registry
 from aevae.config import EvaluateParams, RunSpec
 from aevae.core import model_store
 from aevae.core.models import as_images, conv_channels
-from aevae.data import ClassNames, array_shape, manifest_classes, manifest_shape
+from aevae.data import NO_LABELS, ClassNames, array_shape, manifest_classes, manifest_labelled, manifest_shape
 from aevae.data.prepared import load_manifest, load_split
 from aevae.errors import UserError
 from aevae.evaluation import metrics
@@ -240,8 +240,15 @@ def _read_history(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def _recon_examples(labels: np.ndarray, per_class: int) -> np.ndarray:
-    """Indices of the first `per_class` test images of each class, laid out class 0..9, then again."""
+# Test images in the reconstruction figure of unlabelled data: as many rows of ten as labelled data of ten classes.
+RECON_ROW = 10
+
+
+def _recon_examples(labels: np.ndarray | None, per_class: int, n_images: int) -> np.ndarray:
+    """Indices of the first `per_class` test images of each class, laid out class 0..9, then again; unlabelled
+    data (labels None): the first per_class × RECON_ROW of its n_images test images."""
+    if labels is None:
+        return np.arange(min(n_images, per_class * RECON_ROW))
     firsts = [np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]
     return np.array([f[r] for r in range(per_class) for f in firsts if len(f) > r])
 
@@ -256,7 +263,7 @@ def model_figures(
     model,
     arrays: dict[str, np.ndarray],
     test_images: np.ndarray,
-    test_labels: np.ndarray,
+    test_labels: np.ndarray | None,
     history: list[dict],
     values: dict[str, float],
     s: ReportSettings,
@@ -270,14 +277,16 @@ def model_figures(
     come from the evaluate stage's `arrays` (metrics.load_arrays).
 
     values: this model's metrics (one seed), quoted in captions. scored: (prior samples the evaluate stage
-    scored, its confidence threshold), to quote beside the samples. classes: how labels are named.
+    scored, its confidence threshold), to quote beside the samples. classes: how labels are named; test_labels
+    None (unlabelled data): figures without classes.
     other_seeds: {seed: history} of the same group's other seeds, drawn faintly in the training curves.
     """
     name, dim = spec.name, spec.model.latent_dim
     codes = arrays["test_codes"]  # (N, latent) posterior means
     figs = []
 
-    fig = figures.latent_scatter(spec, codes[scatter_idx], test_labels[scatter_idx], seed=s.seed, classes=classes)
+    scatter_labels = None if test_labels is None else test_labels[scatter_idx]
+    fig = figures.latent_scatter(spec, codes[scatter_idx], scatter_labels, seed=s.seed, classes=classes)
     figs.append(
         Figure(f"{name}-latent", "Latent space", "latent", figures.png(fig), spec, ("holes", "regular"), wide=dim != 2)
     )
@@ -298,11 +307,12 @@ def model_figures(
             )
         )
 
-    idx = _recon_examples(test_labels, s.recon_per_class)
+    idx = _recon_examples(test_labels, s.recon_per_class, len(test_images))
     x = as_images(test_images[idx])
     shape = array_shape(model.image_shape)
     recon = metrics.decode(model, metrics.encode(model, x)[0]).cpu().numpy().reshape(-1, *shape)
-    fig = figures.reconstructions(spec, x.numpy().reshape(-1, *shape), recon, test_labels[idx], classes=classes)
+    recon_labels = None if test_labels is None else test_labels[idx]
+    fig = figures.reconstructions(spec, x.numpy().reshape(-1, *shape), recon, recon_labels, classes=classes)
     figs.append(
         Figure(
             f"{name}-reconstructions",
@@ -326,10 +336,11 @@ def model_figures(
 
     pairs = arrays["interp_pairs"][: s.interp_pairs]
     ends = test_images[pairs].astype(np.float32) / 255.0  # (pairs, 2, H, W) or (pairs, 2, C, H, W)
+    pair_labels = arrays.get("interp_pair_labels")  # absent for unlabelled data
     fig = figures.interpolation_strips(
         spec,
         arrays["interp_strips"][: s.interp_pairs],
-        arrays["interp_pair_labels"][: s.interp_pairs],
+        None if pair_labels is None else pair_labels[: s.interp_pairs],
         ends,
         classes=classes,
     )
@@ -380,11 +391,14 @@ def gmm_figure(
     )
 
 
-def gmm_reading(specs: list[RunSpec], values: dict[str, dict[str, float]]) -> list[dict]:
+def gmm_reading(specs: list[RunSpec], values: dict[str, dict[str, float]], labelled: bool = True) -> list[dict]:
     """Per model, each gmm/ summary metric beside its prior/ twin: [{"model", "pairs": [(Metric, prior, gmm)]}].
 
-    The data of the report's sentence on where poor prior samples come from (decoder or density).
+    The data of the report's sentence on where poor prior samples come from (decoder or density); none for
+    unlabelled data, which has no classifier to score either set of samples.
     """
+    if not labelled:
+        return []
     gmm = [m for m in metric_registry.METRICS if m.key.startswith("gmm/") and m.summary]
     twins = [(metric_registry.by_key("prior/" + m.key.split("/", 1)[1]), m) for m in gmm]
     return [
@@ -401,7 +415,7 @@ def gmm_reading(specs: list[RunSpec], values: dict[str, dict[str, float]]) -> li
 def sweep_figures(
     specs: list[RunSpec],
     codes: dict[str, np.ndarray],
-    labels: np.ndarray,
+    labels: np.ndarray | None,
     study: StudyResults,
     scatter_idx: np.ndarray,
     classes: ClassNames,
@@ -409,14 +423,19 @@ def sweep_figures(
 ) -> list[Figure]:
     """The figures across the sweep: latent spaces side by side, rate–distortion (VAEs only), a bar chart per group.
 
-    pixels: C*H*W of the data's images (MNIST's 784), to draw the distortion per image.
+    pixels: C*H*W of the data's images (MNIST's 784), to draw the distortion per image. labels None (unlabelled
+    data): codes uncoloured, and the bar charts leave out the metrics that need labels (a chart of only those
+    is not drawn).
     specs: one per group, named by the group (`_group_spec`); codes: group -> (N, latent) of its figure seed.
     Bars are the means over seeds with their 95% interval as error bars (none with one seed).
     """
     values = study.means
     figs = []
     fig = figures.latent_side_by_side(
-        specs, [codes[s.name][scatter_idx] for s in specs], labels[scatter_idx], classes=classes
+        specs,
+        [codes[s.name][scatter_idx] for s in specs],
+        None if labels is None else labels[scatter_idx],
+        classes=classes,
     )
     figs.append(
         Figure(
@@ -442,8 +461,11 @@ def sweep_figures(
         )
     members = metric_registry.grouped("chart")
     for chart in GROUPS:
+        drawn = [m for m in members[chart.slug] if labels is not None or not m.needs_labels]
+        if not drawn:
+            continue
         title = f"{chart.title}\n{study.bars_note}"
-        fig = figures.metric_bars(title, members[chart.slug], specs, values, study.bounds)
+        fig = figures.metric_bars(title, drawn, specs, values, study.bounds)
         figs.append(
             Figure(f"metrics-{chart.slug}", chart.title, "metrics", figures.png(fig), None, chart.claims, chart=chart)
         )
@@ -636,6 +658,7 @@ def render(
     table); figure_seed: the seed whose models drew the per-model figures (said on the page).
     """
     lead, sections, unplaced = _layout(figures, specs)
+    labelled = manifest_labelled(manifest)
     verdicts = {row["id"]: row for row in verdict_rows(study)}
     for section in sections:
         section["measured"] = _measured(specs, study, section["id"])
@@ -663,7 +686,11 @@ def render(
         "verdicts": VERDICTS,
         "rules": study.claims.get("rules", {}),
         "figure_seed": figure_seed,
-        "gmm_reading": gmm_reading(specs, study.means),
+        "gmm_reading": gmm_reading(specs, study.means, labelled),
+        # Unlabelled data: the keys of the metrics it cannot have, whose cells say why instead of a number.
+        "labelled": labelled,
+        "no_labels": set() if labelled else {m.key for m in metric_registry.needing_labels()},
+        "no_labels_reason": NO_LABELS,
     }
     env = _environment()
     markdown = env.get_template("summary.md.j2").render(context)
@@ -698,7 +725,7 @@ def make_report(
     manifest = load_manifest(paths.prepared)
     classes = manifest_classes(manifest)
     test = load_split("test", paths.prepared)
-    labels = test.labels.astype(np.int64)
+    labels = None if test.labels is None else test.labels.astype(np.int64)
     by_group = _models_by_group(paths.models, study)
     figure_seed = (
         settings.figure_seed
@@ -708,7 +735,7 @@ def make_report(
     drawn = {g: _pick_seed(models, figure_seed) for g, models in by_group.items()}  # group -> its figure's spec
     specs = sorted(drawn.values(), key=_order)
     rng = np.random.default_rng(settings.seed)
-    n = len(labels)
+    n = len(test.images)
     scatter_idx = (
         np.sort(rng.choice(n, settings.max_scatter, replace=False)) if n > settings.max_scatter else np.arange(n)
     )

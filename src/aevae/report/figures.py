@@ -8,7 +8,8 @@ One look across every figure:
 - axes say their units; titles say what a reader should notice.
 
 Each function returns a Figure; `png(fig)` renders it (and closes it). Inputs are
-plain arrays: codes (N, latent), labels (N,), images (N, H, W) grey or (N, C, H, W) colour in [0, 1]; a model
+plain arrays: codes (N, latent), labels (N,) (None for unlabelled data: codes in one neutral colour, no class
+names), images (N, H, W) grey or (N, C, H, W) colour in [0, 1]; a model
 is described by its resolved config.RunSpec (name, kind, beta, latent size, recon loss),
 a metric by its aevae.metric_registry record. Nothing here raises on user input.
 """
@@ -41,6 +42,7 @@ from aevae.metric_registry import Metric  # noqa: E402
 DPI = 110
 DIGIT_COLORS = plt.get_cmap("tab10").colors  # class c -> DIGIT_COLORS[c], in every figure
 MNIST = CLASS_NAMES["mnist"]  # the default naming of labels: digits
+UNCOLOURED = "#3b5b7a"  # the codes of unlabelled data: one colour, neither a class's (tab10) nor a model's
 PRIOR_95_RADIUS = math.sqrt(-2.0 * math.log(0.05))  # 2-d N(0, I): 95% of the mass lies inside r = 2.45
 STYLE = {
     "font.size": 11,
@@ -110,23 +112,37 @@ def _grid_image(images: np.ndarray, nrow: int, padding: int = 2, pad_value: floa
     return make_grid(x, nrow=nrow, padding=padding, pad_value=pad_value).permute(1, 2, 0).numpy()
 
 
-def _class_legend(ax, labels: np.ndarray, with_prior: bool, classes: ClassNames, **kwargs) -> None:
+def _class_legend(ax, labels: np.ndarray | None, with_prior: bool, classes: ClassNames, **kwargs) -> None:
+    """One marker per class (unlabelled data: none) and the prior's circle; no legend when that leaves nothing."""
+    classes_shown = () if labels is None else np.unique(labels)
     handles = [
         Line2D([], [], ls="", marker="o", ms=7, color=DIGIT_COLORS[c % 10], label=classes.name(c))
-        for c in np.unique(labels)
+        for c in classes_shown
     ]
     if with_prior:
         handles.append(Line2D([], [], ls="--", color="black", lw=1.2, label="95% of N(0, I)"))
-    ax.legend(handles=handles, title=classes.noun, frameon=False, **kwargs)
+    if handles:
+        ax.legend(handles=handles, title=classes.noun if labels is not None else None, frameon=False, **kwargs)
+
+
+def _code_colors(labels: np.ndarray | None):
+    """A colour per code: its class's (tab10), or UNCOLOURED for every code of unlabelled data."""
+    return UNCOLOURED if labels is None else np.asarray(DIGIT_COLORS)[np.asarray(labels) % 10]
 
 
 def _scatter_codes(
-    ax, codes: np.ndarray, labels: np.ndarray, prior_circle: bool, point_size: float = 4, classes: ClassNames = MNIST
+    ax,
+    codes: np.ndarray,
+    labels: np.ndarray | None,
+    prior_circle: bool,
+    point_size: float = 4,
+    classes: ClassNames = MNIST,
 ) -> None:
-    """Codes coloured by class, the class name written at its median, equal axes (no stretched geometry)."""
-    colors = np.asarray(DIGIT_COLORS)[np.asarray(labels) % 10]
+    """Codes coloured by class, the class name written at its median (unlabelled: one colour, no names), equal axes
+    (no stretched geometry)."""
+    colors = _code_colors(labels)
     ax.scatter(codes[:, 0], codes[:, 1], c=colors, s=point_size, alpha=0.55, linewidths=0, rasterized=True)
-    for c in np.unique(labels):
+    for c in () if labels is None else np.unique(labels):
         cx, cy = np.median(codes[labels == c], axis=0)
         ax.text(
             cx,
@@ -145,14 +161,19 @@ def _scatter_codes(
     ax.set_aspect("equal", adjustable="datalim")
 
 
-def _strip_codes(ax, codes: np.ndarray, labels: np.ndarray, point_size: float = 4, classes: ClassNames = MNIST) -> None:
-    """A 1-d code: z on x, the class (jittered) on y."""
-    jitter = np.random.default_rng(0).uniform(-0.3, 0.3, len(labels))
-    colors = np.asarray(DIGIT_COLORS)[np.asarray(labels) % 10]
-    ax.scatter(codes[:, 0], labels + jitter, c=colors, s=point_size, alpha=0.55, linewidths=0, rasterized=True)
+def _strip_codes(
+    ax, codes: np.ndarray, labels: np.ndarray | None, point_size: float = 4, classes: ClassNames = MNIST
+) -> None:
+    """A 1-d code: z on x, the class (jittered) on y; unlabelled data: jitter alone, no class axis."""
+    jitter = np.random.default_rng(0).uniform(-0.3, 0.3, len(codes))
+    rows = jitter if labels is None else labels + jitter
+    ax.scatter(codes[:, 0], rows, c=_code_colors(labels), s=point_size, alpha=0.55, linewidths=0, rasterized=True)
     ax.axvspan(-1.96, 1.96, color="black", alpha=0.06, lw=0)  # 95% of N(0, 1)
-    ax.set_yticks(np.unique(labels), [classes.name(c) for c in np.unique(labels)])
     ax.set_xlabel("z (latent units; shaded: 95% of N(0, 1))")
+    if labels is None:
+        ax.set_yticks([])
+        return
+    ax.set_yticks(np.unique(labels), [classes.name(c) for c in np.unique(labels)])
     ax.set_ylabel(classes.noun)
 
 
@@ -183,15 +204,17 @@ def project_2d(codes: np.ndarray, method: str, seed: int = 0, max_points: int = 
 
 @styled
 def latent_scatter(
-    info: RunSpec, codes: np.ndarray, labels: np.ndarray, seed: int = 0, classes: ClassNames = MNIST
+    info: RunSpec, codes: np.ndarray, labels: np.ndarray | None, seed: int = 0, classes: ClassNames = MNIST
 ) -> Figure:
-    """The test codes coloured by class: the plane itself for a 2-d code, else PCA and t-SNE side by side."""
-    labels = np.asarray(labels)
+    """The test codes coloured by class (unlabelled: uncoloured): the plane itself for a 2-d code, else PCA and
+    t-SNE side by side."""
+    labels = None if labels is None else np.asarray(labels)
     if info.model.latent_dim == 1:
+        by = f"by {classes.noun}" if labels is not None else "(unlabelled)"
         fig, ax = plt.subplots(figsize=(6.4, 5.0))
         _strip_codes(ax, codes, labels, classes=classes)
         ax.set_title(
-            f"{label(info)}: the 1-d code of each test image, by {classes.noun}\n"
+            f"{label(info)}: the 1-d code of each test image, {by}\n"
             f"Look for {_plural(classes.noun)} that share a stretch of the line",
             fontsize=11,
         )
@@ -204,7 +227,7 @@ def latent_scatter(
         what = "the code z" if info.model.kind == "ae" else "the posterior mean μ(x)"
         ax.set_title(
             f"{label(info)}: {what} of each test image\n"
-            f"Look for gaps between {classes.noun} clusters and how far they sit from N(0, I)",
+            f"Look for gaps between {_cluster_noun(labels, classes)}clusters and how far they sit from N(0, I)",
             fontsize=11,
         )
         _class_legend(ax, labels, with_prior=True, classes=classes, loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -212,7 +235,7 @@ def latent_scatter(
     fig, axes = plt.subplots(1, 2, figsize=(11.5, 5.4))
     for ax, method in zip(axes, ("pca", "tsne")):
         points, idx = project_2d(codes, method, seed)
-        _scatter_codes(ax, points, labels[idx], prior_circle=False, point_size=5, classes=classes)
+        _scatter_codes(ax, points, _subset(labels, idx), prior_circle=False, point_size=5, classes=classes)
         if method == "tsne":
             ax.set_aspect("auto")  # t-SNE distances mean nothing: no need to keep them square
         name = "PCA" if method == "pca" else "t-SNE"
@@ -222,11 +245,24 @@ def latent_scatter(
         ax.set_ylabel(f"{name} 2")
     _class_legend(axes[1], labels, with_prior=False, classes=classes, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.suptitle(
-        f"{label(info)}: test codes coloured by {classes.noun} — look for separated, gap-free clusters",
+        f"{label(info)}: test codes {_coloured_by(labels, classes)} — look for separated, gap-free clusters",
         x=0.02,
         ha="left",
     )
     return fig
+
+
+def _subset(labels: np.ndarray | None, idx: np.ndarray) -> np.ndarray | None:
+    return None if labels is None else labels[idx]
+
+
+def _cluster_noun(labels: np.ndarray | None, classes: ClassNames) -> str:
+    """ "digit " before "clusters" for labelled data; "" for unlabelled (its clusters are the codes' own)."""
+    return "" if labels is None else f"{classes.noun} "
+
+
+def _coloured_by(labels: np.ndarray | None, classes: ClassNames) -> str:
+    return f"coloured by {classes.noun}" if labels is not None else "(unlabelled data: one colour)"
 
 
 def manifold_grid(info: RunSpec, codes: np.ndarray, n: int = 20) -> tuple[np.ndarray, np.ndarray, str]:
@@ -295,11 +331,12 @@ def reconstructions(
     info: RunSpec,
     originals: np.ndarray,
     recons: np.ndarray,
-    labels: np.ndarray,
+    labels: np.ndarray | None,
     per_row: int = 10,
     classes: ClassNames = MNIST,
 ) -> Figure:
-    """Rows alternate input / reconstruction: each reconstruction sits right under its input."""
+    """Rows alternate input / reconstruction: each reconstruction sits right under its input; the first row's
+    columns are named by the inputs' classes (unlabelled data: not named)."""
     n = len(originals)
     rows = -(-n // per_row)
     stacked = []
@@ -313,15 +350,18 @@ def reconstructions(
     tile_h, tile = originals.shape[-2] + 2, originals.shape[-1] + 2  # an image's pixels + 2 of padding (MNIST: 30)
     ax.set_yticks([tile_h * (i + 0.5) + 1 for i in range(2 * rows)], ["input", "recon"] * rows)
     cols = min(per_row, n)  # a test split of few classes fills less than one row
-    names = [classes.name(c) for c in labels[:cols]]
-    ax.set_xticks(
-        [tile * (i + 0.5) + 1 for i in range(cols)],
-        names,
-        rotation=0 if classes is MNIST else 40,
-        ha="center" if classes is MNIST else "right",
-    )
+    if labels is None:
+        ax.set_xticks([])
+    else:
+        names = [classes.name(c) for c in labels[:cols]]
+        ax.set_xticks(
+            [tile * (i + 0.5) + 1 for i in range(cols)],
+            names,
+            rotation=0 if classes is MNIST else 40,
+            ha="center" if classes is MNIST else "right",
+        )
+        ax.set_xlabel(f"{classes.noun} (label of the input)")
     ax.tick_params(length=0)
-    ax.set_xlabel(f"{classes.noun} (label of the input)")
     for spine in ax.spines.values():
         spine.set_visible(False)
     ax.set_title(
@@ -414,11 +454,13 @@ def prior_vs_gmm(
 def interpolation_strips(
     info: RunSpec,
     strips: np.ndarray,
-    pair_labels: np.ndarray,
+    pair_labels: np.ndarray | None,
     endpoints: np.ndarray | None = None,
     classes: ClassNames = MNIST,
 ) -> Figure:
     """strips: (pairs, steps, H, W) or (pairs, steps, C, H, W) decoded along straight lines between the codes of two test images.
+
+    pair_labels: (pairs, 2) their classes, named beside each strip; None (unlabelled data): not named.
 
     endpoints: (pairs, 2, H, W) or (pairs, 2, C, H, W) the two test images themselves, drawn left and right of each strip.
     """
@@ -448,11 +490,11 @@ def interpolation_strips(
             ax.set_xticks([])
             ax.set_title(name, fontsize=10.5, loc="center")
             ax.set_yticks([])
-    first = axes[0]
-    first.set_yticks(
-        [tile_h * (i + 0.5) + 1 for i in range(pairs)],
-        [f"{classes.name(a)} → {classes.name(b)}" for a, b in pair_labels],
-    )
+    if pair_labels is not None:
+        axes[0].set_yticks(
+            [tile_h * (i + 0.5) + 1 for i in range(pairs)],
+            [f"{classes.name(a)} → {classes.name(b)}" for a, b in pair_labels],
+        )
     for ax in axes:
         ax.tick_params(length=0)
         for spine in ax.spines.values():
@@ -534,11 +576,12 @@ def training_curves(info: RunSpec, history: list[dict], other_seeds: dict[int, l
 def latent_side_by_side(
     infos: Sequence[RunSpec],
     codes: Sequence[np.ndarray],
-    labels: np.ndarray,
+    labels: np.ndarray | None,
     max_cols: int = 3,
     classes: ClassNames = MNIST,
 ) -> Figure:
-    """Every model's test codes in one grid, same colour per class; >2-d codes are shown by PCA."""
+    """Every model's test codes in one grid, same colour per class (unlabelled: one colour); >2-d codes are shown
+    by PCA."""
     n = len(infos)
     cols = min(n, max_cols)
     rows = -(-n // cols)
@@ -569,7 +612,7 @@ def latent_side_by_side(
         bbox_to_anchor=(1.02, 1.0),
     )
     fig.suptitle(
-        f"Test codes of every model, coloured by {classes.noun} (latent units; each panel has its own scale)\n"
+        f"Test codes of every model, {_coloured_by(labels, classes)} (latent units; each panel has its own scale)\n"
         "Look for: AE clusters spread beyond the dashed N(0, I) circle with gaps between them;\n"
         "VAE clusters packed inside it and overlapping, more so as β grows",
         x=0.01,
