@@ -50,6 +50,17 @@ def test_policy_accepts_evaluate_metrics_and_names_the_bad_one():
         retrain.policy(_params(ae=[{"metric": "test/kl_nats_per_image"}], vae=POLICY["vae"]))
 
 
+def test_a_criterion_that_needs_labels_is_refused_for_unlabelled_data():
+    rules = retrain.policy(_params(ae=POLICY["ae"], vae=[{"metric": "prior/classifier_fid", "goal": "min"}]))
+    retrain.check_labels(rules, {"class_names": ["0", "1"]})  # labelled: fine
+    with pytest.raises(UserError) as info:
+        retrain.check_labels(rules, {"class_names": []})
+    message = str(info.value)
+    assert "retrain.vae.0.metric = 'prior/classifier_fid' needs labels" in message and "\n" not in message
+    assert "test/neg_elbo_nats_per_image" in message
+    retrain.check_labels(retrain.policy(_params()), {"class_names": []})  # POLICY needs no labels
+
+
 @pytest.mark.parametrize(
     ("goal", "challenger", "champion", "need", "passed"),
     [

@@ -46,6 +46,7 @@ import filelock
 
 from aevae import atomic, metric_registry
 from aevae.config import Criterion, Params, RunSpec, load_params, resolve_sweep
+from aevae.data import manifest_labelled
 from aevae.errors import UserError, end_child_with_parent, run_cli
 from aevae.evaluation import study
 from aevae.ops import mlflow_store, model_registry, tracking
@@ -112,6 +113,24 @@ def policy(params: Params) -> dict[str, list[Criterion]]:
                     f" {kind.upper()} (no posterior); use a reconstruction, prior or latent metric"
                 )
     return out
+
+
+def check_labels(rules: dict[str, list[Criterion]], manifest: dict) -> None:
+    """Refuse a criterion whose metric needs labels when the prepared data has none: it would be null for every
+    challenger, so no version after the first could ever be promoted.
+
+    Raises: UserError naming the criterion and the fix.
+    """
+    if manifest_labelled(manifest):
+        return
+    for kind, criteria in rules.items():
+        for i, c in enumerate(criteria):
+            if metric_registry.by_key(c.metric).needs_labels:
+                raise UserError(
+                    f"params.yaml: retrain.{kind}.{i}.metric = {c.metric!r} needs labels, and the data has none;"
+                    " choose a metric without labels (docs/metrics.md marks those that need them), e.g."
+                    f" {'test/neg_elbo_nats_per_image' if kind == 'vae' else 'test/recon_bce_nats_per_pixel'}"
+                )
 
 
 @dataclass
@@ -502,7 +521,9 @@ def retrain(force: bool = False) -> None:
     dvc_repro("prepare")
     from aevae.data.prepared import load_manifest
 
-    fp = fingerprint(params, load_manifest())
+    manifest = load_manifest()
+    check_labels(rules, manifest)
+    fp = fingerprint(params, manifest)
     fp_text = json.dumps(fp, sort_keys=True)
     with mlflow_store.server_errors("reading the last retrain's fingerprint"):
         last = {name: model_registry.retrain_fingerprint(mlflow_client, name) for name in names}
