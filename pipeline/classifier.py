@@ -44,9 +44,11 @@ def main() -> None:
     config = classifier.ClassifierConfig(manifest_shape(manifest), len(manifest_classes(manifest).names))
     shift = classifier.augment_shift(p.augment, len(train.images), side=min(config.image_shape[1:]))
     steps = -(-len(train.images) // p.batch_size)
-    progress = Progress("classifier", p.max_epochs * steps, "steps")
+    # The step budget is checked after each epoch: the epoch that reaches it is the last.
+    epochs = p.max_epochs if p.max_steps is None else min(p.max_epochs, -(-p.max_steps // steps))
+    progress = Progress("classifier", epochs * steps, "steps")
     progress.line(
-        f"training on {len(train.images)} images, at most {p.max_epochs} epochs of {steps} steps, "
+        f"training on {len(train.images)} images, at most {epochs} epochs of {steps} steps, "
         f"patience {p.patience} (margin {p.min_delta}), random shift {shift} px"
     )
 
