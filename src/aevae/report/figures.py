@@ -44,7 +44,9 @@ DPI = 110
 SUFFIX = ".webp"  # what `encode` writes: Chromium, Firefox and Safari show it; one self-contained file stays small
 MIME = "image/webp"
 CHART_COLOURS = 256  # the most a palette holds: exact for bars, lines and text; scatter blends snap to the nearest
-PICTURE_QUALITY = 80  # libwebp's lossy quality for grids of images: digits and text as a reader sees them at 1x-3x
+# libwebp's lossy quality for grids of images: at 3x zoom the digits keep their shape and grey levels and only
+# lose the nearest-neighbour blockiness; 80 costs 13% more bytes, and lossless 1.5 times (bench/report_size.py)
+PICTURE_QUALITY = 75
 DIGIT_COLORS = plt.get_cmap("tab10").colors  # class c -> DIGIT_COLORS[c], in every figure
 MNIST = CLASS_NAMES["mnist"]  # the default naming of labels: digits
 PRIOR_95_RADIUS = math.sqrt(-2.0 * math.log(0.05))  # 2-d N(0, I): 95% of the mass lies inside r = 2.45
@@ -82,7 +84,7 @@ def encode(fig: Figure, picture: bool = False) -> bytes:
     CHART_COLOURS palette: exact where it has no more colours (bars, lines and text on white), the nearest of
     them for the blends of overlapping translucent dots. A picture (grids of decoded or test images) is
     stored lossy at PICTURE_QUALITY: its bytes are the images' grey levels, which lossless coding keeps to
-    the last invisible step at twice the size (bench/report_size.py measures both).
+    the last invisible step at 1.5 times the size.
     Same figure, same bytes: no metadata is written, and libwebp is deterministic at a given version
     (Pillow's wheel, pinned in requirements.lock).
     """
