@@ -114,35 +114,57 @@ def run(tmp_path_factory, _one_thread, request):
     return {"root": root, "stderr": stderr.getvalue(), "manifest": manifest, "accuracy": accuracy}
 
 
-def _png_ok(data: bytes) -> tuple[int, int]:
-    Image.open(io.BytesIO(data)).verify()  # verify() leaves the image unusable: open again for its size
+def _image_ok(data: bytes) -> tuple[int, int]:
+    """Decode every pixel with Pillow (a truncated or corrupt file raises); return the image's size."""
     image = Image.open(io.BytesIO(data))
-    assert image.format == "PNG"
+    assert image.format == "WEBP" and image.mode == "RGB"
+    image.load()
     return image.size
 
 
-def test_every_figure_is_a_valid_png(run):
+def test_every_figure_is_a_valid_webp(run):
     figures = run["root"] / "reports" / "figures"
-    expected = {f"{m}-{kind}.png" for m in MODELS for kind in PER_MODEL} | {f"{s}.png" for s in SWEEP}
+    expected = {f"{m}-{kind}.webp" for m in MODELS for kind in PER_MODEL} | {f"{s}.webp" for s in SWEEP}
     assert {p.name for p in figures.iterdir()} == expected
     for path in figures.iterdir():
-        width, height = _png_ok(path.read_bytes())
+        width, height = _image_ok(path.read_bytes())
         assert 300 <= width <= 1500 and 200 <= height <= 1500, f"{path.name} is {width}x{height}"
 
 
 def test_page_is_self_contained_and_embeds_every_figure(run):
     page = (run["root"] / "reports" / "index.html").read_text()
     sources = re.findall(r'<img[^>]*\ssrc="([^"]*)"', page)
-    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert sources and all(s.startswith("data:image/webp;base64,") for s in sources)
     assert not re.search(r'<(link|script)\b|url\(|\ssrc="(?!data:)|href="(?!#)', page), "refers to another file"
     embedded = build.embedded_images(page)
     assert len(embedded) == len(sources)
     for data in embedded:
-        _png_ok(data)
+        _image_ok(data)
     files = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (run["root"] / "reports" / "figures").iterdir()}
     assert {hashlib.sha256(d).hexdigest() for d in embedded} == files  # the page shows exactly the figure files
     for ref in re.findall(r'data-file="([^"]+)"', page):
         assert (run["root"] / "reports" / ref).is_file()
+
+
+# The goal of issue 24: at most 5 MB of page for the default sweep's 74 figures at full size (~68 kB a figure).
+MAX_PAGE_BYTES_PER_FIGURE = 68_000
+
+
+def test_page_stays_within_its_size_per_figure(run):
+    page = (run["root"] / "reports" / "index.html").read_bytes()
+    n = len(build.embedded_images(page.decode()))
+    assert len(page) <= n * MAX_PAGE_BYTES_PER_FIGURE, f"{len(page) / 1e6:.2f} MB for {n} figures"
+
+
+def test_same_inputs_give_the_same_page_and_figures_byte_for_byte(run, monkeypatch):
+    """Drawn and encoded again in this process from the same inputs, as pipeline/report.py calls it."""
+    monkeypatch.chdir(run["root"])
+    again = build.make_report(
+        build.ReportPaths(), build.ReportSettings(seed=FAST.seed, figure_seed=0), evaluate_params=FAST
+    )
+    assert again.html == (run["root"] / "reports" / "index.html").read_text()
+    for f in again.figures:
+        assert f.image == (run["root"] / "reports" / "figures" / f.file).read_bytes(), f.file
 
 
 def test_page_states_provenance_and_summarises_every_model(run):
@@ -199,12 +221,12 @@ def test_latent_figures_for_codes_of_one_and_more_than_two_dimensions():
     labels = np.repeat(np.arange(10), 30)
     codes = rng.standard_normal((300, 6)) + labels[:, None] * 0.5  # (N, 6)
     info = _spec("vae-z6", "vae", 6)
-    width, _ = _png_ok(figures.png(figures.latent_scatter(info, codes, labels)))  # PCA beside t-SNE
+    width, _ = _image_ok(figures.encode(figures.latent_scatter(info, codes, labels)))  # PCA beside t-SNE
     assert width > 900
     ae2, vae1 = _spec("ae", "ae", 2), _spec("vae-z1", "vae", 1)
-    _png_ok(figures.png(figures.latent_scatter(vae1, codes[:, :1], labels)))
-    _png_ok(
-        figures.png(figures.latent_side_by_side([ae2, info, vae1], [codes[:, :2] * 5, codes, codes[:, :1]], labels))
+    _image_ok(figures.encode(figures.latent_scatter(vae1, codes[:, :1], labels)))
+    _image_ok(
+        figures.encode(figures.latent_side_by_side([ae2, info, vae1], [codes[:, :2] * 5, codes, codes[:, :1]], labels))
     )
 
 

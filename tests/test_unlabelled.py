@@ -201,7 +201,7 @@ def test_figures_without_labels_draw_codes_in_one_colour_and_name_no_class():
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.texts] == []  # no class name at a cluster's median
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["95% of N(0, I)"]
-    assert figures.png(fig)[:4] == b"\x89PNG"
+    assert figures.encode(fig)[8:12] == b"WEBP"
     images = RNG.random((10, 3, 8, 8))
     fig = figures.reconstructions(spec, images, images, None)
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == [] and fig.axes[0].get_xlabel() == ""
@@ -213,7 +213,7 @@ def test_figures_without_labels_draw_codes_in_one_colour_and_name_no_class():
         figures.latent_side_by_side([spec, z6], [codes, RNG.standard_normal((100, 6))], None),
         figures.latent_scatter(z6, RNG.standard_normal((100, 6)), None),
     ):
-        assert figures.png(fig)[:4] == b"\x89PNG"
+        assert figures.encode(fig)[8:12] == b"WEBP"
 
 
 def test_the_model_card_says_the_data_has_no_classes():

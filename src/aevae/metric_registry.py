@@ -37,7 +37,7 @@ class Metric:
     header: str = ""  # summary-table column header (without the direction arrow)
     kinds: tuple[str, ...] = BOTH  # model kinds it is defined for; NaN (null in JSON) for the others
     summary: str | None = None  # summary-table column group; None: only in the all-metrics table
-    chart: str | None = None  # bar-chart group slug (reports/figures/metrics-<chart>.png)
+    chart: str | None = None  # bar-chart group slug (reports/figures/metrics-<chart>.webp)
     fmt: str = ".4g"  # summary-table number format
     log: bool = False  # bar chart on a log axis (values span orders of magnitude)
     reference: str | None = None  # a BASELINES key drawn as the dashed line on its bar chart

@@ -12,9 +12,9 @@ The prose that is data (claims, chart groups) is in
 templates/report.yaml; the metrics' keys, labels and directions in aevae.metric_registry.
 write_report() writes:
 
-    reports/index.html      one file, PNGs embedded as base64 data URIs, no external CSS/JS
+    reports/index.html      one file, figures embedded as base64 WebP data URIs, no external CSS/JS
     reports/summary.md      the summary table in Markdown (for PRs)
-    reports/figures/*.png   every figure on its own
+    reports/figures/*.webp  every figure on its own, the same bytes as embedded (figures.encode)
     reports/curves/<m>.csv  each model's history.csv (every seed), for `dvc plots show`
 
 Every output is written atomically. Nothing here knows MLflow (tracking.log_report does).
@@ -94,7 +94,7 @@ class ClaimSection(NamedTuple):
 
 
 class Chart(NamedTuple):
-    slug: str  # reports/figures/metrics-<slug>.png; metric_registry records with chart == slug
+    slug: str  # reports/figures/metrics-<slug>.webp; metric_registry records with chart == slug
     title: str
     claims: tuple[str, ...]
     caption: str  # may hold inline HTML
@@ -189,16 +189,21 @@ def verdict_rows(study: StudyResults) -> list[dict]:
 
 @dataclass
 class Figure:
-    slug: str  # file name without .png
+    slug: str  # file name without its suffix (figures.SUFFIX)
     title: str
     kind: str  # which caption report.html.j2 writes: "latent", "manifold", ..., "metrics"
-    png: bytes
+    image: bytes  # figures.encode's WebP
     spec: RunSpec | None = None  # None: a figure across the sweep
     claims: tuple[str, ...] = ()
     wide: bool = False  # per-model figure that takes a whole row of the page
     quoted: float | None = None  # the metric its caption quotes (metric_registry.for_figure(kind))
     chart: Chart | None = None  # bar charts: their group
     number: int = 0  # position on the page, set when the page is laid out
+
+    @property
+    def file(self) -> str:
+        """Its file name under reports/figures/."""
+        return self.slug + figures.SUFFIX
 
     @property
     def model(self) -> str | None:
@@ -225,7 +230,7 @@ class Report:
         out: dict[str, list[Path]] = {}
         for f in self.figures:
             if f.model is not None:
-                out.setdefault(f.model, []).append(figures_dir / f"{f.slug}.png")
+                out.setdefault(f.model, []).append(figures_dir / f.file)
         return out
 
 
@@ -288,7 +293,9 @@ def model_figures(
     scatter_labels = None if test_labels is None else test_labels[scatter_idx]
     fig = figures.latent_scatter(spec, codes[scatter_idx], scatter_labels, seed=s.seed, classes=classes)
     figs.append(
-        Figure(f"{name}-latent", "Latent space", "latent", figures.png(fig), spec, ("holes", "regular"), wide=dim != 2)
+        Figure(
+            f"{name}-latent", "Latent space", "latent", figures.encode(fig), spec, ("holes", "regular"), wide=dim != 2
+        )
     )
 
     if dim == 2:
@@ -301,7 +308,7 @@ def model_figures(
                 f"{name}-manifold",
                 "Decoded latent plane",
                 "manifold",
-                figures.png(fig),
+                figures.encode(fig, picture=True),
                 spec,
                 ("holes", "regular", "interp"),
             )
@@ -318,7 +325,7 @@ def model_figures(
             f"{name}-reconstructions",
             "Reconstructions",
             "reconstructions",
-            figures.png(fig),
+            figures.encode(fig, picture=True),
             spec,
             ("compress",),
             quoted=_quoted("reconstructions", values),
@@ -329,7 +336,14 @@ def model_figures(
     conf = (confident, *scored) if scored and confident is not None and math.isfinite(confident) else None
     fig = figures.prior_samples(spec, arrays["prior_images"][: s.prior_images], confident=conf, classes=classes)
     figs.append(
-        Figure(f"{name}-prior-samples", "Prior samples", "prior-samples", figures.png(fig), spec, ("holes", "roles"))
+        Figure(
+            f"{name}-prior-samples",
+            "Prior samples",
+            "prior-samples",
+            figures.encode(fig, picture=True),
+            spec,
+            ("holes", "roles"),
+        )
     )
 
     figs.append(gmm_figure(spec, arrays, values, s, scored))
@@ -349,7 +363,7 @@ def model_figures(
             f"{name}-interpolation",
             "Interpolation",
             "interpolation",
-            figures.png(fig),
+            figures.encode(fig, picture=True),
             spec,
             ("interp",),
             wide=True,
@@ -358,7 +372,9 @@ def model_figures(
     )
 
     fig = figures.training_curves(spec, history, other_seeds or {})
-    figs.append(Figure(f"{name}-training", "Training curves", "training", figures.png(fig), spec, ("loss",), wide=True))
+    figs.append(
+        Figure(f"{name}-training", "Training curves", "training", figures.encode(fig), spec, ("loss",), wide=True)
+    )
     return figs
 
 
@@ -383,7 +399,7 @@ def gmm_figure(
         f"{spec.name}-gmm-samples",
         "Prior vs fitted-density samples",
         "gmm-samples",
-        figures.png(fig),
+        figures.encode(fig, picture=True),
         spec,
         ("holes", "roles"),
         wide=True,
@@ -442,7 +458,7 @@ def sweep_figures(
             "latent-all",
             "Latent spaces side by side",
             "latent-all",
-            figures.png(fig),
+            figures.encode(fig),
             None,
             ("holes", "regular", "beta0"),
         )
@@ -454,7 +470,7 @@ def sweep_figures(
                 "rate-distortion",
                 "Rate–distortion across β",
                 "rate-distortion",
-                figures.png(fig),
+                figures.encode(fig),
                 None,
                 ("loss", "beta0"),
             )
@@ -467,7 +483,9 @@ def sweep_figures(
         title = f"{chart.title}\n{study.bars_note}"
         fig = figures.metric_bars(title, drawn, specs, values, study.bounds)
         figs.append(
-            Figure(f"metrics-{chart.slug}", chart.title, "metrics", figures.png(fig), None, chart.claims, chart=chart)
+            Figure(
+                f"metrics-{chart.slug}", chart.title, "metrics", figures.encode(fig), None, chart.claims, chart=chart
+            )
         )
     return figs
 
@@ -586,7 +604,7 @@ def _environment() -> jinja2.Environment:
         number=_number,
         pm=plus_minus,
         effect=_effect,
-        data_uri=lambda data: "data:image/png;base64," + base64.b64encode(data).decode("ascii"),
+        data_uri=lambda data: f"data:{figures.MIME};base64," + base64.b64encode(data).decode("ascii"),
         beta=lambda beta, kind: f"{beta:g}" if kind == "vae" else "–",
         label=figures.label,
     )
@@ -825,7 +843,7 @@ def write_report(report: Report, out: Path = Path("reports")) -> dict[str, list[
     out = Path(out)
     with atomic.atomic_dir(out / "figures") as tmp:
         for f in report.figures:
-            (tmp / f"{f.slug}.png").write_bytes(f.png)
+            (tmp / f.file).write_bytes(f.image)
     with atomic.atomic_dir(out / "curves") as tmp:
         for name, text in report.curves.items():
             (tmp / f"{name}.csv").write_text(text)
@@ -841,12 +859,12 @@ class _ImageSources(html.parser.HTMLParser):
 
     def handle_starttag(self, tag, attrs):
         src = dict(attrs).get("src") or ""
-        if tag == "img" and src.startswith("data:image/png;base64,"):
+        if tag == "img" and src.startswith(f"data:{figures.MIME};base64,"):
             self.sources.append(src.split(",", 1)[1])
 
 
 def embedded_images(page: str) -> list[bytes]:
-    """The PNGs embedded in a report page, decoded (for checks)."""
+    """The images embedded in a report page (figures.MIME), decoded from base64 (for checks)."""
     parser = _ImageSources()
     parser.feed(page)
     return [base64.b64decode(s) for s in parser.sources]
