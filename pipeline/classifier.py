@@ -6,11 +6,9 @@ few seconds with an ETA (an upper bound: early stopping may end it sooner).
 
 from pathlib import Path
 
-import torch
-
 from aevae import atomic
 from aevae.config import load_params
-from aevae.cpus import available_cpus
+from aevae.cpus import use_available_cpus
 from aevae.data import manifest_classes, manifest_shape
 from aevae.data.prepared import load_manifest, load_split
 from aevae.errors import run_cli
@@ -23,7 +21,7 @@ METRICS = Path("metrics/classifier.json")
 
 def main() -> None:
     p = load_params().classifier
-    torch.set_num_threads(available_cpus())  # torch sizes itself by the machine, not the CPUs this process may use
+    threads = use_available_cpus()  # torch sizes itself by the machine, not the CPUs this process may use
     train, val, test = load_split("train"), load_split("val"), load_split("test")
     manifest = load_manifest()
     config = classifier.ClassifierConfig(manifest_shape(manifest), len(manifest_classes(manifest).names))
@@ -31,7 +29,8 @@ def main() -> None:
     steps = -(-len(train.images) // p.batch_size)
     progress = Progress("classifier", p.max_epochs * steps, "steps")
     progress.line(
-        f"training on {len(train.images)} images, at most {p.max_epochs} epochs of {steps} steps, "
+        f"training on {len(train.images)} images with {threads} torch threads, at most {p.max_epochs} epochs of"
+        f" {steps} steps, "
         f"patience {p.patience} (margin {p.min_delta}), random shift {shift} px"
     )
 

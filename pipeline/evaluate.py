@@ -19,6 +19,7 @@ from aevae.config import load_params, resolve_sweep
 from aevae.core import model_store
 from aevae.core.models import as_images
 from aevae.core.training import device_bytes
+from aevae.cpus import use_available_cpus
 from aevae.data.prepared import load_split
 from aevae.errors import UserError, run_cli
 from aevae.evaluation import classifier, metrics, study
@@ -47,6 +48,7 @@ def _null_reasons(values: dict, kind: str) -> dict[str, str]:
 def main() -> None:
     params = load_params()
     p = params.evaluate
+    use_available_cpus()  # this driver's own work (reference features, the PCA baseline), not the tasks'
     train, test = load_split("train"), load_split("test")
     say("evaluate", f"scoring the {len(test.images):,} test images with the reference classifier")
     scorer, _ = classifier.load(Path("classifier/model.pt"))
@@ -74,6 +76,7 @@ def main() -> None:
             "seconds": round(outcome.seconds, 3),
             "device": outcome.device,
             "resources": outcome.resources,
+            "threads": outcome.threads,
         }
         progress.update(len(evaluations), f"{outcome.key} done in {outcome.seconds:.1f}s", force=True)
 
