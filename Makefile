@@ -37,8 +37,9 @@ test-fast: setup
 	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadgroup --no-loadscope-reorder -m "not slow"
 
 # Open the MLflow UI on the local store, bound to this machine only (UI_PORT=... for another port);
-# first the URL of the training runs (each model's mean over seeds once the evaluate stage has run). Without
-# MLflow's GenAI job runner (online trace scoring): eight processes and ~0.5 GB that a training-run store never uses.
+# first the URL of the training runs (each model's mean over seeds once the evaluate stage has run); a taken port
+# is one line (MLflow's UI would exit 0). Without MLflow's GenAI job runner (online trace scoring): eight processes
+# and ~0.5 GB that a training-run store never uses.
 UI_PORT ?= 5000
 ui: setup
 	@MLFLOW_TRACKING_URI=$(STORE) $(PY) -m aevae.ops.mlflow_store $(UI_PORT)
@@ -58,7 +59,7 @@ PORT  ?= 5001
 MODEL_URI = models:/aevae-$(MODEL)$(if $(VERSION),/$(VERSION),@$(ALIAS))
 serve: setup
 	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
-		$(PY) -c "from aevae.errors import run_cli; from aevae.ops.model_registry import check_registered; run_cli(lambda: check_registered('$(MODEL_URI)'))"
+		$(PY) -c "from aevae.errors import run_cli; from aevae.ops.mlflow_store import check_port_free; from aevae.ops.model_registry import check_registered; run_cli(lambda: (check_port_free($(PORT), 'make serve PORT'), check_registered('$(MODEL_URI)')))"
 	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
 		mlflow models serve -m $(MODEL_URI) --env-manager local -h 127.0.0.1 -p $(PORT)
 

@@ -8,11 +8,9 @@ DVC) and to metrics/classifier.json (accuracies null).
 
 from pathlib import Path
 
-import torch
-
 from aevae import atomic
 from aevae.config import load_params
-from aevae.cpus import available_cpus
+from aevae.cpus import use_available_cpus
 from aevae.data import NO_LABELS, manifest_classes, manifest_labelled, manifest_shape
 from aevae.data.prepared import load_manifest, load_split
 from aevae.errors import run_cli
@@ -39,7 +37,7 @@ def main() -> None:
     if not manifest_labelled(manifest):
         skip(NO_LABELS)
         return
-    torch.set_num_threads(available_cpus())  # torch sizes itself by the machine, not the CPUs this process may use
+    threads = use_available_cpus()  # torch sizes itself by the machine, not the CPUs this process may use
     train, val, test = load_split("train"), load_split("val"), load_split("test")
     config = classifier.ClassifierConfig(manifest_shape(manifest), len(manifest_classes(manifest).names))
     shift = classifier.augment_shift(p.augment, len(train.images), side=min(config.image_shape[1:]))
@@ -48,7 +46,8 @@ def main() -> None:
     epochs = p.max_epochs if p.max_steps is None else min(p.max_epochs, -(-p.max_steps // steps))
     progress = Progress("classifier", epochs * steps, "steps")
     progress.line(
-        f"training on {len(train.images)} images, at most {epochs} epochs of {steps} steps, "
+        f"training on {len(train.images)} images with {threads} torch threads, at most {epochs} epochs of"
+        f" {steps} steps, "
         f"patience {p.patience} (margin {p.min_delta}), random shift {shift} px"
     )
 

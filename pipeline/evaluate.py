@@ -19,6 +19,7 @@ from aevae.config import load_params, resolve_sweep
 from aevae.core import model_store
 from aevae.core.models import as_images
 from aevae.core.training import device_bytes
+from aevae.cpus import use_available_cpus
 from aevae.data import NO_LABELS, manifest_labelled
 from aevae.data.prepared import load_manifest, load_split
 from aevae.errors import UserError, run_cli
@@ -60,6 +61,7 @@ def _reference(test_images):
 def main() -> None:
     params = load_params()
     p = params.evaluate
+    use_available_cpus()  # this driver's own work (reference features, the PCA baseline), not the tasks'
     train, test = load_split("train"), load_split("test")
     labelled = manifest_labelled(load_manifest())
     scorer, reference = _reference(test.images) if labelled else (None, None)
@@ -89,6 +91,7 @@ def main() -> None:
             "seconds": round(outcome.seconds, 3),
             "device": outcome.device,
             "resources": outcome.resources,
+            "threads": outcome.threads,
         }
         progress.update(len(evaluations), f"{outcome.key} done in {outcome.seconds:.1f}s", force=True)
 

@@ -6,6 +6,7 @@ The HTML goes to the MLflow parent run, each model's figures to its child run.
 from pathlib import Path
 
 from aevae.config import load_params, resolve_sweep
+from aevae.cpus import use_available_cpus
 from aevae.errors import run_cli
 from aevae.ops.tracking import log_report
 from aevae.progress import Progress
@@ -17,6 +18,7 @@ OUT = Path("reports")
 def main() -> None:
     params = load_params()
     p = params.evaluate
+    use_available_cpus()  # the figures' decoders, t-SNE and PCA run in this process
     # Each group's figures are drawn by its model of the first seed; tables and charts are over every seed.
     settings = build.ReportSettings(seed=p.seed, figure_seed=params.sweep.seeds[0])
     groups = dict.fromkeys(spec.group for spec in resolve_sweep(params))

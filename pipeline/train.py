@@ -90,6 +90,7 @@ def _train(params, specs, manifest: dict, train, val, tracker: SweepTracker) -> 
             "seconds": round(outcome.seconds, 3),
             "node_id": outcome.node_id,
             "resources": outcome.resources,
+            "threads": outcome.threads,
         }
         progress.done(name, outcome.epochs_run, outcome.seconds)
         tracker.model_done(outcome.spec, outcome.history, folder)

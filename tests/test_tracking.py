@@ -142,13 +142,19 @@ def test_make_models_lists_every_version_with_its_aliases(tmp_path, monkeypatch,
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     client = MlflowClient(uri, registry_uri=uri)
     client.create_registered_model("aevae-vae-beta1")
-    for seed in (0, 1):
+    exp = client.create_experiment("aevae")
+    runs = [client.create_run(exp).info.run_id for _ in range(3)]
+    for seed, run_id in zip((0, 1, 0), runs):  # the third: a retrain of seed 0, same run name
         client.create_model_version(
-            "aevae-vae-beta1", source=str(tmp_path), tags={"seed": str(seed), "run_name": f"vae-beta1-s{seed}"}
+            "aevae-vae-beta1",
+            source=str(tmp_path),
+            run_id=run_id,
+            tags={"seed": str(seed), "run_name": f"vae-beta1-s{seed}"},
         )
     client.set_registered_model_alias("aevae-vae-beta1", "champion", "2")
     model_registry.main()
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["registered", "model", "version", "seed", "run", "aliases"]
-    assert lines[1].split() == ["aevae-vae-beta1", "v2", "1", "vae-beta1-s1", "champion"]
-    assert lines[2].split() == ["aevae-vae-beta1", "v1", "0", "vae-beta1-s0", "-"]
+    assert lines[0].split() == ["registered", "model", "version", "seed", "run", "run", "id", "aliases"]
+    assert lines[1].split() == ["aevae-vae-beta1", "v3", "0", "vae-beta1-s0", runs[2], "-"]
+    assert lines[2].split() == ["aevae-vae-beta1", "v2", "1", "vae-beta1-s1", runs[1], "champion"]
+    assert lines[3].split() == ["aevae-vae-beta1", "v1", "0", "vae-beta1-s0", runs[0], "-"]

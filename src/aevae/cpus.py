@@ -20,6 +20,22 @@ def available_cpus() -> int:
     return max(1, min(c for c in counts if c is not None))
 
 
+def use_available_cpus() -> int:
+    """Size this process's torch thread pool, and the BLAS/OpenMP pools of the libraries loaded by now (numpy's,
+    torch's), to available_cpus(); returns that count.
+
+    For a stage's own process (its work outside Ray tasks): torch and the BLAS libraries size themselves by
+    the machine, or at best by the affinity mask, never by a cgroup quota.
+    """
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threads = available_cpus()
+    torch.set_num_threads(threads)
+    threadpool_limits(limits=threads)  # called, not entered: the limit holds for the rest of the process
+    return threads
+
+
 def _affinity() -> int:
     """CPUs in this process's affinity mask (taskset, Slurm's binding); the machine's count where there is none."""
     try:

@@ -1,11 +1,13 @@
-"""The pipeline broken the way its users break it: params edited mid-run, YAML 1.1 spellings, kill -9,
-an MLflow store of another version, a checkout path with a space, a failing Ray task, one allowed core.
+"""The pipeline broken the way its users break it: params edited mid-run, YAML 1.1 spellings, kill -9 (of train,
+retrain, evaluate), an MLflow store of another version or not a database, a checkout path with a space, a taken
+port, a failing Ray task, one allowed core.
 Each ends in one line naming the problem and the fix, and nothing lies about what produced a result."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
 import os
 import shutil
@@ -137,6 +139,65 @@ def test_runs_of_a_killed_train_stage_end_killed_on_the_next_start(tmp_path):
     assert sorted(status.values()) == ["FINISHED", "FINISHED", "KILLED", "KILLED"]
 
 
+def _running_aggregate_owner(db: Path) -> int | None:
+    """pid owning a RUNNING aggregate run, read from the SQLite store itself; None when none (or the store is busy)."""
+    query = (
+        "SELECT o.value FROM runs r JOIN tags a ON a.run_uuid = r.run_uuid AND a.key = 'aevae.aggregate'"
+        " JOIN tags o ON o.run_uuid = r.run_uuid AND o.key = 'aevae.owner.pid' WHERE r.status = 'RUNNING'"
+    )
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as conn:
+            row = conn.execute(query).fetchone()
+    except sqlite3.Error:  # no store or tables yet, or a write in progress
+        return None
+    return int(row[0]) if row else None
+
+
+def _kill_while_an_aggregate_runs(db: Path, proc, log: Path) -> int:
+    """SIGKILL the process that owns a RUNNING aggregate run, stopped (SIGSTOP) while the store says so; its pid.
+
+    The evaluate stage holds each aggregate run open for a fraction of a second: stopping it first makes
+    "still RUNNING" a fact at the moment of the kill, not a guess."""
+    deadline = time.monotonic() + 300
+    while True:
+        assert proc.poll() is None and time.monotonic() < deadline, f"no aggregate run seen RUNNING: {log.read_text()}"
+        pid = _running_aggregate_owner(db)
+        if pid is None:
+            time.sleep(0.01)
+            continue
+        os.kill(pid, signal.SIGSTOP)
+        if _running_aggregate_owner(db) == pid:
+            os.kill(pid, signal.SIGKILL)
+            return pid
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_runs_of_a_killed_evaluate_stage_end_killed_on_the_next_repro(tmp_path):
+    params = copy.deepcopy(SMALL_PARAMS)
+    params["train"]["epochs"] = 1
+    root = make_project(tmp_path / "p", params)
+    dvc(["repro", "train", "classifier"], root)
+    log = tmp_path / "evaluate.log"
+    proc = start([str(BIN / "dvc"), "repro", "evaluate"], root, log)
+    pid = _kill_while_an_aggregate_runs(root / "mlflow.db", proc, log)
+    assert proc.wait(timeout=60) != 0
+    kill_group(proc)
+    left = [r for r in _runs(root) if r.info.status == "RUNNING"]
+    assert left and all(r.data.tags["aevae.owner.pid"] == str(pid) for r in left)
+    rerun = dvc(["repro", "evaluate"], root)
+    assert f"warning: ended {len(left)} MLflow runs left RUNNING by a killed process (pid {pid})" in rerun.stderr
+    runs = _runs(root)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    # The rerun's numbers, once: one aggregate run per group, finished, holding summary.json's means.
+    summary = json.loads((root / "metrics" / "summary.json").read_text())
+    aggregates = {r.data.tags["model"]: r for r in runs if r.data.tags.get("aevae.aggregate") == "true"}
+    assert len(aggregates) == len([r for r in runs if r.data.tags.get("aevae.aggregate") == "true"]) == len(summary)
+    for group, agg in aggregates.items():
+        assert agg.info.status == "FINISHED" and "aevae.error" not in agg.data.tags, agg.data.tags
+        key = "test/recon_mse_per_pixel"
+        assert agg.data.metrics[key] == pytest.approx(summary[group][key]["mean"])
+
+
 def _descendant(pid: int, needle: str) -> psutil.Process | None:
     for proc in psutil.Process(pid).children(recursive=True):
         with contextlib.suppress(psutil.Error):
@@ -197,6 +258,46 @@ def test_store_of_another_mlflow_is_one_line_in_a_path_with_a_space(tmp_path):
         made = run(["make", "-s", "-o", ".venv/.installed", target], root, check=False)
         assert made.returncode == 2 and words in made.stderr and "Traceback" not in made.stderr, made.stderr
     assert not (root / "models").exists() or not any((root / "models").iterdir())
+
+
+def test_a_text_file_as_the_mlflow_store_is_one_line_through_dvc(tmp_path):
+    root = make_project(tmp_path / "p", _params())
+    (root / "mlflow.db").write_text("notes, not a database\n")
+    proc = dvc(["repro"], root, check=False)
+    errors = _error_lines(proc.stderr)
+    assert proc.returncode != 0 and "exited with 2" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert len(errors) == 1 and f"the MLflow store {root / 'mlflow.db'} is not an SQLite database" in errors[0]
+    assert "move it aside" in errors[0] and "dvc checkout" in errors[0], errors[0]
+    assert (root / "mlflow.db").read_text() == "notes, not a database\n", "the file was overwritten"
+
+
+def test_make_ui_and_make_serve_on_a_taken_port_are_one_line(tmp_path):
+    import socket
+
+    root = make_project(tmp_path / "p", _params(), git=False)
+    shutil.copy(REPO / "Makefile", root / "Makefile")
+    (root / ".venv").symlink_to(BIN.parent)  # the Makefile's venv: no reinstall
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for target, fix in (("ui", f"UI_PORT={port}"), ("serve", f"PORT={port}")):
+            made = run(["make", "-s", "-o", ".venv/.installed", target, fix], root, check=False, timeout=120)
+            ours = _error_lines(made.stderr)  # and make's own "*** Error 2" line
+            assert made.returncode == 2 and len(ours) == 1 and "Traceback" not in made.stderr, made.stderr
+            assert f"port {port} on 127.0.0.1 is taken" in ours[0] and f"{fix.split('=')[0]}=<port>" in ours[0]
+
+
+@pytest.mark.own_ray  # the thread counts of tasks on the local instance it starts
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two allowed cores to allow one")
+def test_threads_in_tasks_and_the_classifier_follow_one_allowed_core(tmp_path):
+    root = make_project(tmp_path / "p", _params())
+    proc = run(["taskset", "-c", "0", str(BIN / "dvc"), "repro", "evaluate"], root)
+    out = proc.stdout + proc.stderr
+    assert "starting a local Ray instance (1 CPUs)" in out and "with 1 torch threads" in out, out
+    for facts in ("train_run.json", "evaluate_run.json"):
+        models = json.loads((root / "logs" / facts).read_text())["models"]
+        assert models and {m["threads"] for m in models.values()} == {1}, (facts, models)
 
 
 @pytest.mark.own_ray  # it counts the CPUs of the local instance it starts

@@ -69,6 +69,7 @@ class ModelOutcome:
     error: str | None = None
     node_id: str = ""  # the Ray node that finished it
     resources: dict = field(default_factory=dict)  # what Ray lent the task: {"CPU": 1.0, "GPU": 0.25}
+    threads: int = 0  # torch threads the task trained with (_threads); 0 under DDP, where each worker sets its own
     started: float = 0.0  # Unix time (s) the task began training on its worker; it ended `seconds` later
 
 
@@ -83,6 +84,7 @@ class TaskOutcome:
     error: str | None = None
     device: str = "cpu"  # where fn's torch modules and tensors ran
     resources: dict = field(default_factory=dict)  # what Ray lent the task: {"CPU": 1.0, "GPU": 0.25}
+    threads: int = 0  # torch and BLAS threads fn ran with (_threads)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # a terminal escape sequence (Ray colours its task names)
@@ -404,7 +406,7 @@ def _train_one(
     torch.set_num_threads(_threads(cpus))
     device = _task_device()
     started, t0 = time.time(), time.perf_counter()
-    facts = dict(node_id=_node_id(), resources=_assigned(), started=started)
+    facts = dict(node_id=_node_id(), resources=_assigned(), threads=torch.get_num_threads(), started=started)
     try:
         result = train_model(
             spec,
@@ -624,7 +626,8 @@ def _run_task(fn: Callable, key: str, args: tuple, cpus: float, names: tuple[str
     kwargs = {n: _to_device(v, device) for n, v in zip(names, shared)}
     with threadpool_limits(limits=threads):
         value = fn(*args, **kwargs)
-    return TaskOutcome(key, value, _node_id(), time.perf_counter() - t0, device=device, resources=_assigned())
+    seconds = time.perf_counter() - t0
+    return TaskOutcome(key, value, _node_id(), seconds, device=device, resources=_assigned(), threads=threads)
 
 
 def _to_device(value: Any, device: str) -> Any:

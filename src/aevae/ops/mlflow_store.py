@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import sys
 import urllib.error
 import urllib.parse
@@ -143,11 +144,7 @@ def check_schema(uri: str) -> None:
         return
     import mlflow
 
-    restore = (
-        " (DVC removed this stage's outputs before it ran: `dvc checkout` restores them)"
-        if os.environ.get("DVC_STAGE")
-        else ""
-    )
+    restore = _restore_note()
     if found in known:
         raise UserError(
             f"the MLflow store {path} was written by an older MLflow (schema {found}; MLflow"
@@ -174,9 +171,16 @@ def _store_revision(path: Path) -> str | None:
     except sqlite3.DatabaseError as exc:
         raise UserError(
             f"the MLflow store {path} is not an SQLite database ({exc}); move it aside to start a new"
-            " store, or fix MLFLOW_TRACKING_URI"
+            f" store, or fix MLFLOW_TRACKING_URI, and rerun{_restore_note()}"
         ) from None
     return rows[0][0] if rows else None
+
+
+def _restore_note() -> str:
+    """In a stage run by DVC, the words saying that the outputs DVC removed come back with `dvc checkout`."""
+    if not os.environ.get("DVC_STAGE"):
+        return ""
+    return " (DVC removed this stage's outputs before it ran: `dvc checkout` restores them)"
 
 
 def _mlflow_revisions() -> tuple[str, set[str]]:
@@ -229,9 +233,28 @@ def ui_url(port: int, host: str = "127.0.0.1") -> str:
     return f"{base}/{exp}/runs?{urllib.parse.urlencode(query, quote_via=urllib.parse.quote)}"
 
 
+def check_port_free(port: int, fix: str) -> None:
+    """A server about to listen on 127.0.0.1:`port` (the UI, `make serve`) must find it free.
+
+    MLflow's UI exits 0 and its model server prints a traceback when the port is taken; here it is one line.
+    `fix` is the command that picks another port, e.g. "make ui UI_PORT". Raises: UserError naming both.
+    """
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: a closing port is free
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise UserError(
+                f"port {port} on 127.0.0.1 is taken ({exc.strerror}); stop what listens there, or choose another"
+                f" port: {fix}=<port>"
+            ) from None
+
+
 def _print_ui_url(argv: list[str]) -> None:
-    """`python -m aevae.ops.mlflow_store PORT`: the line `make ui` prints before the UI starts."""
+    """`python -m aevae.ops.mlflow_store PORT`: the line `make ui` prints before the UI starts.
+    Raises: UserError when the port is taken (check_port_free) or the store fails (client)."""
     port = int(argv[0]) if argv else 5000
+    check_port_free(port, "make ui UI_PORT")
     print(f"MLflow UI: {ui_url(port)}  (training runs of experiment '{EXPERIMENT}'; Ctrl-C stops it)", flush=True)
 
 

@@ -265,7 +265,8 @@ def _restore_alias(mlflow_client, name: str, alias: str, version: str | None):
 
 def listing(mlflow_client) -> list[list[str]]:
     """`make models`: a row per registered version of every aevae-<group> model: [registered name, version,
-    seed, run name, aliases ("-" when none)], models by name, versions newest first.
+    seed, run name, run id, aliases ("-" when none)], models by name, versions newest first. The run id tells
+    apart the versions a retrain registers under the same seed and run name.
     Raises MlflowException or OSError when the store fails (the caller turns it into one line).
     """
     rows = []
@@ -284,6 +285,7 @@ def listing(mlflow_client) -> list[list[str]]:
                     f"v{v.version}",
                     tags.get("seed", "?"),
                     tags.get("run_name", "?"),
+                    v.run_id or "-",
                     ", ".join(sorted(aliases.get(str(v.version), []))) or "-",
                 ]
             )
@@ -299,7 +301,7 @@ def main() -> None:
     if not rows:
         print(f"no aevae model is registered in {tracking_uri()} yet (make repro registers one per model)")
         return
-    rows.insert(0, ["registered model", "version", "seed", "run", "aliases"])
+    rows.insert(0, ["registered model", "version", "seed", "run", "run id", "aliases"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     print("\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows))
 

@@ -508,6 +508,8 @@ def log_aggregates(mlflow_client, run: dict, specs: list[RunSpec], summary: dict
             if seed_child:
                 shared = mlflow_client.get_run(seed_child).data.params
                 _log_params(mlflow_client, ids[group], {k: v for k, v in shared.items() if k != "train.seed"})
+        else:
+            _reclaim(mlflow_client, ids[group])
         metrics, nonfinite = _metrics(aggregate_keys(stats), 0)
         for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
             mlflow_client.log_batch(
@@ -517,6 +519,16 @@ def log_aggregates(mlflow_client, run: dict, specs: list[RunSpec], summary: dict
             )
         mlflow_client.set_terminated(ids[group], "FINISHED")
     return ids
+
+
+def _reclaim(mlflow_client, run_id: str) -> None:
+    """An aggregate run whose stage was killed mid-way (ended KILLED by end_orphaned_runs) is completed by this
+    process: its error tag would call a finished run dead, and its owner tags name the dead process."""
+    if "aevae.error" not in mlflow_client.get_run(run_id).data.tags:
+        return
+    mlflow_client.delete_tag(run_id, "aevae.error")
+    for key, value in owner_tags().items():
+        mlflow_client.set_tag(run_id, key, value)
 
 
 def aggregate_runs(mlflow_client, run: dict) -> dict[str, str]:
