@@ -303,14 +303,7 @@ def test_make_serve_answers_every_method_as_the_in_process_model(pipeline, tmp_p
     port = free_port()
     log = tmp_path / "serve.log"
     # `make serve` as a user runs it (setup skipped: the venv is shared), from a folder that is not the project.
-    server = subprocess.Popen(
-        ["make", "-C", str(REPO), "-o", "setup", "serve", "MODEL=vae-beta1", f"PORT={port}"],
-        cwd=tmp_path,
-        env={**_hidden_env(), "MLFLOW_TRACKING_URI": uri},
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    server = _make_serve(uri, tmp_path, log, "MODEL=vae-beta1", f"PORT={port}")
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_for_ping(url, server, log)
@@ -329,6 +322,19 @@ def test_make_serve_answers_every_method_as_the_in_process_model(pipeline, tmp_p
         assert status == 400 and "divide uint8 pixels by 255" in body["message"]
     finally:
         kill_group(server)
+
+
+def _make_serve(uri: str, cwd: Path, log: Path, *args: str) -> subprocess.Popen:
+    """`make serve <args>` as a user runs it (setup skipped: the venv is shared), from a folder that is not the
+    project, with the store at `uri`, in its own session (kill_group stops it)."""
+    return subprocess.Popen(
+        ["make", "-C", str(REPO), "-o", "setup", "serve", *args],
+        cwd=cwd,
+        env={**_hidden_env(), "MLFLOW_TRACKING_URI": uri},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _wait_for_ping(url: str, server: subprocess.Popen, log: Path, timeout: float = 240) -> None:
@@ -373,14 +379,7 @@ def test_a_model_trained_on_colour_images_answers_over_http_in_its_shape(tmp_pat
     assert f"{c}x{h}x{w} colour" in version.description
 
     port, log = free_port(), tmp_path / "serve.log"
-    server = subprocess.Popen(
-        ["make", "-C", str(REPO), "-o", "setup", "serve", "MODEL=vae", "VERSION=1", f"PORT={port}"],
-        cwd=tmp_path,
-        env={**_hidden_env(), "MLFLOW_TRACKING_URI": uri},
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    server = _make_serve(uri, tmp_path, log, "MODEL=vae", "VERSION=1", f"PORT={port}")
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_for_ping(url, server, log)
