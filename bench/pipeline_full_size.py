@@ -4,6 +4,7 @@ wall time per stage, the share spent outside training, and peak memory; appends 
     python bench/pipeline_full_size.py              # 60k/10k from ../shared/data/mnist (or --data DIR): ~15 min, 2 cores
     python bench/pipeline_full_size.py --keep DIR   # keep the project copy (its reports/, metrics/claims.json) in DIR
     python bench/pipeline_full_size.py --data /usr/share/datasets/fashion-mnist --dataset fashion-mnist
+    python bench/pipeline_full_size.py --own PATH   # your own images: a .npz (source npz) or a folder (source folder)
 
 Exits 0 with one line, writing nothing, when the IDX files are absent. The project is a `git clone` of this
 repository (the committed params.yaml, code and dvc.yaml) with `data.source: idx` and `data.idx_dir` pointing at
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import re
 import subprocess
@@ -37,11 +39,17 @@ STAGE = re.compile(r"Running stage '([^']+)'")
 
 
 def _project(data: Path, dataset: str, where: Path) -> Path:
+    """A clone of this repository whose params.yaml reads `data`: IDX files named `dataset`, or own images."""
     subprocess.run(["git", "clone", "-q", str(REPO), str(where)], check=True)
     params = where / "params.yaml"
     text = re.sub(r"(?m)^  dataset: \S+", f"  dataset: {dataset}", params.read_text())
-    text = re.sub(r"(?m)^  source: .*$", "  source: idx", text)
-    params.write_text(re.sub(r"(?m)^  idx_dir: .*$", f"  idx_dir: {data}", text))
+    if dataset == "custom":
+        source = "npz" if data.is_file() else "folder"
+        text = re.sub(r"(?m)^  source: .*$", f"  source: {source}", text)
+        params.write_text(re.sub(r"(?m)^  path: \S+", f"  path: {data}", text))
+    else:
+        text = re.sub(r"(?m)^  source: .*$", "  source: idx", text)
+        params.write_text(re.sub(r"(?m)^  idx_dir: .*$", f"  idx_dir: {data}", text))
     return where
 
 
@@ -81,6 +89,21 @@ def run(project: Path) -> dict:
     return {"stages": stages, "total": total, "rc": rc, "peak_pss": peak["pss"], "peak_at": peak["at"], "lines": lines}
 
 
+def verdicts(claims_file: Path) -> list[str]:
+    """The run's verdict per claim (rows) and latent group (columns), as a Markdown table; [] without claims."""
+    if not claims_file.is_file():
+        return []
+    claims = json.loads(claims_file.read_text())["claims"]
+    groups = sorted(claims, key=lambda g: int(g.lstrip("z")) if g.lstrip("z").isdigit() else g)
+    names = list(dict.fromkeys(name for g in groups for name in claims[g]))
+    rows = [[name, *(claims[g].get(name, {}).get("verdict", "-") for g in groups)] for name in names]
+    return table(["claim", *groups], rows)
+
+
+def _source(data: Path, dataset: str) -> str:
+    return ("npz" if data.is_file() else "folder") if dataset == "custom" else "idx"
+
+
 def report(r: dict, data: Path, dataset: str) -> list[str]:
     total, stages = r["total"], r["stages"]
     outside = total - stages.get("train", 0.0)
@@ -105,12 +128,14 @@ def report(r: dict, data: Path, dataset: str) -> list[str]:
         f"## {when} — the whole pipeline at full size on {dataset} (`python bench/pipeline_full_size.py`)",
         "",
         *machine_info(1),
-        f"- Data: {data} (data.dataset {dataset}, data.source idx); default params.yaml otherwise; exit code {r['rc']}",
+        f"- Data: {data} (data.dataset {dataset}, data.source {_source(data, dataset)}); default params.yaml"
+        f" otherwise; exit code {r['rc']}",
         "",
         *table(["stage", "wall s", "share"], rows),
         "",
         *table(["measure", "value", "goal", "met"], goals),
         "",
+        *([*r["verdicts"], ""] if r.get("verdicts") else []),
     ]
 
 
@@ -118,17 +143,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of the four IDX files")
     parser.add_argument("--dataset", default="mnist", help="data.dataset: mnist, fashion-mnist, kmnist or idx")
+    parser.add_argument("--own", type=Path, help="own images instead: a .npz (Keras arrays) or an image folder")
     parser.add_argument("--out", type=Path, default=BENCH / "RESULTS.md", help="results file to append to")
     parser.add_argument("--keep", type=Path, help="run in this (new) folder and keep it")
     args = parser.parse_args(argv)
     from aevae.data.sources import has_idx_files
 
-    if not has_idx_files(args.data):
+    if args.own is not None:
+        if not args.own.exists():
+            print(f"error: no {args.own}; pass a .npz or an image folder to --own", file=sys.stderr)
+            return 2
+        args.data, args.dataset = args.own, "custom"
+    elif not has_idx_files(args.data):
         print(f"skipped: no IDX files in {args.data}; pass --data DIR", flush=True)
         return 0
     with tempfile.TemporaryDirectory(prefix="aevae-full-") as tmp:
         project = _project(args.data.resolve(), args.dataset, args.keep or Path(tmp) / "project")
         result = run(project)
+        result["verdicts"] = verdicts(project / "metrics" / "claims.json")
     if result["rc"] != 0:
         print("\n".join(result["lines"][-30:]), file=sys.stderr)
         return result["rc"]

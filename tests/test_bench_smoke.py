@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -154,6 +155,21 @@ def test_pipeline_full_size_report_judges_the_share_outside_training():
     assert "| train | 600 | 67% |" in text and "on fashion-mnist" in text
     assert "| outside the train stage | 33% | <= 35% | met |" in text
     assert "| whole `dvc repro -f` | 15.0 min | <= 12 min | **missed** |" in text and "3.00 GiB (at 700 s)" in text
+
+
+def test_pipeline_full_size_tables_the_verdicts_per_latent_group(tmp_path):
+    sys.path.insert(0, str(REPO / "bench"))
+    from pipeline_full_size import verdicts
+
+    claims = {"z16": {"pca": {"verdict": "contradicted"}}, "z2": {"pca": {"verdict": "supported"}, "loss": {}}}
+    (tmp_path / "claims.json").write_text(json.dumps({"claims": claims}))
+    assert verdicts(tmp_path / "claims.json") == [
+        "| claim | z2 | z16 |",
+        "|---|---|---|",
+        "| pca | supported | contradicted |",
+        "| loss | - | - |",
+    ]
+    assert verdicts(tmp_path / "missing.json") == []
 
 
 def test_quick_colour_throughput_writes_its_row(tmp_path):
