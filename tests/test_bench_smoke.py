@@ -78,7 +78,7 @@ def test_full_size_benchmark_skips_without_data(tmp_path):
         text=True,
         timeout=120,
     )
-    assert proc.returncode == 0 and proc.stdout.startswith("skipped: no IDX files")
+    assert proc.returncode == 0 and proc.stdout.startswith("skipped: no MNIST IDX files")
     assert not (tmp_path / "RESULTS.md").exists()
 
 
@@ -117,7 +117,7 @@ def test_budget_benchmark_skips_without_data(tmp_path):
         text=True,
         timeout=120,
     )
-    assert proc.returncode == 0 and proc.stdout.startswith("skipped: no IDX files")
+    assert proc.returncode == 0 and proc.stdout.startswith("skipped: no MNIST IDX files")
     assert not (tmp_path / "RESULTS.md").exists()
 
 

@@ -32,3 +32,10 @@ def test_a_store_file_that_is_not_sqlite_is_one_line(tmp_path):
     with pytest.raises(UserError) as info:
         mlflow_store.check_schema(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert "\n" not in str(info.value) and "is not an SQLite database" in str(info.value)
+
+
+def test_the_quick_schema_head_is_alembics():
+    """check_schema's fast path reads the newest revision from the migration scripts' text; alembic, loading
+    every script, must name the same one, or MLflow's layout changed and the fast path would misjudge."""
+    head, known = mlflow_store._mlflow_revisions()
+    assert mlflow_store._head_revision_from_source() == head and head in known

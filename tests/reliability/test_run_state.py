@@ -112,17 +112,19 @@ def test_after_a_cache_restore_nothing_is_logged_into_the_wrong_run(tmp_path):
     params["train"]["epochs"] = 1
     params["sweep"]["models"] = [{"name": "ae", "model": {"kind": "ae"}}]
     root = make_project(tmp_path / "p", params)
-    dvc(["repro"], root)  # A
+    # A and B stop at evaluate: the third run's report is then its first, so one that logged into B's run
+    # would add to B's artifacts below, not merely replace a report already there.
+    dvc(["repro", "evaluate"], root)  # A
     params_b = copy.deepcopy(params)
     params_b["sweep"]["seeds"] = [1]
     write_params(root, params_b)
-    dvc(["repro"], root)  # B
+    dvc(["repro", "evaluate"], root)  # B
     run_b = json.loads((root / "logs" / "mlflow_run.json").read_text())
     client = _client(root)
     before = repr(sorted(client.get_run(run_b["children"]["ae"]).data.metrics.items()))  # repr: NaN == NaN
     artifacts_before = [f.path for f in client.list_artifacts(run_b["parent_run_id"])]
     write_params(root, params)
-    proc = dvc(["repro"], root)  # A again: train and classifier restored, evaluate runs
+    proc = dvc(["repro"], root)  # A again: train and classifier restored, evaluate and report run
     assert "no model in models/ was trained by the recorded MLflow run" in proc.stderr, proc.stderr
     after = repr(sorted(client.get_run(run_b["children"]["ae"]).data.metrics.items()))
     assert after == before, "A's evaluation was logged into B's child"
