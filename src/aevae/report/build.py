@@ -346,7 +346,7 @@ def model_figures(
         )
     )
 
-    figs.append(gmm_figure(spec, arrays, values, s, scored))
+    figs.append(gmm_figure(spec, arrays, values, s, scored, classes))
 
     pairs = arrays["interp_pairs"][: s.interp_pairs]
     ends = test_images[pairs].astype(np.float32) / 255.0  # (pairs, 2, H, W) or (pairs, 2, C, H, W)
@@ -384,9 +384,11 @@ def gmm_figure(
     values: dict[str, float],
     s: ReportSettings,
     scored: tuple[int, float] | None = None,
+    classes: ClassNames = figures.MNIST,
 ) -> Figure:
     """Prior samples beside samples of the GMM fit to the training codes (metrics.gmm_samples), both decoded by
-    the evaluate stage; captions quote both confident shares. scored: as for `model_figures`."""
+    the evaluate stage; captions quote both confident shares. scored: as for `model_figures`; classes: how the
+    data names what its images show."""
     shares = [values.get(metric_registry.for_figure(role).key) for role in ("prior-samples", "gmm-samples")]
     finite = scored and all(v is not None and math.isfinite(v) for v in shares)
     fig = figures.prior_vs_gmm(
@@ -394,6 +396,7 @@ def gmm_figure(
         arrays["prior_images"][: s.prior_images],
         arrays["gmm_images"][: s.prior_images],
         confident=(*shares, *scored) if finite else None,
+        classes=classes,
     )
     return Figure(
         f"{spec.name}-gmm-samples",

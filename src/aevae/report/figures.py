@@ -438,6 +438,7 @@ def prior_vs_gmm(
     gmm_images: np.ndarray,
     per_row: int = 10,
     confident: tuple[float, float, int, float] | None = None,
+    classes: ClassNames = MNIST,
 ) -> Figure:
     """Decoded z ~ N(0, I) (left) beside decoded codes of a GMM fit to the training codes (right).
 
@@ -463,7 +464,7 @@ def prior_vs_gmm(
             )
     fig.suptitle(
         f"{label(info)}: {len(prior_images)} decoded codes from the prior (left) and from a 10-component GMM\n"
-        "fit to its own training codes (right). Look for digits on the right where the left has blurs:\n"
+        f"fit to its own training codes (right). Look for {_plural(classes.noun)} on the right where the left has blurs:\n"
         "then the decoder is fine and N(0, I) is the wrong density to sample",
         x=0.01,
         ha="left",
