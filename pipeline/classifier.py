@@ -41,9 +41,8 @@ def main() -> None:
     train, val, test = load_split("train"), load_split("val"), load_split("test")
     config = classifier.ClassifierConfig(manifest_shape(manifest), len(manifest_classes(manifest).names))
     shift = classifier.augment_shift(p.augment, len(train.images), side=min(config.image_shape[1:]))
-    steps = -(-len(train.images) // p.batch_size)
-    # The step budget is checked after each epoch: the epoch that reaches it is the last.
-    epochs = p.max_epochs if p.max_steps is None else min(p.max_epochs, -(-p.max_steps // steps))
+    steps = classifier.steps_per_epoch(len(train.images), p.batch_size)
+    epochs = classifier.planned_epochs(p, len(train.images))
     progress = Progress("classifier", epochs * steps, "steps")
     progress.line(
         f"training on {len(train.images)} images with {threads} torch threads, at most {epochs} epochs of"

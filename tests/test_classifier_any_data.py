@@ -74,6 +74,10 @@ def test_the_step_budget_ends_training_after_the_epoch_that_reaches_it():
         x, y, settings=ClassifierParams(max_epochs=10, batch_size=64, max_steps=5), shift=0
     )  # 4 steps an epoch
     assert result.stopped == "max_steps" and len(result.history) == 2
+    settings = ClassifierParams(max_epochs=10, batch_size=64, max_steps=5)
+    assert clf_lib.steps_per_epoch(200, 64) == 4 and clf_lib.planned_epochs(settings, 200) == 2
+    assert clf_lib.planned_epochs(ClassifierParams(max_epochs=3, max_steps=None), 200) == 3
+    assert clf_lib.planned_epochs(ClassifierParams(max_epochs=1, batch_size=64, max_steps=5), 200) == 1
 
 
 def test_evaluate_and_figures_on_colour_non_square_data():

@@ -183,6 +183,20 @@ def _epoch(model, opt, x, y, batch_size: int, shift: int, gen: torch.Generator, 
     return float(loss_sum) / len(x)
 
 
+def steps_per_epoch(n_images: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch over n_images (the last batch may be short)."""
+    return -(-n_images // batch_size)
+
+
+def planned_epochs(settings: ClassifierParams, n_images: int) -> int:
+    """The most epochs `train` runs on n_images: max_epochs, or fewer when the step budget (max_steps, checked
+    after each epoch, so the epoch that reaches it is the last) ends training first. Early stopping
+    (patience, target_accuracy) may end it sooner still."""
+    if settings.max_steps is None:
+        return settings.max_epochs
+    return min(settings.max_epochs, -(-settings.max_steps // steps_per_epoch(n_images, settings.batch_size)))
+
+
 def train(
     train_images,
     train_labels,
@@ -233,7 +247,7 @@ def train(
         gen = epoch_generator(seed, epoch)  # batch order and shifts
         step_cb = (lambda step: on_step(epoch, step)) if on_step else None  # noqa: B023 (used within this epoch)
         loss = _epoch(model, opt, x, y, batch_size, shift, gen, step_cb)
-        steps += -(-len(x) // batch_size)
+        steps += steps_per_epoch(len(x), batch_size)
         record = {"epoch": epoch, "train/loss_nats_per_image": loss, "lr": opt.param_groups[0]["lr"]}
         if val_images is None:  # nothing to stop on: every epoch counts as the best so far
             acc = float(epoch)
